@@ -1,0 +1,27 @@
+//! safegate's inference engine: Llama-family chat models in ONNX (Optimum or
+//! onnxruntime-genai layout) through ONNX Runtime, on CPU or CUDA.
+//!
+//! - [`runtime`]: finding and loading `libonnxruntime` at run time;
+//! - [`model`]: model folders, configs and ONNX layouts;
+//! - [`chat`]: tokenizer and chat template (user text never becomes special tokens);
+//! - [`session`]: one ONNX Runtime session and its KV-cache step;
+//! - [`sampling`], [`text`]: pure next-token choice, detokenization and stop strings;
+//! - [`engine`]: worker threads that own sessions, fed by a bounded queue.
+
+pub mod chat;
+pub mod engine;
+pub mod error;
+pub mod model;
+pub mod runtime;
+pub mod sampling;
+pub mod session;
+pub mod text;
+
+pub use chat::{ChatMessage, ChatTokenizer};
+pub use engine::{
+    Engine, EngineOptions, FinishReason, GenerateRequest, GenerationEvent, TokenStream, Usage,
+};
+pub use error::{EngineError, Result};
+pub use model::{Layout, ModelConfig};
+pub use sampling::SamplingParams;
+pub use session::{Device, Provider};

@@ -1,0 +1,311 @@
+//! One ONNX Runtime session of a Llama-family decoder and its KV-cache step. A session takes
+//! `&mut self` to run, so each one is owned by exactly one worker thread.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use ort::session::{Session, SessionInputValue};
+use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
+
+use crate::error::{EngineError, Result};
+use crate::model::{recognise_layout, GraphSignature, Layout, ModelConfig};
+
+/// `--device auto|cpu|cuda[:N]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda(u32),
+}
+
+impl FromStr for Device {
+    type Err = EngineError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Device::Auto),
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| {
+                    EngineError::InvalidRequest(format!(
+                        "unknown device `{s}`: expected auto, cpu, cuda or cuda:N"
+                    ))
+                }),
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Auto => f.write_str("auto"),
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// The execution provider a session really runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Cpu,
+    Cuda,
+}
+
+impl Provider {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Provider::Cpu => "cpu",
+            Provider::Cuda => "cuda",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SessionOptions {
+    pub device: Device,
+    /// ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose.
+    pub intra_threads: usize,
+}
+
+fn builder(opts: &SessionOptions) -> Result<ort::session::builder::SessionBuilder> {
+    let env = crate::runtime::environment()?;
+    let mut b = Session::builder(env)?;
+    if opts.intra_threads > 0 {
+        b = b
+            .with_intra_threads(opts.intra_threads)
+            .map_err(|e| EngineError::Ort(e.to_string()))?;
+    }
+    Ok(b)
+}
+
+#[cfg(feature = "cuda")]
+fn with_cuda(
+    b: ort::session::builder::SessionBuilder,
+    device: u32,
+) -> Result<ort::session::builder::SessionBuilder> {
+    let ep = ort::ep::CUDA::default()
+        .with_device_id(device as i32)
+        .build()
+        .error_on_failure();
+    b.with_execution_providers([ep])
+        .map_err(|e| EngineError::ExecutionProvider(format!("CUDA device {device}: {e}")))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn with_cuda(
+    _b: ort::session::builder::SessionBuilder,
+    _device: u32,
+) -> Result<ort::session::builder::SessionBuilder> {
+    Err(EngineError::ExecutionProvider(
+        "this safegate was built without CUDA support (rebuild with `--features cuda`)".into(),
+    ))
+}
+
+/// Opens `model` on the requested device. `cuda` that cannot be registered is an error;
+/// `auto` falls back to the CPU with a warning.
+pub fn open_session(model: &Path, opts: &SessionOptions) -> Result<(Session, Provider)> {
+    let commit = |mut b: ort::session::builder::SessionBuilder| {
+        b.commit_from_file(model).map_err(|e| EngineError::Model {
+            path: model.to_path_buf(),
+            message: format!("ONNX Runtime cannot load it: {e}"),
+        })
+    };
+    match opts.device {
+        Device::Cpu => Ok((commit(builder(opts)?)?, Provider::Cpu)),
+        Device::Cuda(n) => Ok((commit(with_cuda(builder(opts)?, n)?)?, Provider::Cuda)),
+        Device::Auto => match with_cuda(builder(opts)?, 0) {
+            Ok(b) => Ok((commit(b)?, Provider::Cuda)),
+            Err(e) => {
+                tracing::warn!("CUDA is not available ({e}); running on the CPU");
+                Ok((commit(builder(opts)?)?, Provider::Cpu))
+            }
+        },
+    }
+}
+
+/// Key/value tensors of every layer, in the order key0, value0, key1, value1, ...
+pub struct KvCache {
+    values: Vec<DynValue>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Number of positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A decoder session with its recognised signature.
+pub struct DecoderSession {
+    session: Session,
+    signature: GraphSignature,
+    kv_type: TensorElementType,
+    num_kv_heads: usize,
+    head_dim: usize,
+    pub provider: Provider,
+}
+
+impl DecoderSession {
+    pub fn open(
+        dir: &Path,
+        onnx: &Path,
+        config: &ModelConfig,
+        opts: &SessionOptions,
+    ) -> Result<Self> {
+        let (session, provider) = open_session(onnx, opts)?;
+        let inputs: Vec<String> = session
+            .inputs()
+            .iter()
+            .map(|i| i.name().to_string())
+            .collect();
+        let outputs: Vec<String> = session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
+        let signature = recognise_layout(dir, &inputs, &outputs, config.num_layers)?;
+        let kv_type = session
+            .inputs()
+            .iter()
+            .find(|i| i.name() == signature.kv_inputs[0].0)
+            .and_then(|i| match i.dtype() {
+                ValueType::Tensor { ty, .. } => Some(*ty),
+                _ => None,
+            })
+            .unwrap_or(TensorElementType::Float32);
+        if !matches!(
+            kv_type,
+            TensorElementType::Float32 | TensorElementType::Float16
+        ) {
+            return Err(EngineError::UnsupportedLayout {
+                path: dir.to_path_buf(),
+                message: format!("KV cache element type {kv_type:?}; expected float32 or float16"),
+            });
+        }
+        Ok(Self {
+            session,
+            signature,
+            kv_type,
+            num_kv_heads: config.num_kv_heads,
+            head_dim: config.head_dim,
+            provider,
+        })
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.signature.layout
+    }
+
+    pub fn empty_cache(&self) -> Result<KvCache> {
+        let shape = [1usize, self.num_kv_heads, 0, self.head_dim];
+        let mut values = Vec::with_capacity(self.signature.kv_inputs.len() * 2);
+        for _ in 0..self.signature.kv_inputs.len() * 2 {
+            let v: DynValue = match self.kv_type {
+                TensorElementType::Float16 => {
+                    Tensor::<half::f16>::from_array((shape, Vec::new()))?.into_dyn()
+                }
+                _ => Tensor::<f32>::from_array((shape, Vec::new()))?.into_dyn(),
+            };
+            values.push(v);
+        }
+        Ok(KvCache { values, len: 0 })
+    }
+
+    /// Runs `ids` (batch of one) after the cached positions. Writes the logits of the last
+    /// position into `logits_out` and returns the grown cache. The cache's tensors move
+    /// from outputs to inputs; nothing is copied on our side.
+    pub fn forward(
+        &mut self,
+        ids: &[u32],
+        cache: KvCache,
+        logits_out: &mut Vec<f32>,
+    ) -> Result<KvCache> {
+        let n = ids.len();
+        let total = cache.len + n;
+        let ids_t = Tensor::<i64>::from_array((
+            [1usize, n],
+            ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+        ))?;
+        let mask_t = Tensor::<i64>::from_array(([1usize, total], vec![1i64; total]))?;
+        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
+            Vec::with_capacity(3 + cache.values.len());
+        inputs.push(("input_ids".into(), ids_t.into()));
+        inputs.push(("attention_mask".into(), mask_t.into()));
+        if self.signature.layout == Layout::Optimum {
+            let pos: Vec<i64> = (cache.len as i64..total as i64).collect();
+            inputs.push((
+                "position_ids".into(),
+                Tensor::<i64>::from_array(([1usize, n], pos))?.into(),
+            ));
+        }
+        let mut values = cache.values.into_iter();
+        for (k, v) in &self.signature.kv_inputs {
+            let kt = values.next().expect("cache has one tensor per input");
+            let vt = values.next().expect("cache has one tensor per input");
+            inputs.push((k.as_str().into(), kt.into()));
+            inputs.push((v.as_str().into(), vt.into()));
+        }
+        let mut outputs = self.session.run(inputs)?;
+        let logits = outputs
+            .get("logits")
+            .ok_or_else(|| EngineError::Ort("the model returned no logits".into()))?;
+        logits_out.clear();
+        match logits.dtype() {
+            ValueType::Tensor {
+                ty: TensorElementType::Float16,
+                ..
+            } => {
+                let (shape, data) = logits.try_extract_tensor::<half::f16>()?;
+                let vocab = *shape.last().unwrap_or(&0) as usize;
+                logits_out.extend(data[data.len() - vocab..].iter().map(|v| v.to_f32()));
+            }
+            _ => {
+                let (shape, data) = logits.try_extract_tensor::<f32>()?;
+                let vocab = *shape.last().unwrap_or(&0) as usize;
+                logits_out.extend_from_slice(&data[data.len() - vocab..]);
+            }
+        }
+        let mut next = Vec::with_capacity(self.signature.kv_outputs.len() * 2);
+        for (k, v) in &self.signature.kv_outputs {
+            for name in [k, v] {
+                next.push(
+                    outputs.remove(name.as_str()).ok_or_else(|| {
+                        EngineError::Ort(format!("the model returned no `{name}`"))
+                    })?,
+                );
+            }
+        }
+        Ok(KvCache {
+            values: next,
+            len: total,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_devices() {
+        assert_eq!("auto".parse::<Device>().unwrap(), Device::Auto);
+        assert_eq!("cpu".parse::<Device>().unwrap(), Device::Cpu);
+        assert_eq!("cuda".parse::<Device>().unwrap(), Device::Cuda(0));
+        assert_eq!("cuda:3".parse::<Device>().unwrap(), Device::Cuda(3));
+        assert!("gpu".parse::<Device>().is_err());
+        assert!("cuda:x".parse::<Device>().is_err());
+    }
+}

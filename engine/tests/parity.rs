@@ -1,0 +1,169 @@
+//! The Rust engine against the plain Python onnxruntime loop (scripts/fixtures/reference.py),
+//! whose prompt ids, greedy ids and first-step logits are recorded in expected.json.
+
+mod common;
+
+use common::*;
+use safegate_engine::model::{ModelConfig, ModelFiles};
+use safegate_engine::session::{DecoderSession, SessionOptions};
+use safegate_engine::{GenerateRequest, GenerationEvent, SamplingParams};
+
+const FIXTURES: &[&str] = &["tiny-llama3", "tiny-chatml-genai"];
+
+fn greedy(
+    engine: &safegate_engine::Engine,
+    prompt: Vec<u32>,
+    max_tokens: usize,
+) -> (Vec<u32>, String) {
+    let mut stream = engine
+        .generate(GenerateRequest {
+            prompt_ids: prompt,
+            max_tokens,
+            sampling: SamplingParams::default(),
+            stop: vec![],
+        })
+        .unwrap();
+    let (mut ids, mut text) = (Vec::new(), String::new());
+    while let Some(ev) = stream.blocking_next() {
+        match ev {
+            GenerationEvent::Token { id, text: t } => {
+                ids.push(id);
+                text.push_str(&t);
+            }
+            GenerationEvent::Done(c) => {
+                text.push_str(&c.tail_text);
+                break;
+            }
+            GenerationEvent::Error(e) => panic!("{e}"),
+        }
+    }
+    (ids, text)
+}
+
+#[test]
+fn prompt_ids_match_the_python_template_and_tokenizer() {
+    for name in FIXTURES {
+        let engine = engine(name);
+        for case in expected(name).cases {
+            let ids = engine
+                .tokenizer()
+                .encode_chat(&case.messages, true)
+                .unwrap();
+            assert_eq!(ids, case.prompt_ids, "{name}: {:?}", case.messages);
+            let text = engine
+                .tokenizer()
+                .render_chat(&case.messages, true)
+                .unwrap();
+            assert_eq!(text, case.prompt_text, "{name}");
+        }
+    }
+}
+
+#[test]
+fn greedy_tokens_match_the_python_loop() {
+    for name in FIXTURES {
+        let engine = engine(name);
+        let exp = expected(name);
+        for case in &exp.cases {
+            let (ids, _) = greedy(&engine, case.prompt_ids.clone(), exp.max_new_tokens);
+            // The reference records the EOS token it stopped on; the engine does not emit it.
+            let want: Vec<u32> = case
+                .greedy_ids
+                .iter()
+                .copied()
+                .filter(|id| !engine.info().config.eos_token_ids.contains(id))
+                .collect();
+            assert_eq!(ids, want, "{name}");
+        }
+    }
+}
+
+#[test]
+fn kv_cache_step_logits_match_within_1e_4() {
+    init_runtime();
+    for name in FIXTURES {
+        let dir = fixture(name);
+        let files = ModelFiles::locate(&dir).unwrap();
+        let config = ModelConfig::load(&dir).unwrap();
+        let mut session = DecoderSession::open(
+            &dir,
+            &files.onnx,
+            &config,
+            &SessionOptions {
+                intra_threads: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        for case in expected(name).cases {
+            let mut cache = session.empty_cache().unwrap();
+            let mut input = case.prompt_ids.clone();
+            let mut logits = Vec::new();
+            for (step, sample) in case.logits.iter().enumerate() {
+                cache = session.forward(&input, cache, &mut logits).unwrap();
+                assert_eq!(logits.len(), config.vocab_size);
+                for (&i, &want) in sample.indices.iter().zip(&sample.values) {
+                    let got = logits[i];
+                    assert!(
+                        (got - want).abs() <= 1e-4,
+                        "{name} step {step} logit {i}: {got} vs {want}"
+                    );
+                }
+                input = vec![case.greedy_ids[step]];
+            }
+        }
+    }
+}
+
+#[test]
+fn score_is_the_first_step_logits() {
+    let engine = engine("tiny-chatml-genai");
+    let case = &expected("tiny-chatml-genai").cases[0];
+    let logits = engine.score_blocking(case.prompt_ids.clone()).unwrap();
+    for (&i, &want) in case.logits[0].indices.iter().zip(&case.logits[0].values) {
+        assert!((logits[i] - want).abs() <= 1e-4);
+    }
+}
+
+#[test]
+fn interleaved_requests_get_the_same_tokens_as_alone() {
+    let engine = engine("tiny-llama3");
+    let exp = expected("tiny-llama3");
+    let streams: Vec<_> = exp
+        .cases
+        .iter()
+        .map(|c| {
+            engine
+                .generate(GenerateRequest {
+                    prompt_ids: c.prompt_ids.clone(),
+                    max_tokens: exp.max_new_tokens,
+                    sampling: SamplingParams::default(),
+                    stop: vec![],
+                })
+                .unwrap()
+        })
+        .collect();
+    // Read them round-robin so all are in flight together on one worker.
+    let mut streams: Vec<_> = streams
+        .into_iter()
+        .map(|s| (s, Vec::new(), false))
+        .collect();
+    while streams.iter().any(|(_, _, done)| !done) {
+        for (stream, ids, done) in streams.iter_mut().filter(|s| !s.2) {
+            match stream.blocking_next() {
+                Some(GenerationEvent::Token { id, .. }) => ids.push(id),
+                Some(GenerationEvent::Done(_)) | None => *done = true,
+                Some(GenerationEvent::Error(e)) => panic!("{e}"),
+            }
+        }
+    }
+    for ((_, ids, _), case) in streams.iter().zip(&exp.cases) {
+        let want: Vec<u32> = case
+            .greedy_ids
+            .iter()
+            .copied()
+            .filter(|id| *id != 128009 && *id != 128001)
+            .collect();
+        assert_eq!(ids, &want);
+    }
+}

@@ -1,0 +1,1 @@
+//! safegate guard (see issues).

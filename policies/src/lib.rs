@@ -1,0 +1,1 @@
+//! safegate policies (see issues).

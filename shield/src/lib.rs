@@ -1,0 +1,1 @@
+//! safegate shield (see issues).
