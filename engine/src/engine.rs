@@ -52,6 +52,8 @@ pub struct GenerateRequest {
     pub max_tokens: usize,
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
+    /// Keep going past end-of-sequence tokens (benchmarks want a fixed length).
+    pub ignore_eos: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -304,6 +306,7 @@ impl Engine {
             max_tokens: 1,
             sampling: SamplingParams::default(),
             stop: Vec::new(),
+            ignore_eos: false,
         })?;
         let (reply, rx) = oneshot::channel();
         self.submit(Job::Score { prompt_ids, reply })?;
@@ -332,6 +335,7 @@ struct Active {
     prompt_tokens: usize,
     generated: usize,
     max_tokens: usize,
+    ignore_eos: bool,
     sampler: Sampler,
     decoder: IncrementalDecoder,
     stops: StopMatcher,
@@ -424,6 +428,7 @@ impl Worker {
                     next_input: request.prompt_ids,
                     generated: 0,
                     max_tokens: request.max_tokens,
+                    ignore_eos: request.ignore_eos,
                     sampler: Sampler::new(request.sampling),
                     decoder: IncrementalDecoder::default(),
                     stops: StopMatcher::new(request.stop),
@@ -484,7 +489,7 @@ impl Worker {
         if seq.first_token.is_none() {
             seq.first_token = Some(Instant::now());
         }
-        if self.info.config.eos_token_ids.contains(&next) {
+        if !seq.ignore_eos && self.info.config.eos_token_ids.contains(&next) {
             return self.finish(seq, FinishReason::Stop, false);
         }
         let piece = seq.decoder.push(next, &self.shared.tokenizer)?;

@@ -121,13 +121,17 @@ pub fn open_session(model: &Path, opts: &SessionOptions) -> Result<(Session, Pro
     match opts.device {
         Device::Cpu => Ok((commit(builder(opts)?)?, Provider::Cpu)),
         Device::Cuda(n) => Ok((commit(with_cuda(builder(opts)?, n)?)?, Provider::Cuda)),
-        Device::Auto => match with_cuda(builder(opts)?, 0) {
+        Device::Auto if cfg!(feature = "cuda") => match with_cuda(builder(opts)?, 0) {
             Ok(b) => Ok((commit(b)?, Provider::Cuda)),
             Err(e) => {
                 tracing::warn!("CUDA is not available ({e}); running on the CPU");
                 Ok((commit(builder(opts)?)?, Provider::Cpu))
             }
         },
+        Device::Auto => {
+            tracing::info!("built without CUDA support; running on the CPU");
+            Ok((commit(builder(opts)?)?, Provider::Cpu))
+        }
     }
 }
 
@@ -224,15 +228,30 @@ impl DecoderSession {
         Ok(KvCache { values, len: 0 })
     }
 
-    /// Runs `ids` (batch of one) after the cached positions. Writes the logits of the last
-    /// position into `logits_out` and returns the grown cache. The cache's tensors move
-    /// from outputs to inputs; nothing is copied on our side.
+    /// Runs `ids` (batch of one) after the cached positions. Copies the logits of the last
+    /// position into `logits_out` and returns the grown cache.
     pub fn forward(
         &mut self,
         ids: &[u32],
         cache: KvCache,
         logits_out: &mut Vec<f32>,
     ) -> Result<KvCache> {
+        self.forward_with(ids, cache, |logits| {
+            logits_out.clear();
+            logits_out.extend_from_slice(logits);
+        })
+        .map(|(cache, ())| cache)
+    }
+
+    /// Runs `ids` (batch of one) after the cached positions and hands the logits of the last
+    /// position to `look` without copying them (float16 logits are converted). The cache's
+    /// tensors move from outputs to inputs; nothing is copied on our side.
+    pub fn forward_with<R>(
+        &mut self,
+        ids: &[u32],
+        cache: KvCache,
+        look: impl FnOnce(&[f32]) -> R,
+    ) -> Result<(KvCache, R)> {
         let n = ids.len();
         let total = cache.len + n;
         let ids_t = Tensor::<i64>::from_array((
@@ -262,22 +281,25 @@ impl DecoderSession {
         let logits = outputs
             .get("logits")
             .ok_or_else(|| EngineError::Ort("the model returned no logits".into()))?;
-        logits_out.clear();
-        match logits.dtype() {
+        let looked = match logits.dtype() {
             ValueType::Tensor {
                 ty: TensorElementType::Float16,
                 ..
             } => {
                 let (shape, data) = logits.try_extract_tensor::<half::f16>()?;
                 let vocab = *shape.last().unwrap_or(&0) as usize;
-                logits_out.extend(data[data.len() - vocab..].iter().map(|v| v.to_f32()));
+                let converted: Vec<f32> = data[data.len() - vocab..]
+                    .iter()
+                    .map(|v| v.to_f32())
+                    .collect();
+                look(&converted)
             }
             _ => {
                 let (shape, data) = logits.try_extract_tensor::<f32>()?;
                 let vocab = *shape.last().unwrap_or(&0) as usize;
-                logits_out.extend_from_slice(&data[data.len() - vocab..]);
+                look(&data[data.len() - vocab..])
             }
-        }
+        };
         let mut next = Vec::with_capacity(self.signature.kv_outputs.len() * 2);
         for (k, v) in &self.signature.kv_outputs {
             for name in [k, v] {
@@ -288,10 +310,13 @@ impl DecoderSession {
                 );
             }
         }
-        Ok(KvCache {
-            values: next,
-            len: total,
-        })
+        Ok((
+            KvCache {
+                values: next,
+                len: total,
+            },
+            looked,
+        ))
     }
 }
 

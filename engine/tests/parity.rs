@@ -21,6 +21,7 @@ fn greedy(
             max_tokens,
             sampling: SamplingParams::default(),
             stop: vec![],
+            ignore_eos: false,
         })
         .unwrap();
     let (mut ids, mut text) = (Vec::new(), String::new());
@@ -139,6 +140,7 @@ fn interleaved_requests_get_the_same_tokens_as_alone() {
                     max_tokens: exp.max_new_tokens,
                     sampling: SamplingParams::default(),
                     stop: vec![],
+                    ignore_eos: false,
                 })
                 .unwrap()
         })

@@ -1,1 +1,30 @@
-fn main() {}
+//! `safegate`: the gateway binary and its command-line tools.
+
+mod cli;
+mod cmd_bench;
+mod cmd_generate;
+mod messages;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SAFEGATE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match &cli.command {
+        cli::Command::Generate(args) => cmd_generate::run(&cli, args),
+        cli::Command::Bench(args) => cmd_bench::run(&cli, args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,95 @@
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "safegate",
+    version,
+    about = "A safety-guarded LLM inference gateway"
+)]
+pub struct Cli {
+    /// Path to libonnxruntime.so (else ORT_DYLIB_PATH, else ./.ort/lib from scripts/setup.sh).
+    #[arg(long, env = "SAFEGATE_ORT_LIB", global = true)]
+    pub ort_lib: Option<PathBuf>,
+    /// Log filter (tracing syntax), e.g. info or safegate_engine=debug.
+    #[arg(
+        long,
+        env = "SAFEGATE_LOG_LEVEL",
+        default_value = "warn",
+        global = true
+    )]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate a chat reply with a local model.
+    Generate(GenerateArgs),
+    /// Measure time to first token and decode speed of a local model.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Model folder (model.onnx, tokenizer.json, tokenizer_config.json, config.json or genai_config.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// ONNX Runtime intra-op threads (0: ONNX Runtime's choice).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["prompt", "messages"])))]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// One user message.
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// An OpenAI-style JSON array of {role, content}.
+    #[arg(long)]
+    pub messages: Option<PathBuf>,
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// 0 disables the top-k cut.
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop string (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// One JSON object per token, then a summary line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value_t = 128)]
+    pub prompt_tokens: usize,
+    #[arg(long, default_value_t = 64)]
+    pub new_tokens: usize,
+    /// Measured runs (after one warm-up run).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
