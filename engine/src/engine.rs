@@ -212,7 +212,6 @@ impl Engine {
                 shared: shared.clone(),
                 info: info.clone(),
                 max_active: opts.max_active_per_worker.max(1),
-                logits: Vec::new(),
             };
             let handle = std::thread::Builder::new()
                 .name(format!("safegate-engine-{i}"))
@@ -358,7 +357,6 @@ struct Worker {
     shared: Arc<Shared>,
     info: Arc<ModelInfo>,
     max_active: usize,
-    logits: Vec<f32>,
 }
 
 enum StepOutcome {
@@ -404,8 +402,11 @@ impl Worker {
                 let result = self
                     .session
                     .empty_cache()
-                    .and_then(|cache| self.session.forward(&prompt_ids, cache, &mut self.logits))
-                    .map(|_| self.logits.clone());
+                    .and_then(|cache| {
+                        self.session
+                            .forward_with(&prompt_ids, cache, |logits| logits.to_vec())
+                    })
+                    .map(|(_, logits)| logits);
                 let _ = reply.send(result);
             }
             Job::Generate {
@@ -481,10 +482,11 @@ impl Worker {
             return Ok(StepOutcome::Finished);
         }
         let cache = seq.cache.take().expect("an active sequence has a cache");
-        let cache = self
+        let (cache, next) = self
             .session
-            .forward(&seq.next_input, cache, &mut self.logits)?;
-        let next = seq.sampler.sample(&mut self.logits, &seq.seen);
+            .forward_with(&seq.next_input, cache, |logits| {
+                seq.sampler.sample(logits, &seq.seen)
+            })?;
         seq.generated += 1;
         if seq.first_token.is_none() {
             seq.first_token = Some(Instant::now());

@@ -261,9 +261,10 @@ mod tests {
 
     #[test]
     fn penalty_applies_through_sample() {
-        let mut p = SamplingParams::default();
-        p.repetition_penalty = 4.0;
-        let mut s = Sampler::new(p);
+        let mut s = Sampler::new(SamplingParams {
+            repetition_penalty: 4.0,
+            ..Default::default()
+        });
         assert_eq!(s.sample(&[2.0, 1.0], &[0]), 1);
     }
 

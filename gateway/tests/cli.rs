@@ -1,0 +1,152 @@
+//! The real `safegate` binary, driven as a user would.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
+}
+
+fn safegate(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_safegate"))
+        .args(args)
+        .env_remove("ORT_DYLIB_PATH")
+        .output()
+        .expect("binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn generate_json_prints_tokens_then_a_summary() {
+    let model = fixture("tiny-llama3");
+    let (code, stdout, stderr) = safegate(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "What is the capital of France?",
+        "--max-tokens",
+        "7",
+        "--json",
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 8);
+    // Same greedy ids as the Python reference recorded for this prompt.
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("expected.json")).unwrap())
+            .unwrap();
+    let want = &expected["cases"][0]["greedy_ids"];
+    for (i, line) in lines[..7].iter().enumerate() {
+        assert_eq!(line["id"], want[i]);
+        assert!(line["text"].is_string());
+    }
+    let summary = &lines[7]["summary"];
+    assert_eq!(summary["completion_tokens"], 7);
+    assert_eq!(summary["finish_reason"], "length");
+    assert!(summary["time_to_first_token_ms"].as_f64().unwrap() > 0.0);
+    assert!(summary["tokens_per_second"].as_f64().unwrap() > 0.0);
+    assert_eq!(summary["provider"], "cpu");
+}
+
+#[test]
+fn messages_file_errors_name_the_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture("tiny-chatml-genai");
+    let path = dir.path().join("m.json");
+    std::fs::write(&path, "[\n  {\"role\": \"user\", \"content\": \"hi\"},\n  {\"role\": \"robot\", \"content\": \"x\"}\n]").unwrap();
+    let (code, _, stderr) = safegate(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--messages",
+        path.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("m.json") && stderr.contains("messages[1].role"),
+        "{stderr}"
+    );
+
+    std::fs::write(&path, b"[{\"role\": \"user\", \"content\": \"\xff\xfe\"}]").unwrap();
+    let (code, _, stderr) = safegate(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--messages",
+        path.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("invalid UTF-8"), "{stderr}");
+
+    std::fs::write(&path, "[{\"role\": \"user\",\n\"content\": ]").unwrap();
+    let (_, _, stderr) = safegate(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--messages",
+        path.to_str().unwrap(),
+    ]);
+    assert!(stderr.contains("line 2, column"), "{stderr}");
+}
+
+#[test]
+fn missing_runtime_and_model_are_reported_not_panics() {
+    let model = fixture("tiny-chatml-genai");
+    let (code, _, stderr) = safegate(&[
+        "--ort-lib",
+        "/nonexistent/libonnxruntime.so",
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "x",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("scripts/setup.sh") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+
+    let (code, _, stderr) = safegate(&["generate", "--model", "/nonexistent", "--prompt", "x"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("/nonexistent") && stderr.contains("not a folder"),
+        "{stderr}"
+    );
+
+    let (code, _, stderr) = safegate(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--max-tokens",
+        "0",
+    ]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("max_tokens must be at least 1"), "{stderr}");
+
+    let (code, _, stderr) = safegate(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--device",
+        "cuda",
+    ]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("CUDA"), "{stderr}");
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Engine bench on a GPU machine with the CUDA execution provider.
+# Expects (see ../shared/GPU.md): /tmp/ort/ holding libonnxruntime.so.1.31.1,
+# libonnxruntime_providers_shared.so and libonnxruntime_providers_cuda.so from the
+# onnxruntime-gpu 1.31.1 wheel; a `safegate` binary built with `--features cuda` at
+# ./safegate or target/release/safegate; python3 with onnx + numpy to build the bench model.
+# Prints a short table last; full logs go to $OUT (or ./bench-out).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-bench-out}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH=/tmp/ort:/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
+export ORT_DYLIB_PATH=/tmp/ort/libonnxruntime.so.1.31.1
+BIN=./safegate; [ -x "$BIN" ] || BIN=target/release/safegate
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 - <<'PY' >"$OUT/build.log" 2>&1
+import sys; sys.path.insert(0, "scripts/fixtures"); sys.path.insert(0, "scripts/bench")
+import engine_bench, os
+engine_bench.build_100m(os.path.join("bench-out", "llama-100m"))
+PY
+for model in tests/fixtures/tiny-llama3 bench-out/llama-100m; do
+  for dev in cuda cpu; do
+    "$BIN" --log info bench --model "$model" --device "$dev" --prompt-tokens 128 --new-tokens 64 --runs 5 --json \
+      2>>"$OUT/safegate.log" | tee -a "$OUT/results.jsonl"
+  done
+done
+python3 -c "
+import json
+print('| model | device | first token ms | ms/token | tokens/s |'); print('|---|---|---|---|---|')
+for l in open('$OUT/results.jsonl'):
+    r = json.loads(l)
+    print(f\"| {r['model']} | {r['provider']} | {r['time_to_first_token_ms']:.2f} | {r['per_token_ms']:.3f} | {r['tokens_per_second']:.0f} |\")
+"
