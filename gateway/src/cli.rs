@@ -30,6 +30,22 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Measure time to first token and decode speed of a local model.
     Bench(BenchArgs),
+    /// Scan text or code for insecure patterns (Code Shield).
+    Scan(ScanArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ScanArgs {
+    /// Scan every block as this language (c, cpp, csharp, java, javascript, typescript, php,
+    /// python, rust, go, ruby, kotlin, swift, bash; aliases such as py, js, c++ work).
+    #[arg(long)]
+    pub language: Option<String>,
+    /// Print one JSON object with findings and blocks.
+    #[arg(long)]
+    pub json: bool,
+    /// Input file, or - for standard input (the default).
+    #[arg(default_value = "-")]
+    pub file: String,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -3,6 +3,7 @@
 mod cli;
 mod cmd_bench;
 mod cmd_generate;
+mod cmd_scan;
 mod messages;
 
 use clap::Parser;
@@ -19,6 +20,7 @@ fn main() -> std::process::ExitCode {
     let result = match &cli.command {
         cli::Command::Generate(args) => cmd_generate::run(&cli, args),
         cli::Command::Bench(args) => cmd_bench::run(&cli, args),
+        cli::Command::Scan(args) => cmd_scan::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

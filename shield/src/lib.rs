@@ -1,1 +1,584 @@
-//! safegate shield (see issues).
+//! safegate's shield: finds insecure code in text (model output, or anything sent to
+//! `/v1/shield/scan`). Pure functions, no I/O: text in, findings out. What to do about a
+//! finding (block, warn, annotate) is the policy's business, not the shield's.
+//!
+//! - [`extract`]: code blocks in text (fenced, indented, whole input);
+//! - [`language`]: languages, fence aliases, detection;
+//! - [`rules`]: rule packs (data files under `shield/rules/`);
+//! - [`Shield::scan`] and [`StreamScanner`]: one-shot and incremental scanning.
+
+pub mod extract;
+pub mod language;
+pub mod rules;
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use tree_sitter::{Parser, QueryCursor, StreamingIterator};
+
+pub use extract::{extract_blocks, BlockKind, CodeBlock, Extractor};
+pub use language::Language;
+pub use rules::{Rule, Severity};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShieldError {
+    #[error("input is {size} bytes; the limit is {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("rule packs: {0}")]
+    Rules(String),
+}
+
+/// One insecure pattern found. Lines and columns are 1-based, in the scanned text; columns
+/// count characters.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Finding {
+    pub rule: String,
+    pub cwe: String,
+    pub severity: Severity,
+    pub message: String,
+    pub language: Option<Language>,
+    pub line: usize,
+    pub column: usize,
+    pub end_line: usize,
+    pub end_column: usize,
+    #[serde(skip)]
+    pub start_byte: usize,
+    #[serde(skip)]
+    pub end_byte: usize,
+}
+
+/// A code block as reported: where it is and which language it was scanned as.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BlockReport {
+    pub language: Option<Language>,
+    pub language_source: LanguageSource,
+    pub kind: BlockKind,
+    pub tag: Option<String>,
+    pub start_line: usize,
+    pub end_line: usize,
+    /// True when parsing hit the time limit and only regex rules ran on this block.
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LanguageSource {
+    Forced,
+    FenceTag,
+    Detected,
+    Unknown,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Report {
+    pub findings: Vec<Finding>,
+    pub blocks: Vec<BlockReport>,
+}
+
+impl Report {
+    pub fn max_severity(&self) -> Option<Severity> {
+        self.findings.iter().map(|f| f.severity).max()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ScanOptions {
+    /// Scan every block (and unfenced text) as this language.
+    pub language: Option<Language>,
+    /// Languages to scan; others are skipped (empty: all).
+    pub languages: Vec<Language>,
+    /// Rule ids not to run.
+    pub disabled_rules: Vec<String>,
+    /// Larger inputs are refused with [`ShieldError::TooLarge`].
+    pub max_bytes: usize,
+    /// Parse time budget per block; past it the block gets regex rules only.
+    pub parse_timeout: Duration,
+}
+
+impl Default for ScanOptions {
+    fn default() -> Self {
+        Self {
+            language: None,
+            languages: Vec::new(),
+            disabled_rules: Vec::new(),
+            max_bytes: 4 * 1024 * 1024,
+            parse_timeout: Duration::from_millis(200),
+        }
+    }
+}
+
+/// The compiled rule packs. Build once ([`Shield::embedded`]) and share.
+pub struct Shield {
+    by_language: HashMap<Language, Vec<Rule>>,
+    agnostic: Vec<Rule>,
+}
+
+/// Maps byte offsets of the scanned text to 1-based (line, character column).
+struct LineIndex<'a> {
+    text: &'a str,
+    starts: Vec<usize>,
+}
+
+impl<'a> LineIndex<'a> {
+    fn new(text: &'a str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        Self { text, starts }
+    }
+
+    fn position(&self, byte: usize) -> (usize, usize) {
+        let byte = byte.min(self.text.len());
+        let line = self.starts.partition_point(|&s| s <= byte) - 1;
+        let col = self
+            .text
+            .get(self.starts[line]..byte)
+            .map_or(0, |s| s.chars().count());
+        (line + 1, col + 1)
+    }
+}
+
+/// Byte ranges of comments in a parsed tree.
+fn comment_ranges(tree: &tree_sitter::Tree) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut cursor = tree.walk();
+    let mut descend = true;
+    loop {
+        let node = cursor.node();
+        if descend && node.kind().contains("comment") {
+            out.push((node.start_byte(), node.end_byte()));
+            descend = false;
+        }
+        if descend && cursor.goto_first_child() {
+            continue;
+        }
+        if cursor.goto_next_sibling() {
+            descend = true;
+            continue;
+        }
+        loop {
+            if !cursor.goto_parent() {
+                return out;
+            }
+            if cursor.goto_next_sibling() {
+                descend = true;
+                break;
+            }
+        }
+    }
+}
+
+fn in_ranges(ranges: &[(usize, usize)], at: usize) -> bool {
+    ranges.iter().any(|&(s, e)| s <= at && at < e)
+}
+
+/// Comment ranges found without a parse (regex only; used when no grammar ran).
+fn lexical_comments(code: &str, lang: Option<Language>) -> Vec<(usize, usize)> {
+    static LINE: OnceLock<regex::Regex> = OnceLock::new();
+    let re = LINE.get_or_init(|| {
+        regex::Regex::new(r"(?m)^\s*(//|#(?:[^!\[]|$)|--\s|\*|/\*).*$").expect("regex")
+    });
+    let _ = lang;
+    re.find_iter(code).map(|m| (m.start(), m.end())).collect()
+}
+
+impl Shield {
+    /// The rule packs compiled into the binary.
+    pub fn embedded() -> &'static Shield {
+        static SHIELD: OnceLock<Shield> = OnceLock::new();
+        SHIELD.get_or_init(|| {
+            Shield::from_packs(rules::EMBEDDED).expect("embedded rule packs compile (tested)")
+        })
+    }
+
+    pub fn from_packs(packs: &[rules::Pack]) -> Result<Shield, ShieldError> {
+        let mut by_language: HashMap<Language, Vec<Rule>> = HashMap::new();
+        let mut agnostic = Vec::new();
+        for pack in packs {
+            if pack.languages.is_empty() {
+                agnostic.extend(rules::compile_pack(pack.file, None, pack.text)?);
+            }
+            // Queries are compiled once per grammar.
+            for &lang in pack.languages {
+                by_language
+                    .entry(lang)
+                    .or_default()
+                    .extend(rules::compile_pack(pack.file, Some(lang), pack.text)?);
+            }
+        }
+        for (lang, rules) in &by_language {
+            let mut ids = std::collections::HashSet::new();
+            if let Some(dup) = rules.iter().find(|r| !ids.insert(&r.spec.id)) {
+                return Err(ShieldError::Rules(format!(
+                    "rule id `{}` appears twice for {lang}",
+                    dup.spec.id
+                )));
+            }
+        }
+        Ok(Shield {
+            by_language,
+            agnostic,
+        })
+    }
+
+    /// Every rule, for listing and validation (`policies` checks rule ids against it).
+    pub fn rules(&self) -> impl Iterator<Item = (Option<Language>, &Rule)> {
+        self.by_language
+            .iter()
+            .flat_map(|(l, rs)| rs.iter().map(move |r| (Some(*l), r)))
+            .chain(self.agnostic.iter().map(|r| (None, r)))
+    }
+
+    pub fn has_rule(&self, id: &str) -> bool {
+        self.rules().any(|(_, r)| r.spec.id == id)
+    }
+
+    /// Scans a whole text.
+    pub fn scan(&self, text: &str, options: &ScanOptions) -> Result<Report, ShieldError> {
+        let mut s = StreamScanner::new(self, options.clone());
+        s.push(text)?;
+        s.finish()
+    }
+
+    /// Runs one language's rules over `code`, whose lines start at `line_starts` in the text.
+    #[allow(clippy::too_many_arguments)]
+    fn scan_code(
+        &self,
+        code: &str,
+        line_starts: &[usize],
+        language: Language,
+        options: &ScanOptions,
+        parser: &mut Parser,
+        out: &mut Vec<RawFinding>,
+    ) -> bool {
+        let Some(rules) = self.by_language.get(&language) else {
+            return false;
+        };
+        let source = language.prepare_source(code);
+        let tree = if parser.set_language(&language.grammar()).is_ok() {
+            let deadline = Instant::now() + options.parse_timeout;
+            let mut progress = |_: &tree_sitter::ParseState| {
+                if Instant::now() > deadline {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            };
+            let bytes = source.as_bytes();
+            let mut read =
+                |at: usize, _: tree_sitter::Point| -> &[u8] { bytes.get(at..).unwrap_or_default() };
+            let opts = tree_sitter::ParseOptions::new().progress_callback(&mut progress);
+            let tree = parser.parse_with_options(&mut read, None, Some(opts));
+            parser.reset();
+            tree
+        } else {
+            None
+        };
+        let truncated = tree.is_none();
+        let comments = match &tree {
+            Some(t) => comment_ranges(t),
+            None => lexical_comments(code, Some(language)),
+        };
+        // Map a byte offset inside the (possibly dedented) block back to the text.
+        let code_line_starts: Vec<usize> = std::iter::once(0)
+            .chain(code.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        let to_text = |at: usize| -> usize {
+            let line = code_line_starts.partition_point(|&s| s <= at) - 1;
+            match line_starts.get(line) {
+                Some(&start) => start + (at - code_line_starts[line]),
+                None => {
+                    line_starts.last().copied().unwrap_or(0)
+                        + (at - code_line_starts[line.min(code_line_starts.len() - 1)])
+                }
+            }
+        };
+        for rule in rules {
+            if options.disabled_rules.iter().any(|d| d == &rule.spec.id) {
+                continue;
+            }
+            match (&rule.matcher, &tree) {
+                (rules::Matcher::Regex(re), _) => {
+                    for caps in re.captures_iter(code).map_while(Result::ok) {
+                        let m = caps.name("m").or_else(|| caps.get(0)).expect("group 0");
+                        if !rule.spec.in_comments && in_ranges(&comments, m.start()) {
+                            continue;
+                        }
+                        let name = caps.name("name").map(|n| n.as_str());
+                        if !rules::conditions_hold(&rule.spec, code, name) {
+                            continue;
+                        }
+                        out.push(RawFinding::new(
+                            rule,
+                            Some(language),
+                            to_text(m.start()),
+                            to_text(m.end()),
+                        ));
+                    }
+                }
+                (rules::Matcher::Query(query), Some(tree)) => {
+                    let mut cursor = QueryCursor::new();
+                    cursor.set_match_limit(256);
+                    let mut matches = cursor.matches(query, tree.root_node(), source.as_bytes());
+                    while let Some(m) = matches.next() {
+                        let node = match rule.match_capture {
+                            Some(ci) => m.captures().iter().find(|c| c.index == ci).map(|c| c.node),
+                            None => m.captures().first().map(|c| c.node),
+                        };
+                        if let Some(node) = node {
+                            if in_ranges(&comments, node.start_byte()) {
+                                continue;
+                            }
+                            let name = query
+                                .capture_index_for_name("name")
+                                .and_then(|ci| m.captures().iter().find(|c| c.index == ci))
+                                .and_then(|c| c.node.utf8_text(source.as_bytes()).ok());
+                            if !rules::conditions_hold(&rule.spec, code, name) {
+                                continue;
+                            }
+                            out.push(RawFinding::new(
+                                rule,
+                                Some(language),
+                                to_text(node.start_byte()),
+                                to_text(node.end_byte()),
+                            ));
+                        }
+                    }
+                }
+                (rules::Matcher::Query(_), None) => {}
+            }
+        }
+        truncated
+    }
+
+    fn scan_agnostic(
+        &self,
+        text: &str,
+        base: usize,
+        language: Option<Language>,
+        options: &ScanOptions,
+        out: &mut Vec<RawFinding>,
+    ) {
+        for rule in &self.agnostic {
+            if options.disabled_rules.iter().any(|d| d == &rule.spec.id) {
+                continue;
+            }
+            if !rule.spec.languages.is_empty()
+                && !language.is_some_and(|l| rule.spec.languages.contains(&l))
+            {
+                continue;
+            }
+            if let rules::Matcher::Regex(re) = &rule.matcher {
+                for caps in re.captures_iter(text).map_while(Result::ok) {
+                    let m = caps.name("m").or_else(|| caps.get(0)).expect("group 0");
+                    out.push(RawFinding::new(
+                        rule,
+                        language,
+                        base + m.start(),
+                        base + m.end(),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+struct RawFinding {
+    rule: String,
+    cwe: String,
+    severity: Severity,
+    message: String,
+    language: Option<Language>,
+    start: usize,
+    end: usize,
+}
+
+impl RawFinding {
+    fn new(rule: &Rule, language: Option<Language>, start: usize, end: usize) -> Self {
+        Self {
+            rule: rule.spec.id.clone(),
+            cwe: rule.spec.cwe.clone(),
+            severity: rule.spec.severity,
+            message: rule.spec.message.clone(),
+            language,
+            start,
+            end,
+        }
+    }
+}
+
+/// Incremental scanning for streams: feed chunks as they arrive; each code block is scanned
+/// as soon as its closing fence arrives, and the rest at [`StreamScanner::finish`].
+/// Positions are always in the whole text fed so far.
+pub struct StreamScanner<'s> {
+    shield: &'s Shield,
+    options: ScanOptions,
+    text: String,
+    /// Bytes of `text` already fed to the extractor (whole lines).
+    consumed: usize,
+    /// Bytes of `text` already scanned by the language-agnostic rules (whole lines).
+    agnostic_done: usize,
+    extractor: Extractor,
+    parser: Parser,
+    report: Report,
+    reported: usize,
+}
+
+impl<'s> StreamScanner<'s> {
+    pub fn new(shield: &'s Shield, options: ScanOptions) -> Self {
+        Self {
+            shield,
+            options,
+            text: String::new(),
+            consumed: 0,
+            agnostic_done: 0,
+            extractor: Extractor::default(),
+            parser: Parser::new(),
+            report: Report::default(),
+            reported: 0,
+        }
+    }
+
+    /// Adds a chunk; returns the findings of blocks that closed in it.
+    pub fn push(&mut self, chunk: &str) -> Result<Vec<Finding>, ShieldError> {
+        if self.text.len() + chunk.len() > self.options.max_bytes {
+            return Err(ShieldError::TooLarge {
+                size: self.text.len() + chunk.len(),
+                limit: self.options.max_bytes,
+            });
+        }
+        self.text.push_str(chunk);
+        let mut raw = Vec::new();
+        while let Some(nl) = self.text[self.consumed..].find('\n') {
+            let end = self.consumed + nl + 1;
+            let line = self.text[self.consumed..end].to_string();
+            self.consumed = end;
+            if let Some(block) = self.extractor.push_line(&line) {
+                self.scan_block(block, &mut raw);
+            }
+        }
+        // Language-agnostic rules (secrets, keys) run on whole lines as they complete.
+        if self.consumed > self.agnostic_done {
+            let (from, to) = (self.agnostic_done, self.consumed);
+            let part = self.text[from..to].to_string();
+            self.shield
+                .scan_agnostic(&part, from, self.options.language, &self.options, &mut raw);
+            self.agnostic_done = to;
+        }
+        Ok(self.record(raw))
+    }
+
+    fn scan_block(&mut self, block: CodeBlock, raw: &mut Vec<RawFinding>) {
+        let (language, source) = match (
+            self.options.language,
+            block.tag.as_deref().and_then(Language::from_alias),
+        ) {
+            (Some(l), _) => (Some(l), LanguageSource::Forced),
+            (None, Some(l)) => (Some(l), LanguageSource::FenceTag),
+            (None, None) => match language::detect(&block.code) {
+                Some(l) => (Some(l), LanguageSource::Detected),
+                None => (None, LanguageSource::Unknown),
+            },
+        };
+        let wanted =
+            |l: Language| self.options.languages.is_empty() || self.options.languages.contains(&l);
+        let mut truncated = false;
+        if let Some(lang) = language.filter(|l| wanted(*l)) {
+            truncated = self.shield.scan_code(
+                &block.code,
+                &block.line_starts,
+                lang,
+                &self.options,
+                &mut self.parser,
+                raw,
+            );
+        }
+        let lines = block.code.lines().count().max(1);
+        self.report.blocks.push(BlockReport {
+            language,
+            language_source: source,
+            kind: block.kind,
+            tag: block.tag,
+            start_line: block.start_line + 1,
+            end_line: block.start_line + lines,
+            truncated,
+        });
+    }
+
+    fn record(&mut self, raw: Vec<RawFinding>) -> Vec<Finding> {
+        let index = LineIndex::new(&self.text);
+        for r in raw {
+            let dup = self
+                .report
+                .findings
+                .iter()
+                .any(|f| f.rule == r.rule && f.start_byte == r.start && f.end_byte == r.end);
+            if dup {
+                continue;
+            }
+            let (line, column) = index.position(r.start);
+            let (end_line, end_column) = index.position(r.end);
+            self.report.findings.push(Finding {
+                rule: r.rule,
+                cwe: r.cwe,
+                severity: r.severity,
+                message: r.message,
+                language: r.language,
+                line,
+                column,
+                end_line,
+                end_column,
+                start_byte: r.start,
+                end_byte: r.end,
+            });
+        }
+        let new = self.report.findings[self.reported..].to_vec();
+        self.reported = self.report.findings.len();
+        new
+    }
+
+    /// Ends the stream: scans an unterminated last line, an unclosed block, and, when the
+    /// text had no code blocks at all, the whole text if it is code. Returns the full report.
+    pub fn finish(mut self) -> Result<Report, ShieldError> {
+        let mut raw = Vec::new();
+        if self.consumed < self.text.len() {
+            let line = self.text[self.consumed..].to_string();
+            self.consumed = self.text.len();
+            if let Some(block) = self.extractor.push_line(&line) {
+                self.scan_block(block, &mut raw);
+            }
+            let from = self.agnostic_done;
+            self.shield
+                .scan_agnostic(&line, from, self.options.language, &self.options, &mut raw);
+            self.agnostic_done = self.text.len();
+        }
+        if let Some(block) = self.extractor.finish() {
+            self.scan_block(block, &mut raw);
+        }
+        if self.extractor.blocks_seen() == 0 && !self.text.trim().is_empty() {
+            let line_starts = std::iter::once(0)
+                .chain(self.text.match_indices('\n').map(|(i, _)| i + 1))
+                .collect();
+            let whole = CodeBlock {
+                tag: None,
+                kind: BlockKind::Whole,
+                start_byte: 0,
+                start_line: 0,
+                line_starts,
+                code: self.text.clone(),
+                closed: true,
+            };
+            let forced_or_detected =
+                self.options.language.is_some() || language::detect(&whole.code).is_some();
+            if forced_or_detected {
+                self.scan_block(whole, &mut raw);
+            }
+        }
+        self.record(raw);
+        self.report
+            .findings
+            .sort_by_key(|f| (f.start_byte, f.end_byte));
+        Ok(self.report)
+    }
+}

@@ -1,0 +1,101 @@
+//! Shield evaluation on a CyberSecEval-style JSONL file (language, line_text, origin_code).
+//!
+//!     cargo run --release -p safegate-shield --example eval -- ../shared/eval/shield-dev.jsonl [--auto] [--misses N]
+//!
+//! Per language: share of snippets flagged, and labelled-line recall (a finding's line span
+//! covers the first line of origin_code equal, after trimming, to line_text); latency per
+//! snippet. With --auto the language is detected instead of given.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use safegate_shield::{Language, ScanOptions, Shield};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let path = args
+        .get(1)
+        .expect("usage: eval FILE.jsonl [--auto] [--misses N]");
+    let auto = args.iter().any(|a| a == "--auto");
+    let misses: usize = args
+        .iter()
+        .position(|a| a == "--misses")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let text = std::fs::read_to_string(path).expect("read eval file");
+    let shield = Shield::embedded();
+    let mut per_lang: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
+    let mut times = Vec::new();
+    let mut missed: Vec<(String, String, String)> = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let row: serde_json::Value = serde_json::from_str(line).expect("json line");
+        let lang_name = row["language"].as_str().unwrap_or_default().to_string();
+        let code = row["origin_code"].as_str().unwrap_or_default();
+        let target = row["line_text"].as_str().unwrap_or_default().trim();
+        let target_line = code.lines().position(|l| l.trim() == target).map(|i| i + 1);
+        let options = ScanOptions {
+            language: if auto {
+                None
+            } else {
+                lang_name.parse::<Language>().ok()
+            },
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        let report = shield.scan(code, &options).expect("scan");
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+        let flagged = !report.findings.is_empty();
+        let on_line = target_line.is_some_and(|t| {
+            report
+                .findings
+                .iter()
+                .any(|f| f.line <= t && t <= f.end_line)
+        });
+        let e = per_lang.entry(lang_name.clone()).or_default();
+        e.0 += 1;
+        e.1 += flagged as usize;
+        e.2 += on_line as usize;
+        if !on_line {
+            missed.push((
+                lang_name,
+                row["pattern_desc"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(60)
+                    .collect(),
+                target.chars().take(110).collect(),
+            ));
+        }
+    }
+    let (mut n, mut f, mut l) = (0, 0, 0);
+    println!("| language | snippets | flagged | labelled line |");
+    println!("|---|---|---|---|");
+    for (lang, (cn, cf, cl)) in &per_lang {
+        println!(
+            "| {lang} | {cn} | {:.1}% | {:.1}% |",
+            100.0 * *cf as f64 / *cn as f64,
+            100.0 * *cl as f64 / *cn as f64
+        );
+        n += cn;
+        f += cf;
+        l += cl;
+    }
+    println!(
+        "| **all** | {n} | {:.1}% | {:.1}% |",
+        100.0 * f as f64 / n as f64,
+        100.0 * l as f64 / n as f64
+    );
+    times.sort_by(f64::total_cmp);
+    let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)];
+    println!(
+        "\nlatency per snippet: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        pct(0.5),
+        pct(0.99),
+        times[times.len() - 1]
+    );
+    for (lang, desc, line) in missed.iter().take(misses) {
+        println!("MISS {lang:10} {desc:60} | {line}");
+    }
+}
