@@ -64,6 +64,7 @@ pub struct Extractor {
     line_no: usize,
     byte: usize,
     blocks_seen: usize,
+    fenced_seen: usize,
 }
 
 impl Default for Extractor {
@@ -77,6 +78,7 @@ impl Default for Extractor {
             line_no: 0,
             byte: 0,
             blocks_seen: 0,
+            fenced_seen: 0,
         }
     }
 }
@@ -367,6 +369,11 @@ impl Extractor {
     /// Blocks emitted so far.
     pub fn blocks_seen(&self) -> usize {
         self.blocks_seen
+    }
+
+    /// Fenced blocks emitted so far.
+    pub fn fenced_seen(&self) -> usize {
+        self.fenced_seen
     }
 }
 

@@ -113,6 +113,38 @@ impl Default for ScanOptions {
 pub struct Shield {
     by_language: HashMap<Language, Vec<Rule>>,
     agnostic: Vec<Rule>,
+    /// Per language (and for the agnostic rules), one set of all rules' prefilters: one
+    /// fast pass over the code says which rules can match at all.
+    prefilters: HashMap<Option<Language>, Prefilters>,
+}
+
+struct Prefilters {
+    set: regex::RegexSet,
+    /// For each rule (by index in its list), its slot in `set`, if it has a prefilter.
+    slots: Vec<Option<usize>>,
+}
+
+impl Prefilters {
+    fn new(rules: &[Rule]) -> Prefilters {
+        let mut patterns = Vec::new();
+        let slots = rules
+            .iter()
+            .map(|r| {
+                r.prefilter.as_ref().map(|p| {
+                    patterns.push(p.clone());
+                    patterns.len() - 1
+                })
+            })
+            .collect();
+        let set = regex::RegexSet::new(&patterns).unwrap_or_else(|_| regex::RegexSet::empty());
+        Prefilters { set, slots }
+    }
+
+    /// Which rules may match `code`.
+    fn candidates(&self, code: &str) -> Vec<bool> {
+        let hits = self.set.matches(code);
+        self.slots.iter().map(|slot| slot.is_none_or(|s| hits.matched(s))).collect()
+    }
 }
 
 /// Maps byte offsets of the scanned text to 1-based (line, character column).
@@ -216,9 +248,15 @@ impl Shield {
                 )));
             }
         }
+        let mut prefilters: HashMap<Option<Language>, Prefilters> = by_language
+            .iter()
+            .map(|(l, rules)| (Some(*l), Prefilters::new(rules)))
+            .collect();
+        prefilters.insert(None, Prefilters::new(&agnostic));
         Ok(Shield {
             by_language,
             agnostic,
+            prefilters,
         })
     }
 
@@ -294,7 +332,8 @@ impl Shield {
                 }
             }
         };
-        for rule in rules {
+        let may_match = self.prefilters[&Some(language)].candidates(code);
+        for (rule, _) in rules.iter().zip(&may_match).filter(|(_, m)| **m) {
             if options.disabled_rules.iter().any(|d| d == &rule.spec.id) {
                 continue;
             }
@@ -360,7 +399,8 @@ impl Shield {
         options: &ScanOptions,
         out: &mut Vec<RawFinding>,
     ) {
-        for rule in &self.agnostic {
+        let may_match = self.prefilters[&None].candidates(text);
+        for (rule, _) in self.agnostic.iter().zip(&may_match).filter(|(_, m)| **m) {
             if options.disabled_rules.iter().any(|d| d == &rule.spec.id) {
                 continue;
             }
@@ -539,7 +579,9 @@ impl<'s> StreamScanner<'s> {
     }
 
     /// Ends the stream: scans an unterminated last line, an unclosed block, and, when the
-    /// text had no code blocks at all, the whole text if it is code. Returns the full report.
+    /// text had no fenced blocks, the whole text if it is code (indented-looking parts of a
+    /// code file are then scanned in context; duplicate findings are merged). Returns the
+    /// full report.
     pub fn finish(mut self) -> Result<Report, ShieldError> {
         let mut raw = Vec::new();
         if self.consumed < self.text.len() {
@@ -556,7 +598,7 @@ impl<'s> StreamScanner<'s> {
         if let Some(block) = self.extractor.finish() {
             self.scan_block(block, &mut raw);
         }
-        if self.extractor.blocks_seen() == 0 && !self.text.trim().is_empty() {
+        if self.extractor.fenced_seen() == 0 && !self.text.trim().is_empty() {
             let line_starts = std::iter::once(0)
                 .chain(self.text.match_indices('\n').map(|(i, _)| i + 1))
                 .collect();

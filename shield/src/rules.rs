@@ -81,6 +81,104 @@ pub struct Rule {
     pub matcher: Matcher,
     /// Index of the `@match` capture for queries.
     pub match_capture: Option<u32>,
+    /// For regex rules: the pattern with its lookarounds removed, which the fast regex
+    /// engine can run. It matches wherever the rule could, so code it does not match is
+    /// skipped without running the backtracking engine (see [`prefilter_pattern`]).
+    pub prefilter: Option<String>,
+}
+
+/// Removes lookaround groups (`(?=`, `(?!`, `(?<=`, `(?<!`) from a regex, leaving a pattern
+/// that matches a superset of what the original matches; None if the result still needs
+/// the backtracking engine (backreferences) or does not compile.
+pub fn prefilter_pattern(pattern: &str) -> Option<String> {
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut out = String::with_capacity(pattern.len());
+    let mut i = 0;
+    let mut in_class = false;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '\\' {
+            if chars.get(i + 1) == Some(&'k') {
+                return None; // named backreference
+            }
+            out.push(c);
+            if let Some(&n) = chars.get(i + 1) {
+                if n.is_ascii_digit() && !in_class {
+                    return None; // numbered backreference
+                }
+                out.push(n);
+            }
+            i += 2;
+            continue;
+        }
+        if in_class {
+            if c == ']' {
+                in_class = false;
+            }
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        if c == '[' {
+            in_class = true;
+            out.push(c);
+            // A `]` right after `[` or `[^` is a literal.
+            if chars.get(i + 1) == Some(&'^') {
+                out.push('^');
+                i += 1;
+            }
+            if chars.get(i + 1) == Some(&']') {
+                out.push(']');
+                i += 1;
+            }
+            i += 1;
+            continue;
+        }
+        let rest: String = chars[i..chars.len().min(i + 4)].iter().collect();
+        if rest.starts_with("(?=") || rest.starts_with("(?!") || rest.starts_with("(?<=") || rest.starts_with("(?<!") {
+            // Skip to the matching parenthesis.
+            let mut depth = 0;
+            let mut j = i;
+            let mut cls = false;
+            while j < chars.len() {
+                let d = chars[j];
+                if d == '\\' {
+                    j += 2;
+                    continue;
+                }
+                if cls {
+                    if d == ']' {
+                        cls = false;
+                    }
+                } else if d == '[' {
+                    cls = true;
+                    if chars.get(j + 1) == Some(&'^') {
+                        j += 1;
+                    }
+                    if chars.get(j + 1) == Some(&']') {
+                        j += 1;
+                    }
+                } else if d == '(' {
+                    depth += 1;
+                } else if d == ')' {
+                    depth -= 1;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                j += 1;
+            }
+            i = j + 1;
+            // A quantifier left dangling after the removed group applies to nothing.
+            while i < chars.len() && matches!(chars[i], '?' | '*' | '+') {
+                i += 1;
+            }
+            continue;
+        }
+        out.push(c);
+        i += 1;
+    }
+    regex::Regex::new(&out).ok().map(|_| out)
 }
 
 /// A rule pack compiled into the binary: file name, the languages it applies to (empty:
@@ -169,10 +267,12 @@ pub fn compile_pack(
                 "{at}: needs at least one positive example"
             )));
         }
+        let prefilter = spec.regex.as_deref().and_then(prefilter_pattern);
         out.push(Rule {
             spec,
             matcher,
             match_capture,
+            prefilter,
         });
     }
     Ok(out)
@@ -184,8 +284,7 @@ pub fn conditions_hold(spec: &RuleSpec, code: &str, name: Option<&str>) -> bool 
     // then drops the finding, `unless` keeps it (fail towards reporting).
     let matches = |p: &str| {
         let p = p.replace("{name}", &regex::escape(name.unwrap_or("")));
-        fancy_regex::Regex::new(&p)
-            .ok()
+        cached_regex(&p)
             .and_then(|re| re.is_match(code).ok())
             .unwrap_or(false)
     };
@@ -193,4 +292,36 @@ pub fn conditions_hold(spec: &RuleSpec, code: &str, name: Option<&str>) -> bool 
         return false;
     }
     !spec.unless.as_deref().is_some_and(matches)
+}
+
+/// Condition patterns compiled once per distinct text (the `{name}` substitution makes a few
+/// variants per rule); bounded so adversarial inputs cannot grow it without limit.
+fn cached_regex(pattern: &str) -> Option<std::sync::Arc<fancy_regex::Regex>> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<fancy_regex::Regex>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(re) = cache.lock().ok()?.get(pattern) {
+        return Some(re.clone());
+    }
+    let re = Arc::new(fancy_regex::Regex::new(pattern).ok()?);
+    let mut map = cache.lock().ok()?;
+    if map.len() > 4096 {
+        map.clear();
+    }
+    map.insert(pattern.to_string(), re.clone());
+    Some(re)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefilter_pattern;
+
+    #[test]
+    fn prefilter_strips_lookarounds_only() {
+        assert_eq!(prefilter_pattern(r"(?<![\w.])eval\s*\((?!\))").as_deref(), Some(r"eval\s*\("));
+        assert_eq!(prefilter_pattern(r"a(?=[)(])b").as_deref(), Some("ab"));
+        assert_eq!(prefilter_pattern(r"[(?!]x").as_deref(), Some(r"[(?!]x"));
+        assert_eq!(prefilter_pattern(r"(?P<d>.)\k<d>"), None);
+    }
 }
