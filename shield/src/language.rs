@@ -152,22 +152,22 @@ fn signals() -> &'static [(Language, regex::Regex, i32)] {
     static SIGNALS: OnceLock<Vec<(Language, regex::Regex, i32)>> = OnceLock::new();
     SIGNALS.get_or_init(|| {
         let raw: &[(Language, &str, i32)] = &[
-            (Language::Php, r"<\?php|\$_(GET|POST|REQUEST|SERVER|COOKIE|SESSION)\b", 6),
-            (Language::Php, r"(?m)^\s*\$[a-zA-Z_]\w*\s*=|->\w+\(|\bfunction\s+\w+\s*\(\s*\$|\becho\s", 2),
-            (Language::Python, r"(?m)^\s*(def\s+\w+\s*\(.*\)\s*(->.*)?:|class\s+\w+(\(.*\))?:|elif\s|from\s+[\w.]+\s+import\s|import\s+\w+(\s+as\s+\w+)?\s*$)", 4),
-            (Language::Python, r"(?m):\s*$|\bself\.|\bNone\b|\bTrue\b|\bprint\(", 1),
-            (Language::Rust, r"\bfn\s+\w+(<[^>]*>)?\s*\(|\blet\s+mut\s|\bimpl(<[^>]*>)?\s+\w|\buse\s+(std|crate|super)::|\bpub\s+(fn|struct|enum|mod)\b|\bmatch\s+\w+\s*\{|::new\(|println!", 3),
-            (Language::Go, r"(?m)^package\s+\w+\s*$|\bfunc\s+(\([^)]*\)\s*)?\w+\s*\(|:=|\bfmt\.\w+\(|\bgo\s+func\b", 3),
-            (Language::Java, r"\bpublic\s+(static\s+)?(final\s+)?(class|void|interface)\b|System\.out\.|\bimport\s+java\.|@Override|\bnew\s+\w+(<[^>]*>)?\(|\bString\[\]", 3),
-            (Language::Kotlin, r"\bfun\s+\w+\s*\(|\bval\s+\w+\s*[:=]|\bvar\s+\w+\s*:|\bimport\s+kotlin\.", 3),
-            (Language::Csharp, r"\busing\s+System(\.\w+)*;|\bnamespace\s+[\w.]+|\bpublic\s+(static\s+)?(async\s+)?\w+(<[^>]*>)?\s+\w+\s*\(|\bvar\s+\w+\s*=\s*new\b|\[\w+(\(.*\))?\]\s*$|Console\.Write|\bstring\s+\w+\s*=", 3),
-            (Language::Javascript, r"\bfunction\s*\w*\s*\(|\bconst\s+\w+\s*=|\blet\s+\w+\s*=|=>|\brequire\(|\bconsole\.log\(|\bmodule\.exports\b|\bdocument\.|\bwindow\.", 2),
-            (Language::Typescript, r":\s*(string|number|boolean|any|void)\b|\binterface\s+\w+\s*\{|\bimport\s+.*\s+from\s+['\x22]|\btype\s+\w+\s*=|\bexport\s+(default\s+)?(class|function|const|interface)", 2),
-            (Language::C, r"(?m)^\s*#\s*(include|define|ifdef|ifndef|endif)\b|\b(malloc|free|printf|sprintf|strcpy|memcpy|sizeof)\s*\(|\bint\s+main\s*\(|\bchar\s*\*|->\w+", 2),
-            (Language::Cpp, r"\bstd::|\btemplate\s*<|\bnamespace\s+\w+\s*\{|#include\s*<(iostream|vector|string|memory|map)>|\bcout\s*<<|\bnullptr\b|\bclass\s+\w+\s*(:\s*public\s+\w+)?\s*\{|::\w+\(", 3),
-            (Language::Ruby, r"(?m)^\s*(def\s+\w+[?!]?(\(.*\))?\s*$|end\s*$|require\s+['\x22]|puts\s)|\bdo\s*\|\w+\||\.each\s+do\b", 3),
-            (Language::Swift, r"\bfunc\s+\w+\s*\(.*\)\s*(->\s*\w+)?\s*\{|\blet\s+\w+\s*:\s*\w+|\bimport\s+(Foundation|UIKit|SwiftUI)\b|\bguard\s+let\b|\bvar\s+\w+\s*:\s*\w+", 3),
-            (Language::Bash, r"(?m)^#!.*\b(ba|z|k)?sh\b|^\s*(echo|export|sudo|apt-get|curl|wget|chmod|cd|rm|mkdir)\s|\$\{?\w+\}?|\bfi\s*$|\bthen\s*$|\bdone\s*$", 2),
+            (Language::Php, r"<\?php|\$_(GET|POST|REQUEST|SERVER|COOKIE|SESSION|FILES)\b|\$this->", 6),
+            (Language::Php, r"\$[a-zA-Z_]\w*\s*(=[^=>]|->|\[|\.=|\)|;|,)|\bfunction\s+\w+\s*\([^)]*\$|\becho\s|\barray\s*\(|=>\s*\$|\bforeach\s*\(\s*\$", 2),
+            (Language::Python, r"(?m)^\s*(def\s+\w+\s*\(.*\)\s*(->.*)?:|class\s+\w+(\(.*\))?:\s*$|elif\s.*:\s*$|from\s+[\w.]+\s+import\s|import\s+[\w.]+(\s+as\s+\w+)?\s*$|with\s+.*\bas\s+\w+:\s*$|for\s+\w+(,\s*\w+)*\s+in\s+.*:\s*$|except(\s+\w+.*)?:\s*$|try:\s*$)", 4),
+            (Language::Python, r"(?m):\s*$|\bself\.\w|\bNone\b|\bTrue\b|\bFalse\b|\bprint\(|\bnot\s+in\b|\bis\s+not\b|\blambda\s+\w*:|\x22\x22\x22", 1),
+            (Language::Rust, r"\bfn\s+\w+(<[^>]*>)?\s*\(|\blet\s+(mut\s+)?\w+\s*(:\s*[\w<>&\[\]]+\s*)?=|\bimpl(<[^>]*>)?\s+\w|\buse\s+(std|crate|super|self)::|\bpub\s+(fn|struct|enum|mod|trait|crate)\b|\bmatch\s+[\w.&*]+\s*\{|\b(Some|Ok|Err)\(|\.unwrap\(\)|&mut\s|\w+!\(|\bunsafe\s*\{|::<|->\s*(Self|Result|Option|Vec|String|bool|u\d+|i\d+|usize)\b|\bVec<", 3),
+            (Language::Go, r"(?m)^package\s+\w+\s*$|\bfunc\s+(\([^)]*\)\s*)?\w+\s*\(|\w\s*:=\s|\bfmt\.\w+\(|\bgo\s+func\b|\berr\s*!=\s*nil\b|\bdefer\s", 3),
+            (Language::Java, r"\bpublic\s+(static\s+)?(final\s+)?(class|void|interface|abstract)\b|System\.out\.|\bimport\s+(java|javax|android|org|com)\.[\w.]+;|@Override|\bString\[\]|\bthrows\s+\w+|\bprivate\s+(static\s+)?(final\s+)?[A-Z]\w*(<[^>]*>)?\s+\w+\s*[;=]|\bfinal\s+[A-Z]\w*\s+\w+\s*=|\.equals\(|\bboolean\b|\bextends\s+[A-Z]|\bimplements\s+[A-Z]", 3),
+            (Language::Kotlin, r"\bfun\s+\w+\s*\(|\bval\s+\w+\s*[:=]|\bvar\s+\w+\s*:\s*[A-Z]|\bimport\s+kotlin\.|\bwhen\s*\(|\?\.|!!\.", 3),
+            (Language::Csharp, r"\busing\s+System(\.\w+)*;|\bnamespace\s+[\w.]+|\bvar\s+\w+\s*=|\[(HttpPost|HttpGet|Authorize|Test|TestMethod|Fact|Serializable|AllowAnonymous)[^\]]*\]|Console\.Write|\bstring\s+\w+\s*[=;,)]|\{\s*get;\s*(private\s+)?set;\s*\}|\bpublic\s+(override\s+|virtual\s+|async\s+|static\s+)*[A-Z]\w*(<[^>]*>)?\s+[A-Z]\w*\s*\(|\busing\s*\(\s*var\b|\bforeach\s*\(\s*var\b|\.Count\b|\bbool\s+\w+\s*[=;)]|\bnew\s+List<|\bout\s+\w+\b|\bawait\s|\bstring\.\w+\(", 3),
+            (Language::Javascript, r"\bfunction\s*\w*\s*\(|\bconst\s+\w+\s*=|\blet\s+\w+\s*=|\bvar\s+\w+\s*=|=>|\brequire\(|\bconsole\.log\(|\bmodule\.exports\b|\bdocument\.|\bwindow\.|===|!==|\bthis\.\w+\s*=|\bundefined\b|\.prototype\.", 2),
+            (Language::Typescript, r":\s*(string|number|boolean|any|void|unknown)\b|\binterface\s+\w+\s*\{|\bimport\s+.*\s+from\s+['\x22]|\btype\s+\w+\s*=|\bexport\s+(default\s+)?(class|function|const|interface)|\bprivate\s+\w+\s*:|\bas\s+(string|number|any)\b", 2),
+            (Language::C, r"(?m)^\s*#\s*(include|define|ifdef|ifndef|endif|if|else|elif|pragma)\b|\b(malloc|calloc|free|printf|fprintf|sprintf|snprintf|strcpy|strcat|strlen|memcpy|memset|sizeof)\s*\(|\bint\s+main\s*\(|\b(char|int|void|unsigned|long|short|double|float|size_t|uint\d+_t|int\d+_t|struct\s+\w+)\s*\*+\s*\w|->\w+|\bNULL\b|\bstatic\s+(int|void|char|const)\b|\bstruct\s+\w+\s*\{|\btypedef\b", 2),
+            (Language::Cpp, r"\bstd::|\btemplate\s*<|\bnamespace\s+\w+\s*\{|#include\s*<(iostream|vector|string|memory|map|algorithm|cstring|cstdio|cstdlib)>|\bcout\s*<<|\bnullptr\b|\bclass\s+\w+\s*(:\s*(public|private)\s+\w+)?\s*\{|\w::\w+\s*\(|\bauto\s+\w+\s*=|\bconst\s+\w+\s*&|\bvirtual\s|\boverride\b|\bdelete\s*\[?\]?\s*\w|\bpublic:|\bprivate:|\bthis->", 3),
+            (Language::Ruby, r"(?m)^\s*(def\s+\w+[?!]?(\(.*\))?\s*$|end\s*$|require\s+['\x22]|puts\s|module\s+[A-Z]\w*\s*$)|\bdo\s*\|\w+(,\s*\w+)*\||\.each\s+do\b|\battr_(accessor|reader)\b|\belsif\b|@\w+\s*=", 3),
+            (Language::Swift, r"\bfunc\s+\w+\s*\(.*\)\s*(->\s*\w+)?\s*\{|\blet\s+\w+\s*:\s*[A-Z]\w*|\bimport\s+(Foundation|UIKit|SwiftUI)\b|\bguard\s+let\b|\bvar\s+\w+\s*:\s*[A-Z]\w*|\bif\s+let\b|@IBOutlet|@objc", 3),
+            (Language::Bash, r"(?m)^#!.*\b(ba|z|k)?sh\b|^\s*(echo|export|sudo|apt-get|apt|curl|wget|chmod|chown|cd|rm|mkdir|cp|mv|source|pip|npm|git|docker)\s|^\s*fi\s*$|^\s*done\s*$|\bthen\s*$|\$\(\w|\$\{\w+\}|\[\[\s", 2),
         ];
         raw.iter()
             .map(|(l, p, w)| (*l, regex::Regex::new(p).expect("signal regex"), *w))
@@ -178,7 +178,7 @@ fn signals() -> &'static [(Language, regex::Regex, i32)] {
 fn signal_scores(code: &str) -> Vec<(Language, i32)> {
     let mut scores: Vec<(Language, i32)> = ALL.iter().map(|&l| (l, 0)).collect();
     for (lang, re, weight) in signals() {
-        let hits = re.find_iter(code).take(4).count() as i32;
+        let hits = re.find_iter(code).take(8).count() as i32;
         if hits > 0 {
             let slot = scores
                 .iter_mut()
@@ -191,7 +191,38 @@ fn signal_scores(code: &str) -> Vec<(Language, i32)> {
     scores
 }
 
-/// Share of the code's bytes that tree-sitter could not parse (ERROR or MISSING nodes).
+/// The first `max` bytes of `s`, cut at a line end when possible.
+fn prefix(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    match s[..end].rfind('\n') {
+        Some(nl) if nl > 0 => &s[..nl],
+        _ => &s[..end],
+    }
+}
+
+/// Removes the indentation common to all non-blank lines.
+pub fn dedent(s: &str) -> String {
+    let indent = s
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start_matches([' ', '\t']).len())
+        .min()
+        .unwrap_or(0);
+    s.lines()
+        .map(|l| l.get(indent..).unwrap_or(l.trim_start_matches([' ', '\t'])))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Share of the code's tokens that tree-sitter could not place (tokens directly under an
+/// ERROR node, and MISSING tokens). Counting tokens rather than bytes keeps one stray brace
+/// at the start of a fragment from condemning everything that follows it.
 pub fn error_rate(parser: &mut Parser, lang: Language, code: &str) -> f64 {
     let code = &*lang.prepare_source(code);
     if parser.set_language(&lang.grammar()).is_err() || code.is_empty() {
@@ -200,45 +231,77 @@ pub fn error_rate(parser: &mut Parser, lang: Language, code: &str) -> f64 {
     let Some(tree) = parser.parse(code, None) else {
         return 1.0;
     };
-    let mut bad = 0usize;
-    let mut stack: Vec<Node> = vec![tree.root_node()];
-    while let Some(node) = stack.pop() {
-        if node.is_error() || node.is_missing() {
-            bad += (node.end_byte() - node.start_byte()).max(1);
+    let (mut leaves, mut bad) = (0usize, 0usize);
+    let mut stack: Vec<(Node, bool)> = vec![(tree.root_node(), false)];
+    while let Some((node, under_error)) = stack.pop() {
+        if node.child_count() == 0 {
+            leaves += 1;
+            if under_error || node.is_missing() || node.is_error() {
+                bad += 1;
+            }
             continue;
         }
-        if node.has_error() {
-            let mut cursor = node.walk();
-            stack.extend(node.children(&mut cursor));
-        }
+        let is_error = node.is_error();
+        let mut cursor = node.walk();
+        stack.extend(node.children(&mut cursor).map(|c| (c, is_error)));
     }
-    bad as f64 / code.len() as f64
+    if leaves == 0 {
+        return 1.0;
+    }
+    bad as f64 / leaves as f64
 }
 
 /// Language of unlabelled code, or None when it does not look like code. The textual
 /// signals shortlist up to three candidates; tree-sitter decides by error rate.
 pub fn detect(code: &str) -> Option<Language> {
+    // Fragments cut from the middle of a file keep their indentation, which alone makes
+    // indentation-sensitive grammars fail; a prefix is enough to decide.
+    let sample = dedent(prefix(code, 1536));
+    let code = sample.as_str();
     let scores = signal_scores(code);
-    let candidates: Vec<(Language, i32)> = scores
-        .into_iter()
+    let score_of = |l: Language| scores.iter().find(|(x, _)| *x == l).map_or(0, |(_, s)| *s);
+    let mut candidates: Vec<Language> = scores
+        .iter()
         .filter(|(_, s)| *s >= 2)
         .take(3)
+        .map(|(l, _)| *l)
         .collect();
-    if candidates.is_empty() {
-        return None;
-    }
-    let mut parser = Parser::new();
-    let mut best: Option<(Language, f64)> = None;
-    let top = candidates[0].1;
-    for (lang, score) in candidates {
-        let rate = error_rate(&mut parser, lang, code);
-        // Weigh signals in: a weaker signal must parse clearly better to win.
-        let penalty = rate + 0.02 * f64::from(top - score).min(10.0);
-        if best.is_none_or(|(_, b)| penalty < b) {
-            best = Some((lang, penalty));
+    // Weak signals (fragments of a function, say): let the grammars of the common
+    // languages compete too.
+    if scores.first().map_or(0, |(_, s)| *s) < 8 {
+        for l in [
+            Language::Python,
+            Language::Javascript,
+            Language::Java,
+            Language::C,
+            Language::Cpp,
+            Language::Csharp,
+            Language::Php,
+            Language::Rust,
+            Language::Go,
+        ] {
+            if candidates.len() >= 4 {
+                break;
+            }
+            if !candidates.contains(&l) {
+                candidates.push(l);
+            }
         }
     }
-    best.filter(|(_, p)| *p < 0.35).map(|(l, _)| l)
+    let mut parser = Parser::new();
+    let mut best: Option<(Language, f64, f64)> = None;
+    for lang in candidates {
+        let rate = error_rate(&mut parser, lang, code);
+        let score = score_of(lang);
+        // Signals lower the penalty: among grammars that parse about as well, the one the
+        // text looks like wins.
+        let penalty = rate - 0.02 * f64::from(score.min(40));
+        if best.is_none_or(|(_, p, _)| penalty < p) {
+            best = Some((lang, penalty, rate));
+        }
+    }
+    best.filter(|&(l, _, rate)| rate < 0.5 && (score_of(l) >= 2 || rate < 0.05))
+        .map(|(l, _, _)| l)
 }
 
 #[cfg(test)]

@@ -136,14 +136,23 @@ impl Prefilters {
                 })
             })
             .collect();
-        let set = regex::RegexSet::new(&patterns).unwrap_or_else(|_| regex::RegexSet::empty());
+        // A generous lazy-DFA cache keeps the set on the DFA path (the PikeVM fallback is
+        // several times slower on the Unicode classes these patterns use).
+        let set = regex::RegexSetBuilder::new(&patterns)
+            .size_limit(64 << 20)
+            .dfa_size_limit(64 << 20)
+            .build()
+            .unwrap_or_else(|_| regex::RegexSet::empty());
         Prefilters { set, slots }
     }
 
     /// Which rules may match `code`.
     fn candidates(&self, code: &str) -> Vec<bool> {
         let hits = self.set.matches(code);
-        self.slots.iter().map(|slot| slot.is_none_or(|s| hits.matched(s))).collect()
+        self.slots
+            .iter()
+            .map(|slot| slot.is_none_or(|s| hits.matched(s)))
+            .collect()
     }
 }
 
@@ -510,13 +519,31 @@ impl<'s> StreamScanner<'s> {
     }
 
     fn scan_block(&mut self, block: CodeBlock, raw: &mut Vec<RawFinding>) {
+        let detected = match (
+            self.options.language,
+            block.tag.as_deref().and_then(Language::from_alias),
+        ) {
+            (None, None) => language::detect(&block.code),
+            _ => None,
+        };
+        self.scan_block_as(block, detected, raw);
+    }
+
+    /// Scans a block; `detected` is the detection result when neither the caller nor the
+    /// fence named the language (so detection runs once per block).
+    fn scan_block_as(
+        &mut self,
+        block: CodeBlock,
+        detected: Option<Language>,
+        raw: &mut Vec<RawFinding>,
+    ) {
         let (language, source) = match (
             self.options.language,
             block.tag.as_deref().and_then(Language::from_alias),
         ) {
             (Some(l), _) => (Some(l), LanguageSource::Forced),
             (None, Some(l)) => (Some(l), LanguageSource::FenceTag),
-            (None, None) => match language::detect(&block.code) {
+            (None, None) => match detected {
                 Some(l) => (Some(l), LanguageSource::Detected),
                 None => (None, LanguageSource::Unknown),
             },
@@ -611,10 +638,12 @@ impl<'s> StreamScanner<'s> {
                 code: self.text.clone(),
                 closed: true,
             };
-            let forced_or_detected =
-                self.options.language.is_some() || language::detect(&whole.code).is_some();
-            if forced_or_detected {
-                self.scan_block(whole, &mut raw);
+            let detected = match self.options.language {
+                Some(_) => None,
+                None => language::detect(&whole.code),
+            };
+            if self.options.language.is_some() || detected.is_some() {
+                self.scan_block_as(whole, detected, &mut raw);
             }
         }
         self.record(raw);

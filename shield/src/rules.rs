@@ -135,7 +135,11 @@ pub fn prefilter_pattern(pattern: &str) -> Option<String> {
             continue;
         }
         let rest: String = chars[i..chars.len().min(i + 4)].iter().collect();
-        if rest.starts_with("(?=") || rest.starts_with("(?!") || rest.starts_with("(?<=") || rest.starts_with("(?<!") {
+        if rest.starts_with("(?=")
+            || rest.starts_with("(?!")
+            || rest.starts_with("(?<=")
+            || rest.starts_with("(?<!")
+        {
             // Skip to the matching parenthesis.
             let mut depth = 0;
             let mut j = i;
@@ -319,7 +323,10 @@ mod tests {
 
     #[test]
     fn prefilter_strips_lookarounds_only() {
-        assert_eq!(prefilter_pattern(r"(?<![\w.])eval\s*\((?!\))").as_deref(), Some(r"eval\s*\("));
+        assert_eq!(
+            prefilter_pattern(r"(?<![\w.])eval\s*\((?!\))").as_deref(),
+            Some(r"eval\s*\(")
+        );
         assert_eq!(prefilter_pattern(r"a(?=[)(])b").as_deref(), Some("ab"));
         assert_eq!(prefilter_pattern(r"[(?!]x").as_deref(), Some(r"[(?!]x"));
         assert_eq!(prefilter_pattern(r"(?P<d>.)\k<d>"), None);
