@@ -312,8 +312,11 @@ impl Extractor {
             }
         };
         self.state = next;
-        if out.is_some() {
+        if let Some(block) = &out {
             self.blocks_seen += 1;
+            if block.kind == BlockKind::Fenced {
+                self.fenced_seen += 1;
+            }
         }
         out
     }
@@ -360,8 +363,11 @@ impl Extractor {
                 line_starts,
             )),
         };
-        if out.is_some() {
+        if let Some(block) = &out {
             self.blocks_seen += 1;
+            if block.kind == BlockKind::Fenced {
+                self.fenced_seen += 1;
+            }
         }
         out
     }

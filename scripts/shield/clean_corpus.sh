@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Builds the clean-code corpus for the shield's false-positive measurement into
+# .cache/corpus/<language>/, from widely used packages of the registries (never run in CI):
+#   python     wheels of requests, flask, werkzeug, jinja2, click, urllib3, rich, django (PyPI)
+#   javascript npm tarballs of express, lodash, axios, moment, commander, debug, chalk, react-dom
+#   typescript npm tarball of rxjs (ships its .ts sources) and zod
+#   rust       crates already in ~/.cargo/registry (serde_json, regex, tokio, clap, tree-sitter)
+#   c          C sources of lz4, zstd and brotli (PyPI sdists lz4, zstandard, Brotli)
+#   cpp        pybind11 headers (PyPI sdist) and node-addon-api (npm)
+#   java       OpenJDK 17 class library sources (Debian openjdk-17-source): java.util, java.net, java.io
+#   csharp     pythonnet's runtime (PyPI sdist)
+#   php        Symfony Console, Twig, Monolog (Debian php-* packages)
+#   go         golang.org/x/net (Debian golang-golang-x-net-dev)
+#   ruby       Rack (Debian ruby-rack) and Ruby's standard library
+#   bash       shell scripts shipped in /usr/bin and /usr/sbin by Debian packages
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=.cache/corpus
+DL=.cache/corpus-downloads
+mkdir -p "$OUT" "$DL"
+keep() { # keep LANG DIR EXT...: copy files with these extensions from DIR into the corpus
+  local lang=$1 dir=$2; shift 2
+  mkdir -p "$OUT/$lang"
+  for ext in "$@"; do
+    find "$dir" -type f -name "*.$ext" -not -path '*/test*' -not -path '*/node_modules/*/node_modules/*' -print0 |
+      while IFS= read -r -d '' f; do cp "$f" "$OUT/$lang/$(echo "$f" | md5sum | cut -c1-12)-$(basename "$f")"; done
+  done
+}
+export DEBIAN_FRONTEND=noninteractive
+
+# Python
+pip download -q --no-deps --only-binary=:all: -d "$DL/py" requests flask werkzeug jinja2 click urllib3 rich django
+for w in "$DL"/py/*.whl; do mkdir -p "$DL/py/x" && unzip -q -o -d "$DL/py/x" "$w"; done
+keep python "$DL/py/x" py
+
+# JavaScript and TypeScript
+(cd "$DL" && npm pack --silent express lodash axios moment commander debug chalk react-dom rxjs zod node-addon-api >/dev/null)
+for t in "$DL"/*.tgz; do d="$DL/npm/$(basename "$t" .tgz)"; mkdir -p "$d" && tar -xzf "$t" -C "$d"; done
+find "$DL/npm" -name '*.min.js' -delete
+keep javascript "$DL/npm" js
+keep typescript "$DL/npm" ts
+find "$OUT/typescript" -name '*.d.ts' -delete
+
+# Rust
+for c in serde_json regex tokio clap_builder tree-sitter; do
+  d=$(ls -d ~/.cargo/registry/src/*/"$c"-[0-9]* 2>/dev/null | head -n1) && keep rust "$d/src" rs
+done
+
+# C and C++
+pip download -q --no-deps --no-binary=:all: -d "$DL/sd" lz4 zstandard Brotli pybind11 pythonnet
+for t in "$DL"/sd/*.tar.gz; do tar -xzf "$t" -C "$DL/sd"; done
+keep c "$DL/sd" c
+keep cpp "$DL/sd" cpp cc hpp
+keep cpp "$DL/npm" h
+keep csharp "$DL/sd" cs
+
+# Java, PHP, Go, Ruby from Debian
+apt-get install -y -q openjdk-17-source php-symfony-console php-twig php-monolog golang-golang-x-net-dev ruby-rack >/dev/null
+mkdir -p "$DL/jdk" && unzip -q -o -d "$DL/jdk" /usr/lib/jvm/openjdk-17/lib/src.zip 'java.base/java/util/*' 'java.base/java/net/*' 'java.base/java/io/*'
+keep java "$DL/jdk" java
+keep php /usr/share/php php
+keep go /usr/share/gocode/src/golang.org/x/net go
+keep ruby /usr/lib/ruby/vendor_ruby/rack rb
+keep ruby "$(ls -d /usr/lib/ruby/3.* | head -n1)" rb
+
+# Shell scripts
+mkdir -p "$OUT/bash"
+for f in /usr/bin/* /usr/sbin/*; do
+  [ -f "$f" ] && head -c 64 "$f" | grep -qE '^#!.*\b(ba)?sh\b' && cp "$f" "$OUT/bash/$(basename "$f").sh"
+done
+
+for d in "$OUT"/*; do echo "$(basename "$d"): $(ls "$d" | wc -l) files, $(cat "$d"/* | wc -l) lines"; done

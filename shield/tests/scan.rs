@@ -1,0 +1,220 @@
+//! The scanner as a user of the library sees it: code found in markdown, positions in the
+//! original text, streaming equal to one-shot scanning, limits and options.
+
+use safegate_shield::{
+    BlockKind, Language, LanguageSource, ScanOptions, Shield, ShieldError, StreamScanner,
+};
+
+const ANSWER: &str = "Sure! Here is a script:\n\n```python\nimport os\n\ndef run(name):\n    os.system(\"convert \" + name)\n```\n\nAnd the C version:\n\n```c\nvoid f(char *s) {\n  char buf[16];\n  strcpy(buf, s);\n}\n```\nDone.\n";
+
+#[test]
+fn findings_point_into_the_original_text() {
+    let report = Shield::embedded()
+        .scan(ANSWER, &ScanOptions::default())
+        .unwrap();
+    assert_eq!(report.blocks.len(), 2);
+    assert_eq!(report.blocks[0].language, Some(Language::Python));
+    assert_eq!(report.blocks[0].language_source, LanguageSource::FenceTag);
+    assert_eq!(
+        (report.blocks[0].start_line, report.blocks[0].end_line),
+        (4, 7)
+    );
+    let os = report
+        .findings
+        .iter()
+        .find(|f| f.rule == "py.os-shell")
+        .expect("os.system found");
+    assert_eq!((os.line, os.column), (7, 8));
+    assert_eq!(
+        &ANSWER.lines().nth(6).unwrap()[os.column - 1..os.column + 5],
+        "system"
+    );
+    let strcpy = report
+        .findings
+        .iter()
+        .find(|f| f.rule == "c.unbounded-string-copy")
+        .unwrap();
+    assert_eq!((strcpy.line, strcpy.column), (15, 3));
+    assert!(report
+        .findings
+        .iter()
+        .any(|f| f.rule == "c.stack-buffer-copy" && f.line == 14));
+    assert_eq!(os.cwe, "CWE-78");
+}
+
+#[test]
+fn streaming_reports_each_block_when_it_closes_and_equals_one_shot() {
+    let shield = Shield::embedded();
+    let one_shot = shield.scan(ANSWER, &ScanOptions::default()).unwrap();
+    let mut stream = StreamScanner::new(shield, ScanOptions::default());
+    let close_of_first = ANSWER.find("```\n\nAnd").unwrap();
+    let mut seen_before_close = 0;
+    let mut seen_at = None;
+    for (i, ch) in ANSWER.char_indices() {
+        let new = stream.push(&ch.to_string()).unwrap();
+        if i < close_of_first {
+            seen_before_close += new.len();
+        }
+        if !new.is_empty() && seen_at.is_none() {
+            seen_at = Some(i);
+        }
+    }
+    let report = stream.finish().unwrap();
+    assert_eq!(
+        seen_before_close, 0,
+        "nothing is reported before the block closes"
+    );
+    assert_eq!(
+        seen_at,
+        Some(close_of_first + 3),
+        "reported as soon as the closing fence line ends"
+    );
+    assert_eq!(report.findings, one_shot.findings);
+}
+
+#[test]
+fn an_unclosed_fence_is_scanned_at_the_end() {
+    let text = "```js\nconst cp = require('child_process');\ncp.exec('rm -rf ' + dir);";
+    let report = Shield::embedded()
+        .scan(text, &ScanOptions::default())
+        .unwrap();
+    assert!(report
+        .findings
+        .iter()
+        .any(|f| f.rule == "js.child-process" && f.line == 3));
+}
+
+#[test]
+fn unfenced_code_is_detected_and_scanned() {
+    let text = "import pickle\n\ndef load(blob):\n    return pickle.loads(blob)\n";
+    let report = Shield::embedded()
+        .scan(text, &ScanOptions::default())
+        .unwrap();
+    assert_eq!(report.blocks[0].kind, BlockKind::Whole);
+    assert_eq!(report.blocks[0].language, Some(Language::Python));
+    assert!(report
+        .findings
+        .iter()
+        .any(|f| f.rule == "py.unsafe-deserialization" && f.line == 4));
+}
+
+#[test]
+fn prose_mentioning_dangerous_functions_is_not_flagged() {
+    let text = "Avoid strcpy and os.system in your code; prefer bounded copies and subprocess with a list.";
+    let report = Shield::embedded()
+        .scan(text, &ScanOptions::default())
+        .unwrap();
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+}
+
+#[test]
+fn comments_do_not_trigger_rules() {
+    let code = "# os.system(cmd) would be unsafe here\nsubprocess.run([\"ls\", d])\n";
+    let report = Shield::embedded()
+        .scan(
+            code,
+            &ScanOptions {
+                language: Some(Language::Python),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+}
+
+#[test]
+fn the_language_can_be_forced_and_rules_disabled() {
+    let code = "eval(user_input)";
+    let shield = Shield::embedded();
+    let as_js = shield
+        .scan(
+            code,
+            &ScanOptions {
+                language: Some(Language::Javascript),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(as_js.findings.iter().any(|f| f.rule == "js.eval"));
+    let disabled = ScanOptions {
+        language: Some(Language::Javascript),
+        disabled_rules: vec!["js.eval".into()],
+        ..Default::default()
+    };
+    assert!(shield.scan(code, &disabled).unwrap().findings.is_empty());
+    let only_python = ScanOptions {
+        languages: vec![Language::Python],
+        ..Default::default()
+    };
+    let text = "```js\neval(user_input)\n```\n";
+    assert!(shield.scan(text, &only_python).unwrap().findings.is_empty());
+}
+
+#[test]
+fn secrets_are_found_in_prose_too() {
+    let text = "Use the key AKIAIOSFODNN7EXAMPLE with your account.";
+    let report = Shield::embedded()
+        .scan(text, &ScanOptions::default())
+        .unwrap();
+    assert!(report
+        .findings
+        .iter()
+        .any(|f| f.rule == "secret.aws-access-key"));
+}
+
+#[test]
+fn oversized_input_is_refused() {
+    let options = ScanOptions {
+        max_bytes: 1000,
+        ..Default::default()
+    };
+    let err = Shield::embedded()
+        .scan(&"x".repeat(1001), &options)
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        ShieldError::TooLarge {
+            size: 1001,
+            limit: 1000
+        }
+    ));
+}
+
+#[test]
+fn pathological_input_finishes() {
+    // Deep nesting and a long line: the parser's time budget and the regex engines' limits
+    // keep this bounded; the regex rules still run.
+    let deep = format!(
+        "x = {}1{}\nos.system(cmd)\n",
+        "(".repeat(50_000),
+        ")".repeat(50_000)
+    );
+    let report = Shield::embedded()
+        .scan(
+            &deep,
+            &ScanOptions {
+                language: Some(Language::Python),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(report.findings.iter().any(|f| f.rule == "py.os-shell"));
+    let long_line = "a".repeat(200_000);
+    Shield::embedded()
+        .scan(&long_line, &ScanOptions::default())
+        .unwrap();
+}
+
+#[test]
+fn indented_blocks_after_prose_are_code() {
+    let text = "Run this:\n\n    import yaml\n    cfg = yaml.load(open(p))\n\nThat is all.\n";
+    let report = Shield::embedded()
+        .scan(text, &ScanOptions::default())
+        .unwrap();
+    let f = report
+        .findings
+        .iter()
+        .find(|f| f.rule == "py.yaml-load")
+        .expect("found");
+    assert_eq!((f.line, f.column), (4, 11));
+}
