@@ -5,10 +5,10 @@
 #   javascript npm tarballs of express, lodash, axios, moment, commander, debug, chalk, react-dom
 #   typescript npm tarball of rxjs (ships its .ts sources) and zod
 #   rust       crates already in ~/.cargo/registry (serde_json, regex, tokio, clap, tree-sitter)
-#   c          C sources of lz4, zstd and brotli (PyPI sdists lz4, zstandard, Brotli)
-#   cpp        pybind11 headers (PyPI sdist) and node-addon-api (npm)
+#   c          SQLite (npm better-sqlite3 ships its amalgamation)
+#   cpp        LevelDB and Snappy (npm leveldown), node-addon-api, better-sqlite3's bindings
 #   java       OpenJDK 17 class library sources (Debian openjdk-17-source): java.util, java.net, java.io
-#   csharp     pythonnet's runtime (PyPI sdist)
+#   csharp     Edge.js's .NET bridge (npm edge-js)
 #   php        Symfony Console, Twig, Monolog (Debian php-* packages)
 #   go         golang.org/x/net (Debian golang-golang-x-net-dev)
 #   ruby       Rack (Debian ruby-rack) and Ruby's standard library
@@ -29,30 +29,39 @@ keep() { # keep LANG DIR EXT...: copy files with these extensions from DIR into 
 export DEBIAN_FRONTEND=noninteractive
 
 # Python
+[ -d "$OUT/python" ] || {
 pip download -q --no-deps --only-binary=:all: -d "$DL/py" requests flask werkzeug jinja2 click urllib3 rich django
 for w in "$DL"/py/*.whl; do mkdir -p "$DL/py/x" && unzip -q -o -d "$DL/py/x" "$w"; done
 keep python "$DL/py/x" py
+}
 
 # JavaScript and TypeScript
-(cd "$DL" && npm pack --silent express lodash axios moment commander debug chalk react-dom rxjs zod node-addon-api >/dev/null)
+[ -d "$OUT/javascript" ] || {
+(cd "$DL" && npm pack --silent express lodash axios moment commander debug chalk react-dom rxjs zod >/dev/null)
 for t in "$DL"/*.tgz; do d="$DL/npm/$(basename "$t" .tgz)"; mkdir -p "$d" && tar -xzf "$t" -C "$d"; done
 find "$DL/npm" -name '*.min.js' -delete
 keep javascript "$DL/npm" js
 keep typescript "$DL/npm" ts
 find "$OUT/typescript" -name '*.d.ts' -delete
+}
 
 # Rust
-for c in serde_json regex tokio clap_builder tree-sitter; do
+[ -d "$OUT/rust" ] || for c in serde_json regex tokio clap_builder tree-sitter; do
   d=$(ls -d ~/.cargo/registry/src/*/"$c"-[0-9]* 2>/dev/null | head -n1) && keep rust "$d/src" rs
 done
 
-# C and C++
-pip download -q --no-deps --no-binary=:all: -d "$DL/sd" lz4 zstandard Brotli pybind11 pythonnet
-for t in "$DL"/sd/*.tar.gz; do tar -xzf "$t" -C "$DL/sd"; done
-keep c "$DL/sd" c
-keep cpp "$DL/sd" cpp cc hpp
-keep cpp "$DL/npm" h
-keep csharp "$DL/sd" cs
+# C, C++ and C# (npm packages that carry native sources): SQLite (better-sqlite3), LevelDB
+# and Snappy (leveldown), node-addon-api, Edge.js (C#)
+[ -d "$OUT/c" ] || {
+(cd "$DL" && npm pack --silent better-sqlite3 leveldown node-addon-api edge-js >/dev/null)
+for t in "$DL"/better-sqlite3-*.tgz "$DL"/leveldown-*.tgz "$DL"/node-addon-api-*.tgz "$DL"/edge-js-*.tgz; do
+  d="$DL/native/$(basename "$t" .tgz)"; mkdir -p "$d" && tar -xzf "$t" -C "$d"
+done
+find "$DL/native" -name '*.tar.gz' -exec sh -c 'tar -xzf "$1" -C "$(dirname "$1")"' _ {} \;
+keep c "$DL/native" c
+keep cpp "$DL/native" cpp cc hpp h
+keep csharp "$DL/native" cs
+}
 
 # Java, PHP, Go, Ruby from Debian
 apt-get install -y -q openjdk-17-source php-symfony-console php-twig php-monolog golang-golang-x-net-dev ruby-rack >/dev/null
@@ -60,7 +69,7 @@ mkdir -p "$DL/jdk" && unzip -q -o -d "$DL/jdk" /usr/lib/jvm/openjdk-17/lib/src.z
 keep java "$DL/jdk" java
 keep php /usr/share/php php
 keep go /usr/share/gocode/src/golang.org/x/net go
-keep ruby /usr/lib/ruby/vendor_ruby/rack rb
+keep ruby "$(dirname "$(dpkg -L ruby-rack | grep '/rack.rb$' | head -n1)")/rack" rb
 keep ruby "$(ls -d /usr/lib/ruby/3.* | head -n1)" rb
 
 # Shell scripts

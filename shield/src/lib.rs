@@ -180,16 +180,40 @@ impl<'a> LineIndex<'a> {
     }
 }
 
-/// Byte ranges of comments in a parsed tree.
-fn comment_ranges(tree: &tree_sitter::Tree) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
+/// Node kinds that are string literals in the supported grammars.
+const STRING_KINDS: &[&str] = &[
+    "string",
+    "string_literal",
+    "raw_string_literal",
+    "interpreted_string_literal",
+    "char_literal",
+    "character_literal",
+    "template_string",
+    "encapsed_string",
+    "heredoc",
+    "nowdoc",
+    "verbatim_string_literal",
+    "line_string_literal",
+    "multi_line_string_literal",
+    "text_block",
+];
+
+/// Byte ranges of comments and of string literals in a parsed tree.
+fn literal_ranges(tree: &tree_sitter::Tree) -> (Vec<(usize, usize)>, Vec<(usize, usize)>) {
+    let (mut comments, mut strings) = (Vec::new(), Vec::new());
     let mut cursor = tree.walk();
     let mut descend = true;
     loop {
         let node = cursor.node();
-        if descend && node.kind().contains("comment") {
-            out.push((node.start_byte(), node.end_byte()));
-            descend = false;
+        if descend {
+            let kind = node.kind();
+            if kind.contains("comment") {
+                comments.push((node.start_byte(), node.end_byte()));
+                descend = false;
+            } else if STRING_KINDS.contains(&kind) {
+                strings.push((node.start_byte(), node.end_byte()));
+                descend = false;
+            }
         }
         if descend && cursor.goto_first_child() {
             continue;
@@ -200,7 +224,7 @@ fn comment_ranges(tree: &tree_sitter::Tree) -> Vec<(usize, usize)> {
         }
         loop {
             if !cursor.goto_parent() {
-                return out;
+                return (comments, strings);
             }
             if cursor.goto_next_sibling() {
                 descend = true;
@@ -208,6 +232,17 @@ fn comment_ranges(tree: &tree_sitter::Tree) -> Vec<(usize, usize)> {
             }
         }
     }
+}
+
+/// Whether the line holding `at` starts like a comment (`#`, `//`, `*`, `/*`, `--`, `;`):
+/// the language-agnostic rules run on text whose language may be unknown.
+fn on_comment_line(text: &str, at: usize) -> bool {
+    let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].trim_start();
+    ["#", "//", "*", "/*", "--", ";", "<!--"]
+        .iter()
+        .any(|p| line.starts_with(p))
+        && !line.starts_with("#!")
 }
 
 fn in_ranges(ranges: &[(usize, usize)], at: usize) -> bool {
@@ -323,9 +358,14 @@ impl Shield {
             None
         };
         let truncated = tree.is_none();
-        let comments = match &tree {
-            Some(t) => comment_ranges(t),
-            None => lexical_comments(code, Some(language)),
+        let (comments, strings) = match &tree {
+            Some(t) => literal_ranges(t),
+            None => (lexical_comments(code, Some(language)), Vec::new()),
+        };
+        // Matches that start inside a comment or a string literal are not code.
+        let outside_code = |at: usize, spec: &rules::RuleSpec| {
+            (!spec.in_comments && in_ranges(&comments, at))
+                || (!spec.in_strings && in_ranges(&strings, at))
         };
         // Map a byte offset inside the (possibly dedented) block back to the text.
         let code_line_starts: Vec<usize> = std::iter::once(0)
@@ -350,7 +390,7 @@ impl Shield {
                 (rules::Matcher::Regex(re), _) => {
                     for caps in re.captures_iter(code).map_while(Result::ok) {
                         let m = caps.name("m").or_else(|| caps.get(0)).expect("group 0");
-                        if !rule.spec.in_comments && in_ranges(&comments, m.start()) {
+                        if outside_code(m.start(), &rule.spec) {
                             continue;
                         }
                         let name = caps.name("name").map(|n| n.as_str());
@@ -375,7 +415,7 @@ impl Shield {
                             None => m.captures().first().map(|c| c.node),
                         };
                         if let Some(node) = node {
-                            if in_ranges(&comments, node.start_byte()) {
+                            if outside_code(node.start_byte(), &rule.spec) {
                                 continue;
                             }
                             let name = query
@@ -421,6 +461,9 @@ impl Shield {
             if let rules::Matcher::Regex(re) = &rule.matcher {
                 for caps in re.captures_iter(text).map_while(Result::ok) {
                     let m = caps.name("m").or_else(|| caps.get(0)).expect("group 0");
+                    if !rule.spec.in_comments && on_comment_line(text, m.start()) {
+                        continue;
+                    }
                     out.push(RawFinding::new(
                         rule,
                         language,

@@ -53,6 +53,9 @@ pub struct RuleSpec {
     pub regex: Option<String>,
     #[serde(default)]
     pub in_comments: bool,
+    /// Matches that start inside a string literal are dropped unless this is true.
+    #[serde(default)]
+    pub in_strings: bool,
     /// A regex that must also match somewhere in the same code block. `{name}` stands for
     /// the text of the main match's `name` group (regex-escaped): a def-use link such as
     /// "this stack buffer is later the destination of strcpy".
