@@ -33,8 +33,11 @@ fn main() {
         let Ok(language) = lang_name.parse::<Language>() else {
             continue;
         };
+        // Whole source files can be large (SQLite's amalgamation is 9.5 MB): no size cap.
         let options = ScanOptions {
             language: Some(language),
+            max_bytes: usize::MAX,
+            parse_timeout: std::time::Duration::from_secs(30),
             ..Default::default()
         };
         let mut files: Vec<_> = std::fs::read_dir(dir.path())
@@ -43,9 +46,10 @@ fn main() {
             .collect();
         files.sort_by_key(|f| f.file_name());
         for file in files {
-            let Ok(text) = std::fs::read_to_string(file.path()) else {
+            let Ok(bytes) = std::fs::read(file.path()) else {
                 continue;
             };
+            let text = String::from_utf8_lossy(&bytes).into_owned();
             let Ok(report) = shield.scan(&text, &options) else {
                 continue;
             };

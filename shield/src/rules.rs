@@ -88,6 +88,8 @@ pub struct Rule {
     /// engine can run. It matches wherever the rule could, so code it does not match is
     /// skipped without running the backtracking engine (see [`prefilter_pattern`]).
     pub prefilter: Option<String>,
+    /// `prefilter`, compiled.
+    pub prefilter_re: Option<regex::Regex>,
 }
 
 /// Removes lookaround groups (`(?=`, `(?!`, `(?<=`, `(?<!`) from a regex, leaving a pattern
@@ -104,12 +106,22 @@ pub fn prefilter_pattern(pattern: &str) -> Option<String> {
             if chars.get(i + 1) == Some(&'k') {
                 return None; // named backreference
             }
-            out.push(c);
             if let Some(&n) = chars.get(i + 1) {
                 if n.is_ascii_digit() && !in_class {
                     return None; // numbered backreference
                 }
+                if (n == 'b' || n == 'B') && !in_class {
+                    // ASCII word boundaries keep the set on the fast DFA path (a Unicode
+                    // `\b` sends non-ASCII haystacks to the slow PikeVM); next to the ASCII
+                    // words these patterns put them, they accept at least as much.
+                    out.push_str(if n == 'b' { "(?-u:\\b)" } else { "(?-u:\\B)" });
+                    i += 2;
+                    continue;
+                }
+                out.push(c);
                 out.push(n);
+            } else {
+                out.push(c);
             }
             i += 2;
             continue;
@@ -275,11 +287,13 @@ pub fn compile_pack(
             )));
         }
         let prefilter = spec.regex.as_deref().and_then(prefilter_pattern);
+        let prefilter_re = prefilter.as_deref().and_then(|p| regex::Regex::new(p).ok());
         out.push(Rule {
             spec,
             matcher,
             match_capture,
             prefilter,
+            prefilter_re,
         });
     }
     Ok(out)
