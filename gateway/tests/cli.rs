@@ -150,3 +150,72 @@ fn missing_runtime_and_model_are_reported_not_panics() {
     assert_eq!(code, 1);
     assert!(stderr.contains("CUDA"), "{stderr}");
 }
+
+fn scan_stdin(args: &[&str], input: &[u8]) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_safegate"))
+        .arg("scan")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn scan_json_reports_findings_with_positions_and_exits_zero() {
+    let text = "Try this:\n\n```py\nimport subprocess\nsubprocess.call(cmd, shell=True)\n```\n";
+    let (code, stdout, stderr) = scan_stdin(&["--json"], text.as_bytes());
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let f = &v["findings"][0];
+    assert_eq!(f["rule"], "py.subprocess-shell");
+    assert_eq!(f["cwe"], "CWE-78");
+    assert_eq!(f["severity"], "error");
+    assert_eq!(f["language"], "python");
+    assert_eq!(
+        (f["line"].as_u64(), f["column"].as_u64()),
+        (Some(5), Some(1))
+    );
+    assert!(f["end_line"].as_u64().unwrap() >= 5 && f["end_column"].as_u64().unwrap() > 1);
+    assert_eq!(v["blocks"][0]["language"], "python");
+
+    let (code, stdout, _) = scan_stdin(&["--json"], b"print('hello')\n");
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["findings"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn scan_rejects_bad_input_clearly() {
+    let (code, _, stderr) = scan_stdin(&[], b"\xff\xfe\x00binary");
+    assert_ne!(code, 0);
+    assert!(stderr.contains("not UTF-8"), "{stderr}");
+    let (code, _, stderr) = scan_stdin(&[], b"abc\0def");
+    assert_ne!(code, 0);
+    assert!(stderr.contains("binary"), "{stderr}");
+    let (code, _, stderr) = scan_stdin(&["--language", "cobol"], b"x");
+    assert_ne!(code, 0);
+    assert!(stderr.contains("unknown language `cobol`"), "{stderr}");
+    let (code, _, stderr) = safegate(&["scan", "/nonexistent/file.py"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("/nonexistent/file.py"), "{stderr}");
+}
+
+#[test]
+fn scan_forced_language_and_file_argument() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.txt");
+    std::fs::write(&path, "char buf[8];\nstrcpy(buf, argv[1]);\n").unwrap();
+    let (code, stdout, _) = safegate(&["scan", "--language", "c", path.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains(":2:1: error [CWE-120]"), "{stdout}");
+}

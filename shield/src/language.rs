@@ -187,7 +187,7 @@ fn signal_scores(code: &str) -> Vec<(Language, i32)> {
             slot.1 += weight * hits;
         }
     }
-    scores.sort_by(|a, b| b.1.cmp(&a.1));
+    scores.sort_by_key(|&(_, score)| std::cmp::Reverse(score));
     scores
 }
 

@@ -200,7 +200,10 @@ const STRING_KINDS: &[&str] = &[
 ];
 
 /// Byte ranges of comments and of string literals in a parsed tree.
-fn literal_ranges(tree: &tree_sitter::Tree) -> (Vec<(usize, usize)>, Vec<(usize, usize)>) {
+/// Byte ranges `[start, end)` in the scanned code.
+type Ranges = Vec<(usize, usize)>;
+
+fn literal_ranges(tree: &tree_sitter::Tree) -> (Ranges, Ranges) {
     let (mut comments, mut strings) = (Vec::new(), Vec::new());
     let mut cursor = tree.walk();
     let mut descend = true;
@@ -233,74 +236,6 @@ fn literal_ranges(tree: &tree_sitter::Tree) -> (Vec<(usize, usize)>, Vec<(usize,
             }
         }
     }
-}
-
-/// Matches of a rule's regex in `code`: (start, end) of the `m` group (else the whole
-/// match) and the `name` group. With a prefilter, the backtracking engine only runs in a
-/// window around each place the fast engine found a candidate, so large inputs cost time in
-/// proportion to their candidates, not to their size times the number of rules.
-fn regex_matches(
-    re: &fancy_regex::Regex,
-    prefilter: Option<&regex::Regex>,
-    code: &str,
-) -> Vec<(usize, usize, Option<String>)> {
-    const WINDOW: usize = 2048;
-    let mut out = Vec::new();
-    let push = |caps: &fancy_regex::Captures, offset: usize| {
-        let whole = caps.get(0).expect("group 0");
-        let m = caps.name("m").unwrap_or(whole);
-        let name = caps.name("name").map(|n| n.as_str().to_string());
-        (
-            offset + whole.start(),
-            offset + whole.end(),
-            (offset + m.start(), offset + m.end(), name),
-        )
-    };
-    let Some(pre) = prefilter else {
-        for caps in re.captures_iter(code).map_while(Result::ok) {
-            out.push(push(&caps, 0).2);
-        }
-        return out;
-    };
-    let mut next_from = 0;
-    for cand in pre.find_iter(code) {
-        if cand.end() <= next_from {
-            continue;
-        }
-        let line_start = code[..cand.start()]
-            .rfind('\n')
-            .map_or(0, |i| i + 1)
-            .max(next_from.min(cand.start()));
-        let mut window_end = (cand.end() + WINDOW).min(code.len());
-        while !code.is_char_boundary(window_end) {
-            window_end += 1;
-        }
-        // The haystack keeps the text before the window, so lookbehinds see it.
-        let hay = &code[..window_end];
-        let mut pos = line_start;
-        while let Ok(Some(caps)) = re.captures_from_pos(hay, pos) {
-            let (start, end, found) = push(&caps, 0);
-            pos = end.max(start + 1);
-            if pos > hay.len() {
-                pos = hay.len();
-            }
-            if start > cand.end() {
-                break; // later text belongs to later candidates
-            }
-            if start < next_from {
-                continue;
-            }
-            next_from = end.max(start + 1);
-            out.push(found);
-            while pos < hay.len() && !hay.is_char_boundary(pos) {
-                pos += 1;
-            }
-            if pos >= hay.len() {
-                break;
-            }
-        }
-    }
-    out
 }
 
 /// Whether the line holding `at` starts like a comment (`#`, `//`, `*`, `/*`, `--`, `;`):
@@ -457,7 +392,9 @@ impl Shield {
             }
             match (&rule.matcher, &tree) {
                 (rules::Matcher::Regex(re), _) => {
-                    for (start, end, name) in regex_matches(re, rule.prefilter_re.as_ref(), code) {
+                    for (start, end, name) in
+                        rules::regex_matches(re, rule.prefilter_re.as_ref(), code, None)
+                    {
                         if outside_code(start, &rule.spec) {
                             continue;
                         }

@@ -299,20 +299,105 @@ pub fn compile_pack(
     Ok(out)
 }
 
+/// Matches of a rule's regex in `code`: (start, end) of the `m` group (else the whole
+/// match) and the `name` group. With a prefilter, the backtracking engine only runs in a
+/// window around each place the fast engine found a candidate, so large inputs cost time in
+/// proportion to their candidates, not to their size times the number of rules.
+pub fn regex_matches(
+    re: &fancy_regex::Regex,
+    prefilter: Option<&regex::Regex>,
+    code: &str,
+    limit: Option<usize>,
+) -> Vec<(usize, usize, Option<String>)> {
+    const WINDOW: usize = 512;
+    let mut out = Vec::new();
+    let push = |caps: &fancy_regex::Captures, offset: usize| {
+        let whole = caps.get(0).expect("group 0");
+        let m = caps.name("m").unwrap_or(whole);
+        let name = caps.name("name").map(|n| n.as_str().to_string());
+        (
+            offset + whole.start(),
+            offset + whole.end(),
+            (offset + m.start(), offset + m.end(), name),
+        )
+    };
+    let Some(pre) = prefilter else {
+        for caps in re.captures_iter(code).map_while(Result::ok) {
+            out.push(push(&caps, 0).2);
+            if limit.is_some_and(|l| out.len() >= l) {
+                break;
+            }
+        }
+        return out;
+    };
+    // The real match starts where the fast engine's candidate starts (the patterns differ
+    // only by zero-width lookarounds), so the backtracking engine runs on a small window:
+    // a little text before the candidate for lookbehinds, and some after it for lookaheads.
+    const BEFORE: usize = 64;
+    let mut next_from = 0;
+    for cand in pre.find_iter(code) {
+        if cand.start() < next_from {
+            continue;
+        }
+        let mut lo = cand.start().saturating_sub(BEFORE);
+        while !code.is_char_boundary(lo) {
+            lo -= 1;
+        }
+        let mut hi = (cand.end() + WINDOW).min(code.len());
+        while !code.is_char_boundary(hi) {
+            hi += 1;
+        }
+        let hay = &code[lo..hi];
+        if let Ok(Some(caps)) = re.captures_from_pos(hay, cand.start() - lo) {
+            let (start, end, found) = push(&caps, lo);
+            if start <= cand.end() && start >= next_from {
+                next_from = end.max(start + 1);
+                out.push(found);
+                if limit.is_some_and(|l| out.len() >= l) {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Checks a rule's `requires` / `unless` conditions for one match in `code`.
 pub fn conditions_hold(spec: &RuleSpec, code: &str, name: Option<&str>) -> bool {
     // A pattern that fails to run (backtracking limit) counts as not matching: `requires`
     // then drops the finding, `unless` keeps it (fail towards reporting).
     let matches = |p: &str| {
         let p = p.replace("{name}", &regex::escape(name.unwrap_or("")));
-        cached_regex(&p)
-            .and_then(|re| re.is_match(code).ok())
-            .unwrap_or(false)
+        // The fast engine finds the candidates; the backtracking one only checks them.
+        match (cached_regex(&p), cached_prefilter(&p)) {
+            (Some(re), plain) => !regex_matches(&re, plain.as_deref(), code, Some(1)).is_empty(),
+            (None, _) => false,
+        }
     };
     if spec.requires.as_deref().is_some_and(|r| !matches(r)) {
         return false;
     }
     !spec.unless.as_deref().is_some_and(matches)
+}
+
+/// The fast-engine prefilter of a condition pattern, compiled once per distinct text.
+fn cached_prefilter(pattern: &str) -> Option<std::sync::Arc<regex::Regex>> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, Option<Arc<regex::Regex>>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(re) = cache.lock().ok()?.get(pattern) {
+        return re.clone();
+    }
+    let re = prefilter_pattern(pattern)
+        .and_then(|p| regex::Regex::new(&p).ok())
+        .map(Arc::new);
+    let mut map = cache.lock().ok()?;
+    if map.len() > 4096 {
+        map.clear();
+    }
+    map.insert(pattern.to_string(), re.clone());
+    re
 }
 
 /// Condition patterns compiled once per distinct text (the `{name}` substitution makes a few
