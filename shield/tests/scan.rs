@@ -24,10 +24,10 @@ fn findings_point_into_the_original_text() {
         .iter()
         .find(|f| f.rule == "py.os-shell")
         .expect("os.system found");
-    assert_eq!((os.line, os.column), (7, 8));
+    assert_eq!((os.line, os.column), (7, 5));
     assert_eq!(
-        &ANSWER.lines().nth(6).unwrap()[os.column - 1..os.column + 5],
-        "system"
+        &ANSWER.lines().nth(6).unwrap()[os.column - 1..os.column + 8],
+        "os.system"
     );
     let strcpy = report
         .findings
