@@ -32,6 +32,19 @@ pub enum Command {
     Bench(BenchArgs),
     /// Scan text or code for insecure patterns (Code Shield).
     Scan(ScanArgs),
+    /// Policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Validate policy files (and a bindings.yaml) as one set; print a normalized summary.
+    Check {
+        /// Policy files; a folder means every .yaml/.yml file in it.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]

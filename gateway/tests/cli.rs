@@ -219,3 +219,30 @@ fn scan_forced_language_and_file_argument() {
     assert_eq!(code, 0);
     assert!(stdout.contains(":2:1: error [CWE-120]"), "{stdout}");
 }
+
+#[test]
+fn policy_check_summarises_valid_sets_and_names_errors() {
+    let presets = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies/presets");
+    let (code, stdout, stderr) = safegate(&["policy", "check", presets.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("policy default (llama-guard-2)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("input: P(unsafe) >= 0.5 -> block; S7 -> flag"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("policy audit-only"), "{stdout}");
+    assert!(stdout.contains("bindings: default -> default"), "{stdout}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "name: bad\ninput:\n  threshold: 2\n").unwrap();
+    let (code, _, stderr) = safegate(&["policy", "check", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("bad.yaml:3:3: threshold 2 is outside 0..1"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,237 @@
+//! The policy file, as security people write it (YAML). Every field has a default, so a
+//! policy states only what differs; unknown fields are errors (a typo must not silently
+//! weaken a policy).
+
+use std::collections::BTreeMap;
+
+use safegate_shield::{Language, Severity};
+use serde::{Deserialize, Serialize};
+
+use crate::taxonomy::Taxonomy;
+
+/// What happens when a check fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Let it through; nothing recorded beyond the usual audit line.
+    Allow,
+    /// Let it through and record the reason in the audit log.
+    Log,
+    /// Let it through, marked in the response and the audit log.
+    Flag,
+    /// Refuse it.
+    Block,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// A guard or shield error or timeout blocks the request (the default).
+    FailClosed,
+    /// ... lets it through, counted and audited.
+    FailOpen,
+}
+
+/// A severity threshold for the shield, or `none` to never trigger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeverityLevel {
+    None,
+    Advice,
+    Warning,
+    Error,
+}
+
+impl SeverityLevel {
+    /// Whether a finding of `severity` reaches this level.
+    pub fn reached_by(self, severity: Severity) -> bool {
+        let level = match self {
+            SeverityLevel::None => return false,
+            SeverityLevel::Advice => Severity::Advice,
+            SeverityLevel::Warning => Severity::Warning,
+            SeverityLevel::Error => Severity::Error,
+        };
+        severity >= level
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CategorySetting {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomCategory {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Settings of one stage (the prompt going in, or the response going out).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StagePolicy {
+    /// Run the guard at this stage.
+    pub enabled: bool,
+    /// P(unsafe) at or above which the stage counts as unsafe.
+    pub threshold: f64,
+    /// Per-category thresholds (category code -> threshold); others use `threshold`.
+    pub category_thresholds: BTreeMap<String, f64>,
+    /// Action when unsafe.
+    pub action: Action,
+    /// Per-category actions (category code -> action); others use `action`.
+    pub category_actions: BTreeMap<String, Action>,
+    /// What a blocked user is told.
+    pub message: String,
+    /// Guard time budget for this stage.
+    pub timeout_ms: u64,
+}
+
+impl Default for StagePolicy {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            threshold: 0.5,
+            category_thresholds: BTreeMap::new(),
+            action: Action::Block,
+            category_actions: BTreeMap::new(),
+            message: "This content was blocked by the safety policy.".into(),
+            timeout_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamingPolicy {
+    /// The output guard re-scores the accumulated response every this many tokens.
+    pub rescore_every_tokens: u32,
+    /// Tokens held back from the client until they have been scored.
+    pub hold_back_tokens: u32,
+}
+
+impl Default for StreamingPolicy {
+    fn default() -> Self {
+        Self {
+            rescore_every_tokens: 16,
+            hold_back_tokens: 16,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShieldPolicy {
+    pub enabled: bool,
+    /// Languages scanned (empty: all).
+    pub languages: Vec<Language>,
+    /// Findings at or above this severity block the response.
+    pub block_severity: SeverityLevel,
+    /// Findings at or above this severity (and below `block_severity`) add a security note.
+    pub warn_severity: SeverityLevel,
+    /// Rule ids not to run.
+    pub disabled_rules: Vec<String>,
+    pub timeout_ms: u64,
+    /// The note appended to a response with warnings.
+    pub warn_note: String,
+}
+
+impl Default for ShieldPolicy {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            languages: Vec::new(),
+            block_severity: SeverityLevel::Error,
+            warn_severity: SeverityLevel::Warning,
+            disabled_rules: Vec::new(),
+            timeout_ms: 2_000,
+            warn_note: "Security note: the code above contains patterns that are often insecure; review it before use."
+                .into(),
+        }
+    }
+}
+
+/// One policy file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub name: String,
+    #[serde(default = "default_taxonomy")]
+    pub taxonomy: Taxonomy,
+    /// Per-category settings (code -> setting); categories not listed are enabled.
+    #[serde(default)]
+    pub categories: BTreeMap<String, CategorySetting>,
+    /// Categories of your own, rendered into the guard prompt after the built-in ones.
+    #[serde(default)]
+    pub custom_categories: Vec<CustomCategory>,
+    #[serde(default)]
+    pub input: StagePolicy,
+    #[serde(default)]
+    pub output: StagePolicy,
+    #[serde(default)]
+    pub streaming: StreamingPolicy,
+    #[serde(default)]
+    pub shield: ShieldPolicy,
+    #[serde(default = "fail_closed")]
+    pub on_error: OnError,
+}
+
+fn default_taxonomy() -> Taxonomy {
+    Taxonomy::LlamaGuard2
+}
+
+fn fail_closed() -> OnError {
+    OnError::FailClosed
+}
+
+impl Policy {
+    pub fn stage(&self, stage: Stage) -> &StagePolicy {
+        match stage {
+            Stage::Input => &self.input,
+            Stage::Output => &self.output,
+        }
+    }
+
+    /// Whether a category (built-in code, or `C<n>` for the n-th custom category) is enabled.
+    pub fn category_enabled(&self, code: &str) -> bool {
+        self.categories.get(code).is_none_or(|c| c.enabled)
+    }
+
+    /// Codes of custom categories as the guard numbers them: after the built-in ones.
+    pub fn custom_codes(&self) -> Vec<String> {
+        let first = self.taxonomy.categories().len() + 1;
+        (0..self.custom_categories.len())
+            .map(|i| format!("S{}", first + i))
+            .collect()
+    }
+
+    /// Whether `code` names a category of this policy (built-in or custom).
+    pub fn knows_code(&self, code: &str) -> bool {
+        self.taxonomy.has_code(code) || self.custom_codes().iter().any(|c| c == code)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Input,
+    Output,
+}
+
+/// Which policy applies to which API key group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bindings {
+    /// The policy for keys without a binding.
+    pub default: String,
+    /// Key group -> policy name.
+    #[serde(default)]
+    pub groups: BTreeMap<String, String>,
+}
