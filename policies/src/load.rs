@@ -314,11 +314,14 @@ fn validate(p: &Policy, shield: &Shield, c: &mut Checker) {
     }
 }
 
+/// Where each binding is written: group name (or `default`) -> (line, column).
+pub type KeyPositions = BTreeMap<String, (usize, usize)>;
+
 /// Parses a bindings file (which policy applies to which key group).
 pub fn parse_bindings(
     file: &str,
     text: &str,
-) -> Result<(Bindings, BTreeMap<String, (usize, usize)>), PolicyErrors> {
+) -> Result<(Bindings, KeyPositions), PolicyErrors> {
     let b: Bindings =
         serde_norway::from_str(text).map_err(|e| PolicyErrors(vec![serde_error(file, &e)]))?;
     let pos = positions(text);
