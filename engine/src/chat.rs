@@ -37,6 +37,9 @@ pub struct ChatTokenizer {
     template: Option<String>,
     bos_token: String,
     eos_token: String,
+    /// The tokenizer's added tokens (content, id), longest first: the only strings that
+    /// may become special-token ids, and only where the application wrote them.
+    markers: Vec<(String, u32)>,
 }
 
 fn token_string(v: Option<&Value>) -> String {
@@ -169,12 +172,20 @@ impl ChatTokenizer {
     ) -> Result<Self> {
         let mut plain = with_specials.clone();
         plain.set_encode_special_tokens(true);
+        let mut markers: Vec<(String, u32)> = with_specials
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| !t.content.is_empty())
+            .map(|(id, t)| (t.content, id))
+            .collect();
+        markers.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
         Ok(Self {
             with_specials,
             plain,
             template,
             bos_token,
             eos_token,
+            markers,
         })
     }
 
@@ -273,16 +284,59 @@ impl ChatTokenizer {
         add_generation_prompt: bool,
     ) -> Result<Vec<u32>> {
         let (segments, _) = self.render_segments(messages, add_generation_prompt)?;
+        self.encode_segments(segments.iter().map(|seg| match seg {
+            Segment::Template(t) => (t.as_str(), true),
+            Segment::Content(i, trimmed) => (content_text(&messages[*i].content, *trimmed), false),
+        }))
+    }
+
+    /// Encodes a prompt assembled from pieces written by the application (`trusted`) and
+    /// pieces from users. Added tokens written by the application become their ids; all
+    /// other text, across piece boundaries, is tokenized as one string, as the whole
+    /// prompt would be, so a word or punctuation at a boundary gets the same tokens. User
+    /// pieces never produce special-token ids.
+    pub fn encode_segments<'a>(
+        &self,
+        segments: impl IntoIterator<Item = (&'a str, bool)>,
+    ) -> Result<Vec<u32>> {
         let mut ids = Vec::new();
-        for seg in &segments {
-            match seg {
-                Segment::Template(t) => ids.extend(self.encode_trusted(t)?),
-                Segment::Content(i, trimmed) => {
-                    ids.extend(self.encode_plain(content_text(&messages[*i].content, *trimmed))?)
+        let mut run = String::new();
+        let mut flush = |run: &mut String, ids: &mut Vec<u32>| -> Result<()> {
+            if !run.is_empty() {
+                ids.extend(self.encode_plain(run)?);
+                run.clear();
+            }
+            Ok(())
+        };
+        for (text, trusted) in segments {
+            if !trusted {
+                run.push_str(text);
+                continue;
+            }
+            let mut rest = text;
+            while let Some((at, len, id)) = self.find_marker(rest) {
+                run.push_str(&rest[..at]);
+                flush(&mut run, &mut ids)?;
+                ids.push(id);
+                rest = &rest[at + len..];
+            }
+            run.push_str(rest);
+        }
+        flush(&mut run, &mut ids)?;
+        Ok(ids)
+    }
+
+    /// The earliest added token in `text` (longest on ties): (byte offset, length, id).
+    fn find_marker(&self, text: &str) -> Option<(usize, usize, u32)> {
+        let mut best: Option<(usize, usize, u32)> = None;
+        for (content, id) in &self.markers {
+            if let Some(at) = text.find(content.as_str()) {
+                if best.is_none_or(|(b, l, _)| at < b || (at == b && content.len() > l)) {
+                    best = Some((at, content.len(), *id));
                 }
             }
         }
-        Ok(ids)
+        best
     }
 }
 

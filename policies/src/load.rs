@@ -318,10 +318,7 @@ fn validate(p: &Policy, shield: &Shield, c: &mut Checker) {
 pub type KeyPositions = BTreeMap<String, (usize, usize)>;
 
 /// Parses a bindings file (which policy applies to which key group).
-pub fn parse_bindings(
-    file: &str,
-    text: &str,
-) -> Result<(Bindings, KeyPositions), PolicyErrors> {
+pub fn parse_bindings(file: &str, text: &str) -> Result<(Bindings, KeyPositions), PolicyErrors> {
     let b: Bindings =
         serde_norway::from_str(text).map_err(|e| PolicyErrors(vec![serde_error(file, &e)]))?;
     let pos = positions(text);

@@ -1,0 +1,176 @@
+//! Scoring a Llama Guard prompt with a local model: one prefill gives P(unsafe) (the
+//! probability that the first generated token is `unsafe`); one more, conditioned on
+//! `unsafe\n`, gives the category distribution.
+
+use std::time::Instant;
+
+use safegate_engine::{ChatTokenizer, Engine};
+use safegate_policies::Verdict;
+
+use crate::prompt::GuardPrompt;
+use crate::GuardError;
+
+/// A verdict and what it cost.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Classification {
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    /// The category the model finds likeliest given `unsafe`, in the taxonomy's codes.
+    pub top_category: Option<String>,
+    pub prompt_tokens: usize,
+    pub latency_ms: f64,
+}
+
+/// Prompt ids: template segments with special tokens recognised, conversation text as
+/// plain text; a BOS first unless the template writes its own.
+pub fn encode_prompt(
+    tok: &ChatTokenizer,
+    prompt: &GuardPrompt,
+    bos: Option<u32>,
+) -> Result<Vec<u32>, GuardError> {
+    let mut ids = Vec::new();
+    let text_has_bos = prompt
+        .segments
+        .first()
+        .is_some_and(|s| s.text.starts_with("<|begin_of_text|>"));
+    if let (Some(b), false) = (bos, text_has_bos) {
+        ids.push(b);
+    }
+    ids.extend(
+        tok.encode_segments(prompt.segments.iter().map(|s| (s.text.as_str(), s.trusted)))
+            .map_err(GuardError::Engine)?,
+    );
+    Ok(ids)
+}
+
+fn softmax_at(logits: &[f32], ids: &[u32]) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let total: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+    ids.iter()
+        .map(|&i| {
+            logits
+                .get(i as usize)
+                .map_or(0.0, |&l| (l as f64 - max).exp() / total)
+        })
+        .collect()
+}
+
+/// The local backend: Llama Guard (or a model in its place) run by the engine.
+pub struct LocalGuard {
+    engine: Engine,
+}
+
+impl LocalGuard {
+    pub fn new(engine: Engine) -> Self {
+        Self { engine }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Scores a prompt (blocking; call from a worker thread, not an async task).
+    pub fn classify_blocking(&self, prompt: &GuardPrompt) -> Result<Classification, GuardError> {
+        let t0 = Instant::now();
+        let tok = self.engine.tokenizer();
+        let bos = self.engine.info().config.bos_token_id;
+        let ids = encode_prompt(tok, prompt, bos)?;
+        let first = |word: &str| -> Result<u32, GuardError> {
+            tok.encode_plain(word)
+                .map_err(GuardError::Engine)?
+                .first()
+                .copied()
+                .ok_or_else(|| {
+                    GuardError::Model(format!("the tokenizer has no token for `{word}`"))
+                })
+        };
+        let unsafe_id = first("unsafe")?;
+        let logits = self
+            .engine
+            .score_blocking(ids.clone())
+            .map_err(GuardError::Engine)?;
+        let p_unsafe = softmax_at(&logits, &[unsafe_id])[0];
+
+        // Categories: the code tokens after "unsafe\n", scored in one prefill of their
+        // common prefix (plus one per further token of codes that need several).
+        let head = tok.encode_plain("unsafe\n").map_err(GuardError::Engine)?;
+        let mut code_tokens = Vec::with_capacity(prompt.codes.len());
+        for (prompt_code, _) in &prompt.codes {
+            let all = tok
+                .encode_plain(&format!("unsafe\n{prompt_code}"))
+                .map_err(GuardError::Engine)?;
+            let tail = all
+                .strip_prefix(head.as_slice())
+                .map(<[u32]>::to_vec)
+                .unwrap_or(all);
+            code_tokens.push(tail);
+        }
+        let common = common_prefix(&code_tokens);
+        let mut context = ids.clone();
+        context.extend(&head);
+        // Tokens every code starts with (the `S`): their probability is a common factor.
+        let mut p_common = 1.0;
+        for &t in &code_tokens[0][..common] {
+            let l = self
+                .engine
+                .score_blocking(context.clone())
+                .map_err(GuardError::Engine)?;
+            p_common *= softmax_at(&l, &[t])[0];
+            context.push(t);
+        }
+        let base = self
+            .engine
+            .score_blocking(context.clone())
+            .map_err(GuardError::Engine)?;
+        let mut scores = std::collections::BTreeMap::new();
+        let mut best: Option<(String, f64)> = None;
+        for ((_, reported), tokens) in prompt.codes.iter().zip(&code_tokens) {
+            let rest = &tokens[common..];
+            let mut p = p_common
+                * match rest.first() {
+                    Some(&t) => softmax_at(&base, &[t])[0],
+                    None => 1.0,
+                };
+            let mut ctx = context.clone();
+            for w in rest.windows(2) {
+                ctx.push(w[0]);
+                let l = self
+                    .engine
+                    .score_blocking(ctx.clone())
+                    .map_err(GuardError::Engine)?;
+                p *= softmax_at(&l, &[w[1]])[0];
+            }
+            if best.as_ref().is_none_or(|(_, b)| p > *b) {
+                best = Some((reported.clone(), p));
+            }
+            scores.insert(reported.clone(), p_unsafe * p);
+        }
+        Ok(Classification {
+            verdict: Verdict {
+                taxonomy: Some(prompt.taxonomy),
+                p_unsafe,
+                category_scores: scores,
+                codes: Vec::new(),
+            },
+            top_category: best.map(|(c, _)| c),
+            prompt_tokens: ids.len(),
+            latency_ms: t0.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+}
+
+fn common_prefix(seqs: &[Vec<u32>]) -> usize {
+    let Some(first) = seqs.first() else { return 0 };
+    let mut n = first.len();
+    for s in seqs {
+        n = n.min(s.iter().zip(first).take_while(|(a, b)| a == b).count());
+    }
+    // Keep at least one token to score for every code.
+    n.min(
+        seqs.iter()
+            .map(Vec::len)
+            .min()
+            .unwrap_or(0)
+            .saturating_sub(1),
+    )
+}
