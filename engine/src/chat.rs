@@ -301,7 +301,7 @@ impl ChatTokenizer {
     ) -> Result<Vec<u32>> {
         let mut ids = Vec::new();
         let mut run = String::new();
-        let mut flush = |run: &mut String, ids: &mut Vec<u32>| -> Result<()> {
+        let flush = |run: &mut String, ids: &mut Vec<u32>| -> Result<()> {
             if !run.is_empty() {
                 ids.extend(self.encode_plain(run)?);
                 run.clear();
