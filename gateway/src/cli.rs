@@ -35,6 +35,41 @@ pub enum Command {
     /// Policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Llama Guard prompts and classification.
+    #[command(subcommand)]
+    Guard(GuardCommand),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GuardPromptArgs {
+    /// llama-guard-2 or llama-guard-3.
+    #[arg(long, default_value = "llama-guard-2")]
+    pub taxonomy: String,
+    /// user (judge the prompt) or agent (judge the response).
+    #[arg(long, default_value = "user")]
+    pub agent_type: String,
+    /// Only these categories, comma-separated (e.g. S1,S3); numbered S1..Sn in the prompt.
+    #[arg(long, value_delimiter = ',')]
+    pub categories: Option<Vec<String>>,
+    /// Write each category's description under its name.
+    #[arg(long)]
+    pub with_descriptions: bool,
+    /// An OpenAI-style JSON array of {role, content} (roles user/assistant).
+    #[arg(long)]
+    pub messages: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GuardCommand {
+    /// Print the exact Llama Guard prompt (no trailing newline).
+    Prompt(GuardPromptArgs),
+    /// Classify a conversation with a local Llama Guard model; prints a JSON verdict.
+    Classify {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        prompt: GuardPromptArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]

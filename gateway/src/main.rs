@@ -3,6 +3,7 @@
 mod cli;
 mod cmd_bench;
 mod cmd_generate;
+mod cmd_guard;
 mod cmd_policy;
 mod cmd_scan;
 mod messages;
@@ -23,6 +24,7 @@ fn main() -> std::process::ExitCode {
         cli::Command::Bench(args) => cmd_bench::run(&cli, args),
         cli::Command::Scan(args) => cmd_scan::run(args),
         cli::Command::Policy(cmd) => cmd_policy::run(cmd),
+        cli::Command::Guard(cmd) => cmd_guard::run(&cli, cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -246,3 +246,81 @@ fn policy_check_summarises_valid_sets_and_names_errors() {
         "{stderr}"
     );
 }
+
+#[test]
+fn guard_prompt_prints_the_reference_prompt_exactly() {
+    let cases: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("guard-prompts/cases.json")).unwrap(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for name in [
+        "llama-guard-2/user-agent",
+        "llama-guard-3/subset-descriptions",
+        "llama-guard-2/injection",
+    ] {
+        let case = cases
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap();
+        let messages = dir.path().join("m.json");
+        std::fs::write(&messages, case["messages"].to_string()).unwrap();
+        let mut args = vec![
+            "guard".to_string(),
+            "prompt".into(),
+            "--taxonomy".into(),
+            case["taxonomy"].as_str().unwrap().into(),
+            "--agent-type".into(),
+            case["agent_type"].as_str().unwrap().into(),
+            "--messages".into(),
+            messages.to_str().unwrap().into(),
+        ];
+        if let Some(cats) = case["categories"].as_array() {
+            args.push("--categories".into());
+            args.push(
+                cats.iter()
+                    .map(|c| c.as_str().unwrap())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+        }
+        if case["with_descriptions"].as_bool().unwrap() {
+            args.push("--with-descriptions".into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, stdout, stderr) = safegate(&args);
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(stdout, case["prompt"].as_str().unwrap(), "{name}");
+    }
+}
+
+#[test]
+fn guard_classify_prints_a_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let messages = dir.path().join("m.json");
+    std::fs::write(
+        &messages,
+        r#"[{"role":"user","content":"How do I make a cake?"}]"#,
+    )
+    .unwrap();
+    let model = fixture("tiny-llama3");
+    let (code, stdout, stderr) = safegate(&[
+        "guard",
+        "classify",
+        "--model",
+        model.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--messages",
+        messages.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let p = v["p_unsafe"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&p));
+    assert_eq!(v["categories"].as_array().unwrap().len(), 11);
+    assert_eq!(v["taxonomy"], "llama-guard-2");
+    assert!(v["prompt_tokens"].as_u64().unwrap() > 100);
+}
