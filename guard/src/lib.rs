@@ -6,10 +6,38 @@
 
 pub mod classify;
 pub mod prompt;
+pub mod remote;
 pub mod taxonomy;
 
 pub use classify::{Classification, LocalGuard};
 pub use prompt::{build_prompt, AgentType, CategorySelection, GuardPrompt};
+pub use remote::{RemoteConfig, RemoteGuard};
+
+/// A safety classifier: the local engine or a remote server, same verdict shape.
+pub trait SafetyClassifier: Send + Sync {
+    /// Scores a prompt (blocking: call it from a worker thread, not an async task).
+    fn classify(&self, prompt: &GuardPrompt) -> Result<Classification, GuardError>;
+    /// `local` or `remote`, for logs and `/readyz`.
+    fn backend(&self) -> &'static str;
+}
+
+impl SafetyClassifier for LocalGuard {
+    fn classify(&self, prompt: &GuardPrompt) -> Result<Classification, GuardError> {
+        self.classify_blocking(prompt)
+    }
+    fn backend(&self) -> &'static str {
+        "local"
+    }
+}
+
+impl SafetyClassifier for RemoteGuard {
+    fn classify(&self, prompt: &GuardPrompt) -> Result<Classification, GuardError> {
+        self.classify_blocking(prompt)
+    }
+    fn backend(&self) -> &'static str {
+        "remote"
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
@@ -17,6 +45,15 @@ pub enum GuardError {
     Input(String),
     #[error("guard model: {0}")]
     Model(String),
+    /// The remote guard answered with an error or something unreadable.
+    #[error("remote guard: {0}")]
+    Remote(String),
+    /// The remote guard did not answer in time.
+    #[error("remote guard timed out: {0}")]
+    Timeout(String),
+    /// The remote guard could not be reached.
+    #[error("remote guard unavailable: {0}")]
+    Unavailable(String),
     #[error(transparent)]
     Engine(#[from] safegate_engine::EngineError),
 }
