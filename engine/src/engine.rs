@@ -139,7 +139,8 @@ enum Job {
     },
     Score {
         prompt_ids: Vec<u32>,
-        reply: oneshot::Sender<Result<Vec<f32>>>,
+        continuation: Vec<u32>,
+        reply: oneshot::Sender<Result<Vec<Vec<f32>>>>,
     },
 }
 
@@ -299,29 +300,65 @@ impl Engine {
         Ok(TokenStream { rx, cancel })
     }
 
-    fn submit_score(&self, prompt_ids: Vec<u32>) -> Result<oneshot::Receiver<Result<Vec<f32>>>> {
+    fn submit_score(
+        &self,
+        prompt_ids: Vec<u32>,
+        continuation: Vec<u32>,
+    ) -> Result<oneshot::Receiver<Result<Vec<Vec<f32>>>>> {
         self.check_request(&GenerateRequest {
             prompt_ids: prompt_ids.clone(),
-            max_tokens: 1,
+            max_tokens: continuation.len().max(1),
             sampling: SamplingParams::default(),
             stop: Vec::new(),
             ignore_eos: false,
         })?;
+        let vocab = self.info.config.vocab_size as u32;
+        if let Some(bad) = continuation.iter().find(|&&id| id >= vocab) {
+            return Err(EngineError::InvalidRequest(format!(
+                "token id {bad} is outside the model's vocabulary of {vocab}"
+            )));
+        }
         let (reply, rx) = oneshot::channel();
-        self.submit(Job::Score { prompt_ids, reply })?;
+        self.submit(Job::Score {
+            prompt_ids,
+            continuation,
+            reply,
+        })?;
         Ok(rx)
     }
 
     /// Logits of the next token after `prompt_ids`: one prefill, no decode.
     pub async fn score(&self, prompt_ids: Vec<u32>) -> Result<Vec<f32>> {
-        self.submit_score(prompt_ids)?
-            .await
-            .map_err(|_| EngineError::Stopped)?
+        let mut steps = self.score_steps(prompt_ids, Vec::new()).await?;
+        Ok(steps.swap_remove(0))
     }
 
     /// [`Self::score`] for synchronous callers (not inside an async runtime).
     pub fn score_blocking(&self, prompt_ids: Vec<u32>) -> Result<Vec<f32>> {
-        self.submit_score(prompt_ids)?
+        let mut steps = self.score_steps_blocking(prompt_ids, Vec::new())?;
+        Ok(steps.swap_remove(0))
+    }
+
+    /// Next-token logits after `prompt_ids`, then after each token of `continuation` in
+    /// turn: one prefill and one decode step per continuation token, on one KV cache
+    /// (`continuation.len() + 1` results). For scoring a given continuation.
+    pub async fn score_steps(
+        &self,
+        prompt_ids: Vec<u32>,
+        continuation: Vec<u32>,
+    ) -> Result<Vec<Vec<f32>>> {
+        self.submit_score(prompt_ids, continuation)?
+            .await
+            .map_err(|_| EngineError::Stopped)?
+    }
+
+    /// [`Self::score_steps`] for synchronous callers (not inside an async runtime).
+    pub fn score_steps_blocking(
+        &self,
+        prompt_ids: Vec<u32>,
+        continuation: Vec<u32>,
+    ) -> Result<Vec<Vec<f32>>> {
+        self.submit_score(prompt_ids, continuation)?
             .blocking_recv()
             .map_err(|_| EngineError::Stopped)?
     }
@@ -398,16 +435,28 @@ impl Worker {
     fn admit(&mut self, job: Job, active: &mut VecDeque<Active>) {
         self.shared.queued.fetch_sub(1, Ordering::Relaxed);
         match job {
-            Job::Score { prompt_ids, reply } => {
-                let result = self
-                    .session
-                    .empty_cache()
-                    .and_then(|cache| {
-                        self.session
-                            .forward_with(&prompt_ids, cache, |logits| logits.to_vec())
-                    })
-                    .map(|(_, logits)| logits);
-                let _ = reply.send(result);
+            Job::Score {
+                prompt_ids,
+                continuation,
+                reply,
+            } => {
+                let mut run = || -> Result<Vec<Vec<f32>>> {
+                    let mut out = Vec::with_capacity(continuation.len() + 1);
+                    let (mut cache, logits) = self.session.forward_with(
+                        &prompt_ids,
+                        self.session.empty_cache()?,
+                        |l| l.to_vec(),
+                    )?;
+                    out.push(logits);
+                    for &t in &continuation {
+                        let (next, logits) =
+                            self.session.forward_with(&[t], cache, |l| l.to_vec())?;
+                        cache = next;
+                        out.push(logits);
+                    }
+                    Ok(out)
+                };
+                let _ = reply.send(run());
             }
             Job::Generate {
                 request,

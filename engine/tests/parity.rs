@@ -169,3 +169,25 @@ fn interleaved_requests_get_the_same_tokens_as_alone() {
         assert_eq!(ids, &want);
     }
 }
+
+#[test]
+fn score_steps_equal_separate_prefills() {
+    let engine = engine("tiny-llama3");
+    let case = &expected("tiny-llama3").cases[0];
+    let cont = case.greedy_ids[..3].to_vec();
+    let steps = engine
+        .score_steps_blocking(case.prompt_ids.clone(), cont.clone())
+        .unwrap();
+    assert_eq!(steps.len(), 4);
+    for k in 0..=3 {
+        let mut ids = case.prompt_ids.clone();
+        ids.extend(&cont[..k]);
+        let full = engine.score_blocking(ids).unwrap();
+        let max_diff = full
+            .iter()
+            .zip(&steps[k])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(max_diff < 1e-4, "step {k}: {max_diff}");
+    }
+}

@@ -85,14 +85,10 @@ impl LocalGuard {
                 })
         };
         let unsafe_id = first("unsafe")?;
-        let logits = self
-            .engine
-            .score_blocking(ids.clone())
-            .map_err(GuardError::Engine)?;
-        let p_unsafe = softmax_at(&logits, &[unsafe_id])[0];
 
-        // Categories: the code tokens after "unsafe\n", scored in one prefill of their
-        // common prefix (plus one per further token of codes that need several).
+        // Categories: the code tokens after "unsafe\n". One prefill of the prompt and one
+        // decode step per token of "unsafe\n" and of the prefix every code shares (the `S`),
+        // on one KV cache; codes of several tokens beyond the prefix take one more call.
         let head = tok.encode_plain("unsafe\n").map_err(GuardError::Engine)?;
         let mut code_tokens = Vec::with_capacity(prompt.codes.len());
         for (prompt_code, _) in &prompt.codes {
@@ -106,39 +102,38 @@ impl LocalGuard {
             code_tokens.push(tail);
         }
         let common = common_prefix(&code_tokens);
-        let mut context = ids.clone();
-        context.extend(&head);
-        // Tokens every code starts with (the `S`): their probability is a common factor.
-        let mut p_common = 1.0;
-        for &t in &code_tokens[0][..common] {
-            let l = self
-                .engine
-                .score_blocking(context.clone())
-                .map_err(GuardError::Engine)?;
-            p_common *= softmax_at(&l, &[t])[0];
-            context.push(t);
-        }
-        let base = self
+        let mut continuation = head.clone();
+        continuation.extend(&code_tokens[0][..common]);
+        let steps = self
             .engine
-            .score_blocking(context.clone())
+            .score_steps_blocking(ids.clone(), continuation.clone())
             .map_err(GuardError::Engine)?;
+        let p_unsafe = softmax_at(&steps[0], &[unsafe_id])[0];
+        // P(the shared prefix | unsafe\n): the same factor for every code.
+        let mut p_common = 1.0;
+        for (k, &t) in continuation.iter().enumerate().skip(head.len()) {
+            p_common *= softmax_at(&steps[k], &[t])[0];
+        }
+        let base = &steps[continuation.len()];
+        let mut context = ids.clone();
+        context.extend(&continuation);
         let mut scores = std::collections::BTreeMap::new();
         let mut best: Option<(String, f64)> = None;
         for ((_, reported), tokens) in prompt.codes.iter().zip(&code_tokens) {
             let rest = &tokens[common..];
             let mut p = p_common
                 * match rest.first() {
-                    Some(&t) => softmax_at(&base, &[t])[0],
+                    Some(&t) => softmax_at(base, &[t])[0],
                     None => 1.0,
                 };
-            let mut ctx = context.clone();
-            for w in rest.windows(2) {
-                ctx.push(w[0]);
-                let l = self
+            if rest.len() > 1 {
+                let more = self
                     .engine
-                    .score_blocking(ctx.clone())
+                    .score_steps_blocking(context.clone(), rest[..rest.len() - 1].to_vec())
                     .map_err(GuardError::Engine)?;
-                p *= softmax_at(&l, &[w[1]])[0];
+                for (k, &t) in rest.iter().enumerate().skip(1) {
+                    p *= softmax_at(&more[k], &[t])[0];
+                }
             }
             if best.as_ref().is_none_or(|(_, b)| p > *b) {
                 best = Some((reported.clone(), p));
