@@ -5,6 +5,7 @@
 //! - [`classify`]: scores from a local model (P(unsafe), per-category scores).
 
 pub mod classify;
+pub mod moderation;
 pub mod prompt;
 pub mod remote;
 pub mod taxonomy;
