@@ -26,6 +26,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Serve the OpenAI-compatible, policy-enforcing HTTP API.
+    Serve(ServeArgs),
     /// Generate a chat reply with a local model.
     Generate(GenerateArgs),
     /// Measure time to first token and decode speed of a local model.
@@ -80,6 +82,37 @@ pub enum PolicyCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "SAFEGATE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Listen on a non-loopback address although no API keys are configured.
+    #[arg(long)]
+    pub allow_insecure_listen: bool,
+    /// Chat model folder.
+    #[arg(long, env = "SAFEGATE_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Guard model folder (Llama Guard, or a model in its place).
+    #[arg(long, env = "SAFEGATE_GUARD_MODEL")]
+    pub guard_model: Option<PathBuf>,
+    /// Policy files or folders (default: the shipped presets, `default` for everyone).
+    #[arg(long, env = "SAFEGATE_POLICIES", value_delimiter = ',')]
+    pub policies: Option<Vec<PathBuf>>,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// ONNX Runtime intra-op threads (0: ONNX Runtime's choice).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Requests waiting for the engine; beyond it, 429 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    pub queue: usize,
+    /// Largest request body accepted.
+    #[arg(long, default_value_t = 2 * 1024 * 1024)]
+    pub max_body_bytes: usize,
 }
 
 #[derive(Args, Debug)]

@@ -7,6 +7,7 @@ mod cmd_guard;
 mod cmd_policy;
 mod cmd_scan;
 mod messages;
+mod server;
 
 use clap::Parser;
 
@@ -20,6 +21,7 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match &cli.command {
+        cli::Command::Serve(args) => server::run(&cli, args),
         cli::Command::Generate(args) => cmd_generate::run(&cli, args),
         cli::Command::Bench(args) => cmd_bench::run(&cli, args),
         cli::Command::Scan(args) => cmd_scan::run(args),

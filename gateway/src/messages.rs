@@ -35,6 +35,11 @@ pub fn parse_messages(text: &str, origin: &str) -> Result<Vec<ChatMessage>> {
             e.column()
         )
     })?;
+    parse_message_values(&v, origin)
+}
+
+/// Messages from an already-parsed JSON value (an array of `{role, content}`).
+pub fn parse_message_values(v: &Value, origin: &str) -> Result<Vec<ChatMessage>> {
     let list = v
         .as_array()
         .ok_or_else(|| anyhow!("{origin}: expected a JSON array of {{role, content}} objects"))?;

@@ -1,0 +1,107 @@
+//! Prometheus metrics (prefix `safegate_`, bounded label values only).
+
+use actix_web::{web, HttpResponse};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use super::AppState;
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub stage_duration: HistogramVec,
+    pub guard_verdicts: IntCounterVec,
+    pub shield_findings: IntCounterVec,
+    pub tokens: IntCounterVec,
+    pub provider: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "safegate_requests_total",
+                "Requests by endpoint and outcome",
+            ),
+            &["endpoint", "outcome"],
+        )?;
+        let buckets = vec![
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ];
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "safegate_request_duration_seconds",
+                "Request latency by endpoint",
+            )
+            .buckets(buckets.clone()),
+            &["endpoint"],
+        )?;
+        let stage_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "safegate_stage_duration_seconds",
+                "Latency per stage (input_guard, generation, output_guard, shield)",
+            )
+            .buckets(buckets),
+            &["stage"],
+        )?;
+        let guard_verdicts = IntCounterVec::new(
+            Opts::new(
+                "safegate_guard_verdicts_total",
+                "Guard decisions by stage, taxonomy, category and action",
+            ),
+            &["stage", "taxonomy", "category", "action"],
+        )?;
+        let shield_findings = IntCounterVec::new(
+            Opts::new(
+                "safegate_shield_findings_total",
+                "Shield findings by language, CWE, severity and action",
+            ),
+            &["language", "cwe", "severity", "action"],
+        )?;
+        let tokens = IntCounterVec::new(
+            Opts::new(
+                "safegate_tokens_total",
+                "Tokens in (prompt) and out (completion)",
+            ),
+            &["direction"],
+        )?;
+        let provider = IntGaugeVec::new(
+            Opts::new(
+                "safegate_execution_provider",
+                "Execution provider of the chat model (1 = in use)",
+            ),
+            &["provider"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(stage_duration.clone()))?;
+        registry.register(Box::new(guard_verdicts.clone()))?;
+        registry.register(Box::new(shield_findings.clone()))?;
+        registry.register(Box::new(tokens.clone()))?;
+        registry.register(Box::new(provider.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            duration,
+            stage_duration,
+            guard_verdicts,
+            shield_findings,
+            tokens,
+            provider,
+        })
+    }
+}
+
+pub async fn scrape(state: web::Data<AppState>) -> HttpResponse {
+    let mut buf = Vec::new();
+    let families = state.metrics.registry.gather();
+    if TextEncoder::new().encode(&families, &mut buf).is_err() {
+        return HttpResponse::InternalServerError().finish();
+    }
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(buf)
+}

@@ -1,0 +1,147 @@
+//! `safegate serve`: the HTTP front door (actix-web). The only part of safegate that knows
+//! about HTTP. Inference and guard scoring run on the engine's worker threads or on
+//! actix's blocking pool; handlers never block the async runtime.
+
+// ApiError carries an OpenAI-style body; it is the slow path and boxing it buys nothing.
+#[allow(clippy::result_large_err)]
+mod chat;
+mod error;
+mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use anyhow::{bail, Context, Result};
+use safegate_engine::{Engine, EngineOptions};
+use safegate_guard::LocalGuard;
+use safegate_policies::{PolicySet, PolicyStore};
+use safegate_shield::Shield;
+use serde_json::json;
+
+use crate::cli::{Cli, ServeArgs};
+pub use error::ApiError;
+pub use metrics::Metrics;
+
+pub struct AppState {
+    pub engine: Option<Engine>,
+    pub guard: Option<Arc<LocalGuard>>,
+    pub policies: Arc<PolicyStore>,
+    pub shield: &'static Shield,
+    pub metrics: Metrics,
+}
+
+fn load(cli: &Cli, dir: &std::path::Path, args: &ServeArgs) -> Result<Engine> {
+    safegate_engine::runtime::init(cli.ort_lib.as_deref())?;
+    let opts = EngineOptions {
+        device: args.device.parse()?,
+        intra_threads: args.threads,
+        queue_capacity: args.queue,
+        ..Default::default()
+    };
+    Engine::load(dir, &opts).with_context(|| format!("loading {}", dir.display()))
+}
+
+pub fn run(cli: &Cli, args: &ServeArgs) -> Result<()> {
+    let addr: SocketAddr = args
+        .listen
+        .parse()
+        .with_context(|| format!("--listen `{}` is not ADDR:PORT", args.listen))?;
+    if !addr.ip().is_loopback() && !args.allow_insecure_listen {
+        bail!(
+            "refusing to listen on {addr} without API keys: anyone who can reach it could use the models. \
+             Listen on 127.0.0.1, or pass --allow-insecure-listen if a proxy in front authenticates"
+        );
+    }
+    if !addr.ip().is_loopback() {
+        tracing::warn!("listening on {addr} with no API keys: every caller is accepted");
+    }
+    let shield = Shield::embedded();
+    let set = match &args.policies {
+        Some(paths) => {
+            let files = crate::cmd_policy::read_policy_files(paths)?;
+            PolicySet::from_files(&files, shield).map_err(|e| anyhow::anyhow!("{e}"))?
+        }
+        None => PolicySet::presets(shield),
+    };
+    let engine = args
+        .model
+        .as_ref()
+        .map(|m| load(cli, m, args))
+        .transpose()?;
+    let guard = args
+        .guard_model
+        .as_ref()
+        .map(|m| load(cli, m, args).map(|e| Arc::new(LocalGuard::new(e))))
+        .transpose()?;
+    let metrics = Metrics::new()?;
+    if let Some(e) = &engine {
+        metrics
+            .provider
+            .with_label_values(&[e.info().provider.as_str()])
+            .set(1);
+    }
+    let state = web::Data::new(AppState {
+        engine,
+        guard,
+        policies: Arc::new(PolicyStore::new(set)),
+        shield,
+        metrics,
+    });
+    tracing::info!(%addr, "safegate listening");
+    eprintln!("safegate listening on http://{addr}");
+    let max_body = args.max_body_bytes;
+    let system = actix_web::rt::System::new();
+    system.block_on(async move {
+        HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(web::PayloadConfig::new(max_body))
+                .route(
+                    "/healthz",
+                    web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "ok"})) }),
+                )
+                .route("/readyz", web::get().to(readyz))
+                .route("/metrics", web::get().to(metrics::scrape))
+                .route("/v1/models", web::get().to(models))
+                .route("/v1/shield/scan", web::post().to(chat::shield_scan))
+                .route("/v1/chat/completions", web::post().to(chat::completions))
+                .default_service(web::to(|| async {
+                    ApiError::not_found("no such endpoint").into_response()
+                }))
+        })
+        .workers(2)
+        .bind(addr)?
+        .run()
+        .await
+    })?;
+    Ok(())
+}
+
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let set = state.policies.current();
+    let model = state.engine.as_ref().map(|e| {
+        json!({"name": e.info().name, "layout": e.info().layout, "provider": e.info().provider.as_str()})
+    });
+    let guard = state
+        .guard
+        .as_ref()
+        .map(|g| json!({"backend": "local", "model": g.engine().info().name}));
+    HttpResponse::Ok().json(json!({
+        "status": "ready",
+        "chat_model": model,
+        "guard": guard,
+        "shield": {"rules": state.shield.rules().count()},
+        "policy_version": set.version,
+        "policies": set.policies.keys().collect::<Vec<_>>(),
+    }))
+}
+
+async fn models(state: web::Data<AppState>) -> HttpResponse {
+    let data: Vec<serde_json::Value> = state
+        .engine
+        .iter()
+        .map(|e| json!({"id": e.info().name, "object": "model", "created": 0, "owned_by": "safegate"}))
+        .collect();
+    HttpResponse::Ok().json(json!({"object": "list", "data": data}))
+}

@@ -1,0 +1,248 @@
+//! The real `safegate serve` binary over HTTP, with the fixture models.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(extra: &[&str]) -> Server {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_safegate"))
+        .args([
+            "serve",
+            "--listen",
+            &listen,
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ])
+        .args(extra)
+        .env_remove("ORT_DYLIB_PATH")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Owned by `Server` at once, so the process is reaped whatever happens next.
+    let server = Server {
+        child,
+        base: format!("http://{listen}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if ureq::get(&format!("{}/healthz", server.base))
+            .call()
+            .is_ok()
+        {
+            return server;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("server did not start");
+}
+
+fn post(base: &str, path: &str, body: &str) -> (u16, Value) {
+    match ureq::post(&format!("{base}{path}"))
+        .set("content-type", "application/json")
+        .send_string(body)
+    {
+        Ok(r) => (r.status(), r.into_json().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn chat_shield_errors_and_metrics() {
+    let model = fixture("tiny-llama3");
+    let s = start(&["--model", model.to_str().unwrap()]);
+
+    let (code, v) = post(
+        &s.base,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "hello"}], "max_tokens": 5}).to_string(),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["usage"]["completion_tokens"], 5);
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert!(v["choices"][0]["message"]["content"].is_string());
+
+    let (code, v) = post(&s.base, "/v1/chat/completions", "{not json");
+    assert_eq!(code, 400);
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not valid JSON"));
+
+    let (code, v) = post(
+        &s.base,
+        "/v1/chat/completions",
+        r#"{"messages": [{"role": "wizard", "content": "x"}]}"#,
+    );
+    assert_eq!(code, 400);
+    assert_eq!(v["error"]["param"], "messages");
+    let (code, v) = post(
+        &s.base,
+        "/v1/chat/completions",
+        r#"{"messages": [{"role": "user", "content": "x"}], "n": 2}"#,
+    );
+    assert_eq!((code, v["error"]["param"].as_str()), (400, Some("n")));
+    let (code, v) = post(
+        &s.base,
+        "/v1/chat/completions",
+        r#"{"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}"#,
+    );
+    assert_eq!(
+        (code, v["error"]["param"].as_str()),
+        (400, Some("max_tokens"))
+    );
+    let (code, v) = post(
+        &s.base,
+        "/v1/chat/completions",
+        r#"{"messages": [{"role": "user", "content": "x"}], "max_tokens": 600}"#,
+    );
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (400, Some("context_length_exceeded")),
+        "{v}"
+    );
+
+    let (code, v) = post(
+        &s.base,
+        "/v1/shield/scan",
+        &json!({"text": "```python\nimport pickle\npickle.loads(data)\n```\n"}).to_string(),
+    );
+    assert_eq!(code, 200);
+    assert_eq!(v["findings"][0]["rule"], "py.unsafe-deserialization");
+    assert_eq!(v["decision"]["action"], "flag");
+    let (code, _) = post(&s.base, "/v1/shield/scan", r#"{"text": 5}"#);
+    assert_eq!(code, 400);
+
+    let models: Value = ureq::get(&format!("{}/v1/models", s.base))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], "tiny-llama3");
+    let ready: Value = ureq::get(&format!("{}/readyz", s.base))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(ready["chat_model"]["provider"], "cpu");
+    assert_eq!(ready["policy_version"], 1);
+
+    let metrics = ureq::get(&format!("{}/metrics", s.base))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        metrics.contains(r#"safegate_requests_total{endpoint="chat_completions",outcome="ok"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"safegate_requests_total{endpoint="chat_completions",outcome="client_error"} 5"#
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"safegate_shield_findings_total{action="flag",cwe="CWE-502",language="python",severity="warning"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"safegate_tokens_total{direction="out"} 5"#));
+
+    let (code, v) = post(&s.base, "/v1/nope", "{}");
+    assert_eq!(
+        (code, v["error"]["message"].as_str()),
+        (404, Some("no such endpoint"))
+    );
+}
+
+#[test]
+fn the_input_guard_blocks_with_content_filter() {
+    // A policy whose input threshold is 0 makes every prompt unsafe: the request must be
+    // refused before generation, Azure-style.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("default.yaml"),
+        "name: default\ninput: { threshold: 0.0, message: \"Blocked by test policy.\" }\n",
+    )
+    .unwrap();
+    let model = fixture("tiny-llama3");
+    let s = start(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--guard-model",
+        model.to_str().unwrap(),
+        "--policies",
+        dir.path().to_str().unwrap(),
+    ]);
+    let (code, v) = post(
+        &s.base,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "anything"}], "max_tokens": 3})
+            .to_string(),
+    );
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(v["error"]["code"], "content_filter");
+    assert_eq!(v["error"]["message"], "Blocked by test policy.");
+    assert_eq!(v["error"]["content_filter_result"]["action"], "block");
+    let metrics = ureq::get(&format!("{}/metrics", s.base))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"safegate_requests_total{endpoint="chat_completions",outcome="blocked"} 1"#
+        ),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn refuses_open_listening_without_keys_and_reports_missing_models() {
+    let out = Command::new(env!("CARGO_BIN_EXE_safegate"))
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to listen on 0.0.0.0"));
+
+    let s = start(&[]);
+    let (code, v) = post(
+        &s.base,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "hi"}]}).to_string(),
+    );
+    assert_eq!(code, 503);
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("no chat model"));
+}
