@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Set up, build and run safegate on the committed default model.
-# Until the embedded SmolLM2 chat model and the HTTP gateway land, this generates a reply
-# with the tiny-llama3 fixture (random weights: the text is gibberish by design).
+# Set up, build and start the safegate gateway on http://127.0.0.1:8080 (override with
+# SAFEGATE_LISTEN). Until the embedded SmolLM2 chat model lands, the chat and guard models
+# are the tiny-llama3 test fixture (random weights: replies are gibberish by design, and
+# its guard verdicts are noise); the shield and the policies are real.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh >/dev/null
 cargo build --release -q -p safegate-gateway
-exec target/release/safegate generate --model tests/fixtures/tiny-llama3 --max-tokens 32 \
-  --prompt "${1:-What is the capital of France?}"
+exec target/release/safegate serve \
+  --model tests/fixtures/tiny-llama3 \
+  --guard-model tests/fixtures/tiny-llama3 \
+  "$@"
