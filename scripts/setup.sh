@@ -70,3 +70,10 @@ fi
 echo "llama3 tokenizer: $(pwd)/.cache/llama3-tokenizer/tokenizer.json"
 # The tiny-llama3 test fixture uses the real Llama 3 tokenizer.
 cp -f .cache/llama3-tokenizer/tokenizer.json tests/fixtures/tiny-llama3/tokenizer.json
+
+# The official OpenAI Python client, for the conformance test (a project-local venv).
+if [ ! -x .cache/venv/bin/python ] || ! .cache/venv/bin/python -c 'import openai' 2>/dev/null; then
+  "$PY" -m venv .cache/venv
+  .cache/venv/bin/pip install -q openai==3.57.0 >&2
+fi
+echo "openai client: $(pwd)/.cache/venv/bin/python"

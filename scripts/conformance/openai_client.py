@@ -1,0 +1,39 @@
+"""Drives a running safegate with the official `openai` Python client.
+
+    .cache/venv/bin/python scripts/conformance/openai_client.py http://127.0.0.1:8080
+
+Chat completion (non-streaming) parses into the client's types; a blocked prompt raises the
+client's BadRequestError with code content_filter; models list. Exit code 0 on success.
+"""
+
+import sys
+
+import openai
+
+base = sys.argv[1].rstrip("/") + "/v1"
+blocked_base = sys.argv[2].rstrip("/") + "/v1" if len(sys.argv) > 2 else None
+client = openai.OpenAI(base_url=base, api_key="unused")
+
+models = client.models.list()
+assert models.data and models.data[0].id, models
+
+r = client.chat.completions.create(model=models.data[0].id, messages=[{"role": "user", "content": "Hello"}], max_tokens=5)
+assert r.choices[0].message.role == "assistant"
+assert isinstance(r.choices[0].message.content, str)
+assert r.choices[0].finish_reason in ("stop", "length", "content_filter")
+assert r.usage.completion_tokens == 5 and r.usage.prompt_tokens > 0, r.usage
+
+try:
+    client.chat.completions.create(model=models.data[0].id, messages=[{"role": "user", "content": "x"}], n=3)
+    raise SystemExit("n=3 was accepted")
+except openai.BadRequestError as e:
+    assert e.status_code == 400 and e.body["param"] == "n", e.body
+
+if blocked_base:
+    blocked = openai.OpenAI(base_url=blocked_base, api_key="unused")
+    try:
+        blocked.chat.completions.create(model="m", messages=[{"role": "user", "content": "anything"}])
+        raise SystemExit("the blocked prompt went through")
+    except openai.BadRequestError as e:
+        assert e.code == "content_filter", e.body
+print("openai client conformance: ok")
