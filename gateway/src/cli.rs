@@ -113,6 +113,12 @@ pub struct ServeArgs {
     /// Largest request body accepted.
     #[arg(long, default_value_t = 2 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Bearer token for the admin endpoints (policy reload); unset disables them.
+    #[arg(long, env = "SAFEGATE_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// How often the policy files are checked for changes.
+    #[arg(long, default_value_t = 1000)]
+    pub policy_poll_ms: u64,
 }
 
 #[derive(Args, Debug)]

@@ -286,3 +286,104 @@ fn the_official_openai_client_parses_our_responses() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("conformance: ok"));
 }
+
+fn policy_version(base: &str) -> u64 {
+    let ready: Value = ureq::get(&format!("{base}/readyz"))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    ready["policy_version"].as_u64().unwrap()
+}
+
+fn wait_for_version(base: &str, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while policy_version(base) != want {
+        assert!(
+            Instant::now() < deadline,
+            "policy version stayed {} (wanted {want})",
+            policy_version(base)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn policies_reload_on_change_sighup_and_admin_call_and_bad_sets_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("default.yaml");
+    std::fs::write(&file, "name: default\n").unwrap();
+    let s = start(&[
+        "--policies",
+        dir.path().to_str().unwrap(),
+        "--policy-poll-ms",
+        "100",
+        "--admin-key",
+        "sekret",
+    ]);
+    assert_eq!(policy_version(&s.base), 1);
+
+    // A valid edit goes into force.
+    std::fs::write(&file, "name: default\ninput: { threshold: 0.3 }\n").unwrap();
+    wait_for_version(&s.base, 2);
+
+    // An invalid edit is rejected; the previous set stays in force and the metric counts it.
+    std::fs::write(&file, "name: default\ninput: { threshold: 3 }\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = ureq::get(&format!("{}/metrics", s.base))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        if m.contains(
+            r#"safegate_policy_reloads_total{outcome="rejected",trigger="file_change"} 1"#,
+        ) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no rejection counted:\n{m}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(policy_version(&s.base), 2);
+
+    // The admin endpoint: wrong key, then the right one (after fixing the file).
+    let (code, v) = match ureq::post(&format!("{}/admin/policies/reload", s.base))
+        .set("authorization", "Bearer nope")
+        .call()
+    {
+        Err(ureq::Error::Status(c, r)) => (c, r.into_json::<Value>().unwrap()),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (401, Some("invalid_api_key"))
+    );
+    std::fs::write(dir.path().join("other.yaml"), "name: other\n").unwrap();
+    std::fs::write(&file, "name: default\n").unwrap();
+    // Two writes: the watcher may see them as one change or as two.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while policy_version(&s.base) < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the fixed files were not reloaded"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    let v = policy_version(&s.base);
+    let r: Value = ureq::post(&format!("{}/admin/policies/reload", s.base))
+        .set("authorization", "Bearer sekret")
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(r["policy_version"], v + 1);
+
+    // SIGHUP reloads too.
+    let status = Command::new("kill")
+        .args(["-HUP", &s.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_for_version(&s.base, v + 2);
+}

@@ -16,6 +16,7 @@ pub struct Metrics {
     pub shield_findings: IntCounterVec,
     pub tokens: IntCounterVec,
     pub provider: IntGaugeVec,
+    pub policy_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -75,6 +76,14 @@ impl Metrics {
             ),
             &["provider"],
         )?;
+        let policy_reloads = IntCounterVec::new(
+            Opts::new(
+                "safegate_policy_reloads_total",
+                "Policy reloads by trigger and outcome",
+            ),
+            &["trigger", "outcome"],
+        )?;
+        registry.register(Box::new(policy_reloads.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(stage_duration.clone()))?;
@@ -91,6 +100,7 @@ impl Metrics {
             shield_findings,
             tokens,
             provider,
+            policy_reloads,
         })
     }
 }

@@ -7,6 +7,7 @@
 mod chat;
 mod error;
 mod metrics;
+mod reload;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +30,9 @@ pub struct AppState {
     pub policies: Arc<PolicyStore>,
     pub shield: &'static Shield,
     pub metrics: Metrics,
+    /// Policy files in force (None: the built-in presets).
+    pub policy_paths: Option<Vec<std::path::PathBuf>>,
+    pub admin_key: Option<String>,
 }
 
 fn load(cli: &Cli, dir: &std::path::Path, args: &ServeArgs) -> Result<Engine> {
@@ -87,12 +91,25 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> Result<()> {
         policies: Arc::new(PolicyStore::new(set)),
         shield,
         metrics,
+        policy_paths: args.policies.clone(),
+        admin_key: args.admin_key.clone(),
     });
+    if let Some(paths) = &args.policies {
+        reload::spawn_watcher(
+            state.clone(),
+            paths.clone(),
+            std::time::Duration::from_millis(args.policy_poll_ms),
+        );
+    }
     tracing::info!(%addr, "safegate listening");
     eprintln!("safegate listening on http://{addr}");
     let max_body = args.max_body_bytes;
     let system = actix_web::rt::System::new();
+    let sighup = args.policies.clone().map(|p| (state.clone(), p));
     system.block_on(async move {
+        if let Some((state, paths)) = sighup {
+            reload::spawn_sighup(state, paths);
+        }
         HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -106,6 +123,10 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> Result<()> {
                 .route("/v1/models", web::get().to(models))
                 .route("/v1/shield/scan", web::post().to(chat::shield_scan))
                 .route("/v1/chat/completions", web::post().to(chat::completions))
+                .route(
+                    "/admin/policies/reload",
+                    web::post().to(reload::admin_reload),
+                )
                 .default_service(web::to(|| async {
                     ApiError::not_found("no such endpoint").into_response()
                 }))

@@ -1,0 +1,141 @@
+//! Policy hot reload: on a change of the policy files (polled), on SIGHUP, or on the admin
+//! endpoint. The new set is validated as a whole and swapped in atomically; an invalid set
+//! is rejected with a log line and a metric, and the old one stays in force.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+
+use super::{ApiError, AppState};
+
+/// What the files look like now: (path, modified, length) of every policy file.
+fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(p) {
+                files.extend(rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|f| {
+                    matches!(f.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+                }));
+            }
+        } else {
+            files.push(p.clone());
+        }
+    }
+    files.sort();
+    files
+        .into_iter()
+        .map(|f| {
+            let meta = std::fs::metadata(&f).ok();
+            let modified = meta.as_ref().and_then(|m| m.modified().ok());
+            (f, modified, meta.map_or(0, |m| m.len()))
+        })
+        .collect()
+}
+
+/// Reads and validates the files and, if valid, puts them in force. Logs and counts either way.
+pub fn reload(state: &AppState, paths: &[PathBuf], trigger: &str) -> Result<u64, String> {
+    let files = crate::cmd_policy::read_policy_files(paths).map_err(|e| format!("{e:#}"))?;
+    match state.policies.reload(&files, state.shield) {
+        Ok(version) => {
+            state
+                .metrics
+                .policy_reloads
+                .with_label_values(&[trigger, "ok"])
+                .inc();
+            tracing::info!(version, trigger, "policies reloaded");
+            Ok(version)
+        }
+        Err(e) => {
+            state
+                .metrics
+                .policy_reloads
+                .with_label_values(&[trigger, "rejected"])
+                .inc();
+            tracing::warn!(
+                trigger,
+                "policy reload rejected, the previous set stays in force:\n{e}"
+            );
+            Err(e.to_string())
+        }
+    }
+}
+
+/// Polls the files every `every` and reloads when they change.
+pub fn spawn_watcher(state: web::Data<AppState>, paths: Vec<PathBuf>, every: Duration) {
+    std::thread::Builder::new()
+        .name("safegate-policy-watch".into())
+        .spawn(move || {
+            let mut last = fingerprint(&paths);
+            loop {
+                std::thread::sleep(every);
+                let now = fingerprint(&paths);
+                if now != last {
+                    last = now;
+                    let _ = reload(&state, &paths, "file_change");
+                }
+            }
+        })
+        .expect("policy watcher thread");
+}
+
+/// Reloads on SIGHUP.
+pub fn spawn_sighup(state: web::Data<AppState>, paths: Vec<PathBuf>) {
+    actix_web::rt::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!(
+                "cannot listen for SIGHUP; reload with the admin endpoint or by editing the files"
+            );
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let (state, paths) = (state.clone(), paths.clone());
+            let _ = web::block(move || reload(&state, &paths, "sighup")).await;
+        }
+    });
+}
+
+/// `POST /admin/policies/reload` with `Authorization: Bearer <admin key>`.
+pub async fn admin_reload(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    let Some(expected) = state.admin_key.clone() else {
+        return ApiError {
+            status: actix_web::http::StatusCode::FORBIDDEN,
+            ..ApiError::invalid("admin endpoints are disabled: start with --admin-key")
+        }
+        .into_response();
+    };
+    let given = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given != Some(expected.as_str()) {
+        return ApiError {
+            status: actix_web::http::StatusCode::UNAUTHORIZED,
+            code: Some("invalid_api_key".into()),
+            ..ApiError::invalid("missing or wrong admin key")
+        }
+        .into_response();
+    }
+    let Some(paths) = state.policy_paths.clone() else {
+        return ApiError::invalid(
+            "the server runs on the built-in presets; start with --policies to reload files",
+        )
+        .into_response();
+    };
+    let s = state.clone();
+    match web::block(move || reload(&s, &paths, "admin")).await {
+        Ok(Ok(version)) => {
+            HttpResponse::Ok().json(json!({"status": "reloaded", "policy_version": version}))
+        }
+        Ok(Err(errors)) => ApiError {
+            code: Some("invalid_policy".into()),
+            ..ApiError::invalid(errors)
+        }
+        .into_response(),
+        Err(e) => ApiError::internal(e.to_string()).into_response(),
+    }
+}
