@@ -387,3 +387,34 @@ fn policies_reload_on_change_sighup_and_admin_call_and_bad_sets_are_rejected() {
     assert!(status.success());
     wait_for_version(&s.base, v + 2);
 }
+
+#[test]
+fn a_slow_guard_fails_closed_or_open_as_the_policy_says() {
+    let model = fixture("tiny-llama3");
+    for (on_error, want) in [("fail_closed", 503u16), ("fail_open", 200)] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("default.yaml"), format!("name: default\ninput: {{ timeout_ms: 1 }}\noutput: {{ enabled: false }}\non_error: {on_error}\n")).unwrap();
+        let s = start(&[
+            "--model",
+            model.to_str().unwrap(),
+            "--guard-model",
+            model.to_str().unwrap(),
+            "--policies",
+            dir.path().to_str().unwrap(),
+        ]);
+        let t0 = Instant::now();
+        let (code, v) = post(&s.base, "/v1/chat/completions", &json!({"messages": [{"role": "user", "content": "hello there, how are you today?"}], "max_tokens": 2}).to_string());
+        assert_eq!(code, want, "{on_error}: {v}");
+        if want == 503 {
+            assert_eq!(v["error"]["code"], "guard_error");
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("no verdict within 1 ms"),
+                "{v}"
+            );
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5));
+    }
+}

@@ -237,9 +237,19 @@ async fn guard_stage(
     let prompt = build_prompt(policy.taxonomy, agent, &messages, &selection)
         .map_err(|e| ApiError::invalid(e.to_string()))?;
     let t0 = Instant::now();
-    let result = web::block(move || guard.classify_blocking(&prompt))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    // The stage's time budget: past it the guard counts as failed (on_error decides).
+    let budget = std::time::Duration::from_millis(policy.stage(stage).timeout_ms);
+    let result = match actix_web::rt::time::timeout(
+        budget,
+        web::block(move || guard.classify_blocking(&prompt)),
+    )
+    .await
+    {
+        Ok(joined) => joined
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no verdict within {} ms", budget.as_millis())),
+    };
     let name = if stage == Stage::Input {
         "input_guard"
     } else {
@@ -344,11 +354,37 @@ async fn completions_inner(state: &AppState, body: &[u8]) -> Result<Value, ApiEr
     let findings = if policy.shield.enabled {
         let (shield, scan_text, options) =
             (state.shield, text.clone(), shield_options(&policy, None));
-        web::block(move || shield.scan(&scan_text, &options))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map(|r| r.findings)
-            .unwrap_or_default()
+        let budget = std::time::Duration::from_millis(policy.shield.timeout_ms);
+        let scanned = actix_web::rt::time::timeout(
+            budget,
+            web::block(move || shield.scan(&scan_text, &options)),
+        )
+        .await;
+        match scanned {
+            Ok(Ok(Ok(report))) => report.findings,
+            failed => {
+                let why = match failed {
+                    Err(_) => format!("no result within {} ms", budget.as_millis()),
+                    Ok(Err(e)) => e.to_string(),
+                    Ok(Ok(Err(e))) => e.to_string(),
+                    Ok(Ok(Ok(_))) => unreachable!(),
+                };
+                match policy.on_error {
+                    safegate_policies::OnError::FailClosed => {
+                        return Err(ApiError {
+                            code: Some("shield_error".into()),
+                            ..ApiError::unavailable(format!(
+                                "the code scan failed ({why}); the policy fails closed"
+                            ))
+                        })
+                    }
+                    safegate_policies::OnError::FailOpen => {
+                        tracing::warn!("shield error, policy fails open: {why}");
+                        Vec::new()
+                    }
+                }
+            }
+        }
     } else {
         Vec::new()
     };
