@@ -116,6 +116,19 @@ pub struct ServeArgs {
     /// Bearer token for the admin endpoints (policy reload); unset disables them.
     #[arg(long, env = "SAFEGATE_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
+    /// Audit log (one JSON line per request; `off` to disable).
+    #[arg(
+        long,
+        env = "SAFEGATE_AUDIT_LOG",
+        default_value = "safegate-audit.jsonl"
+    )]
+    pub audit_log: Option<PathBuf>,
+    /// Rotate the audit log past this size (FILE -> FILE.1).
+    #[arg(long, default_value_t = 100 * 1024 * 1024)]
+    pub audit_max_bytes: u64,
+    /// Do not fsync each audit line (faster; a crash may lose the last lines).
+    #[arg(long)]
+    pub no_audit_fsync: bool,
     /// How often the policy files are checked for changes.
     #[arg(long, default_value_t = 1000)]
     pub policy_poll_ms: u64,

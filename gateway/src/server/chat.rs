@@ -75,28 +75,47 @@ fn record(state: &AppState, policy: &Policy, d: &Decision, findings: &[Finding])
 
 pub async fn shield_scan(state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
     let t0 = Instant::now();
+    let mut audit = serde_json::Map::new();
     let result = async {
         let v = parse_body(&body)?;
-        let text = v.get("text").and_then(Value::as_str).ok_or_else(|| ApiError::invalid_param("text", "`text` (a string) is required"))?.to_string();
+        let text = v
+            .get("text")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::invalid_param("text", "`text` (a string) is required"))?
+            .to_string();
         let language = match v.get("language").and_then(Value::as_str) {
             Some(l) => Some(l.parse::<Language>().map_err(|e| ApiError::invalid_param("language", e))?),
             None => None,
         };
+        audit.insert("text_sha256".into(), json!(super::audit::sha256_hex(&text)));
         let policy = state.policies.current().for_group(None);
         let options = shield_options(&policy, language);
         let shield = state.shield;
-        let report = web::block(move || shield.scan(&text, &options)).await.map_err(|e| ApiError::internal(e.to_string()))?.map_err(|e| ApiError::invalid(e.to_string()))?;
+        let report = web::block(move || shield.scan(&text, &options))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
         let decision = decide(&policy, Stage::Output, None, &report.findings);
         record(&state, &policy, &decision, &report.findings);
+        audit.insert("policy".into(), json!(policy.name));
+        audit.insert("decision".into(), json!(decision));
         Ok::<_, ApiError>(json!({"findings": report.findings, "blocks": report.blocks, "decision": decision, "policy": policy.name}))
     }
     .await;
-    finish(
+    let status = result.as_ref().map_or_else(|e| e.status.as_u16(), |_| 200);
+    audit.insert("status".into(), json!(status));
+    let mut resp = finish(
         &state,
         "shield_scan",
         t0,
         result.map(|v| HttpResponse::Ok().json(v)),
-    )
+    );
+    if let Err(e) = super::write_audit(&state, "shield_scan", t0, audit) {
+        tracing::error!("audit log write failed: {e}");
+        resp = ApiError::internal("the audit log cannot be written; the request was not completed")
+            .into_response();
+    }
+    resp
 }
 
 fn finish(
@@ -283,28 +302,65 @@ fn filter_details(d: &Decision) -> Value {
 
 pub async fn completions(state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
     let t0 = Instant::now();
-    let result = completions_inner(&state, &body).await;
-    finish(
+    let mut audit = serde_json::Map::new();
+    let result = completions_inner(&state, &body, &mut audit).await;
+    let (status, outcome) = match &result {
+        Ok(_) => (200, "ok".to_string()),
+        Err(e) => (
+            e.status.as_u16(),
+            e.code.clone().unwrap_or_else(|| e.kind.to_string()),
+        ),
+    };
+    audit.insert("status".into(), json!(status));
+    audit.insert("outcome".into(), json!(outcome));
+    let mut resp = finish(
         &state,
         "chat_completions",
         t0,
         result.map(|v| HttpResponse::Ok().json(v)),
-    )
+    );
+    if let Err(e) = super::write_audit(&state, "chat_completions", t0, audit) {
+        // The response must not leave without its audit line.
+        tracing::error!("audit log write failed: {e}");
+        resp = ApiError::internal("the audit log cannot be written; the request was not completed")
+            .into_response();
+    }
+    resp
 }
 
-async fn completions_inner(state: &AppState, body: &[u8]) -> Result<Value, ApiError> {
+async fn completions_inner(
+    state: &AppState,
+    body: &[u8],
+    audit: &mut serde_json::Map<String, Value>,
+) -> Result<Value, ApiError> {
     let v = parse_body(body)?;
     let req = parse_chat(&v)?;
     let engine = state
         .engine
         .clone()
         .ok_or_else(|| ApiError::unavailable("no chat model is loaded (start with --model DIR)"))?;
-    let policy = state.policies.current().for_group(None);
+    let set = state.policies.current();
+    let policy = set.for_group(None);
+    audit.insert("policy".into(), json!(policy.name));
+    audit.insert("policy_version".into(), json!(set.version));
+    let prompt_text: String = req
+        .messages
+        .iter()
+        .map(|m| format!("{}\n{}\n", m.role, m.content))
+        .collect();
+    audit.insert(
+        "prompt_sha256".into(),
+        json!(super::audit::sha256_hex(&prompt_text)),
+    );
 
     // Input: the guard judges the prompt before anything is generated.
     let verdict = guard_stage(state, &policy, Stage::Input, req.messages.clone()).await?;
     let input = decide(&policy, Stage::Input, verdict.as_ref(), &[]);
     record(state, &policy, &input, &[]);
+    audit.insert(
+        "input".into(),
+        json!({"verdict": verdict, "decision": input}),
+    );
     if input.blocked() {
         return Err(ApiError::content_filter(
             input.message.clone().unwrap_or_default(),
@@ -398,6 +454,22 @@ async fn completions_inner(state: &AppState, body: &[u8]) -> Result<Value, ApiEr
     let verdict = guard_stage(state, &policy, Stage::Output, convo).await?;
     let output = decide(&policy, Stage::Output, verdict.as_ref(), &findings);
     record(state, &policy, &output, &findings);
+    audit.insert(
+        "output".into(),
+        json!({"verdict": verdict, "decision": output}),
+    );
+    audit.insert(
+        "findings".into(),
+        json!(findings
+            .iter()
+            .map(|f| json!({"rule": f.rule, "cwe": f.cwe, "severity": f.severity, "line": f.line}))
+            .collect::<Vec<_>>()),
+    );
+    audit.insert(
+        "response_sha256".into(),
+        json!(super::audit::sha256_hex(&text)),
+    );
+    audit.insert("usage".into(), json!(completion.usage));
 
     let (content, finish_reason) = if output.blocked() {
         (

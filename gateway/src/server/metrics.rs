@@ -17,6 +17,7 @@ pub struct Metrics {
     pub tokens: IntCounterVec,
     pub provider: IntGaugeVec,
     pub policy_reloads: IntCounterVec,
+    pub audit_errors: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -84,6 +85,11 @@ impl Metrics {
             &["trigger", "outcome"],
         )?;
         registry.register(Box::new(policy_reloads.clone()))?;
+        let audit_errors = prometheus::IntCounter::new(
+            "safegate_audit_write_errors_total",
+            "Audit lines that could not be written",
+        )?;
+        registry.register(Box::new(audit_errors.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(stage_duration.clone()))?;
@@ -101,6 +107,7 @@ impl Metrics {
             tokens,
             provider,
             policy_reloads,
+            audit_errors,
         })
     }
 }

@@ -3,6 +3,7 @@
 //! actix's blocking pool; handlers never block the async runtime.
 
 // ApiError carries an OpenAI-style body; it is the slow path and boxing it buys nothing.
+mod audit;
 #[allow(clippy::result_large_err)]
 mod chat;
 mod error;
@@ -33,6 +34,38 @@ pub struct AppState {
     /// Policy files in force (None: the built-in presets).
     pub policy_paths: Option<Vec<std::path::PathBuf>>,
     pub admin_key: Option<String>,
+    pub audit: Option<audit::AuditLog>,
+}
+
+static REQUEST_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Writes one audit record (when the audit log is on): time, request id, endpoint, latency
+/// and what the handler collected.
+pub fn write_audit(
+    state: &AppState,
+    endpoint: &str,
+    t0: std::time::Instant,
+    mut record: serde_json::Map<String, serde_json::Value>,
+) -> std::io::Result<()> {
+    let Some(log) = &state.audit else {
+        return Ok(());
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let seq = REQUEST_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    record.insert("time_ms".into(), json!(now.as_millis() as u64));
+    record.insert(
+        "request_id".into(),
+        json!(format!("req-{:x}-{seq}", now.as_secs())),
+    );
+    record.insert("endpoint".into(), json!(endpoint));
+    record.insert("key_id".into(), serde_json::Value::Null);
+    record.insert("latency_ms".into(), json!(t0.elapsed().as_secs_f64() * 1e3));
+    log.write(&serde_json::Value::Object(record))
+        .inspect_err(|_| {
+            state.metrics.audit_errors.inc();
+        })
 }
 
 fn load(cli: &Cli, dir: &std::path::Path, args: &ServeArgs) -> Result<Engine> {
@@ -93,6 +126,14 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> Result<()> {
         metrics,
         policy_paths: args.policies.clone(),
         admin_key: args.admin_key.clone(),
+        audit: match &args.audit_log {
+            Some(p) if p.as_os_str() == "off" => None,
+            Some(p) => Some(
+                audit::AuditLog::open(p.clone(), args.audit_max_bytes, !args.no_audit_fsync)
+                    .with_context(|| format!("cannot open the audit log {}", p.display()))?,
+            ),
+            None => None,
+        },
     });
     if let Some(paths) = &args.policies {
         reload::spawn_watcher(
