@@ -117,8 +117,7 @@ impl LocalGuard {
         let base = &steps[continuation.len()];
         let mut context = ids.clone();
         context.extend(&continuation);
-        let mut scores = std::collections::BTreeMap::new();
-        let mut best: Option<(String, f64)> = None;
+        let mut given_unsafe = Vec::with_capacity(prompt.codes.len());
         for ((_, reported), tokens) in prompt.codes.iter().zip(&code_tokens) {
             let rest = &tokens[common..];
             let mut p = p_common
@@ -135,22 +134,49 @@ impl LocalGuard {
                     p *= softmax_at(&more[k], &[t])[0];
                 }
             }
-            if best.as_ref().is_none_or(|(_, b)| p > *b) {
-                best = Some((reported.clone(), p));
-            }
-            scores.insert(reported.clone(), p_unsafe * p);
+            given_unsafe.push((reported.clone(), p));
         }
-        Ok(Classification {
+        Ok(Classification::from_scores(
+            prompt,
+            p_unsafe,
+            given_unsafe,
+            ids.len(),
+            t0,
+        ))
+    }
+}
+
+impl Classification {
+    /// A classification from P(unsafe) and, per listed category (reported code), the
+    /// probability of its code given `unsafe`: scores are the joint probabilities.
+    pub(crate) fn from_scores(
+        prompt: &GuardPrompt,
+        p_unsafe: f64,
+        given_unsafe: Vec<(String, f64)>,
+        prompt_tokens: usize,
+        started: Instant,
+    ) -> Self {
+        let top_category = given_unsafe
+            .iter()
+            .fold(None::<&(String, f64)>, |best, c| match best {
+                Some(b) if b.1 >= c.1 => Some(b),
+                _ => Some(c),
+            })
+            .map(|(c, _)| c.clone());
+        Classification {
             verdict: Verdict {
                 taxonomy: Some(prompt.taxonomy),
                 p_unsafe,
-                category_scores: scores,
+                category_scores: given_unsafe
+                    .into_iter()
+                    .map(|(c, p)| (c, p_unsafe * p))
+                    .collect(),
                 codes: Vec::new(),
             },
-            top_category: best.map(|(c, _)| c),
-            prompt_tokens: ids.len(),
-            latency_ms: t0.elapsed().as_secs_f64() * 1e3,
-        })
+            top_category,
+            prompt_tokens,
+            latency_ms: started.elapsed().as_secs_f64() * 1e3,
+        }
     }
 }
 

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use safegate_engine::ChatTokenizer;
-use safegate_policies::Verdict;
 use serde_json::{json, Value};
 
 use crate::classify::{encode_prompt, Classification};
@@ -149,27 +148,23 @@ impl RemoteGuard {
                 .map_err(GuardError::Engine)?,
         );
         let digits = self.next_token_logprobs(&ctx)?;
-        let mut scores = BTreeMap::new();
-        let mut best: Option<(String, f64)> = None;
-        for (prompt_code, reported) in &prompt.codes {
-            let number = prompt_code.trim_start_matches('S');
-            let p = p_s * lp(&digits, number);
-            if best.as_ref().is_none_or(|(_, b)| p > *b) {
-                best = Some((reported.clone(), p));
-            }
-            scores.insert(reported.clone(), p_unsafe * p);
-        }
-        Ok(Classification {
-            verdict: Verdict {
-                taxonomy: Some(prompt.taxonomy),
-                p_unsafe,
-                category_scores: scores,
-                codes: Vec::new(),
-            },
-            top_category: best.map(|(c, _)| c),
-            prompt_tokens: ids.len(),
-            latency_ms: t0.elapsed().as_secs_f64() * 1e3,
-        })
+        let given_unsafe = prompt
+            .codes
+            .iter()
+            .map(|(prompt_code, reported)| {
+                (
+                    reported.clone(),
+                    p_s * lp(&digits, prompt_code.trim_start_matches('S')),
+                )
+            })
+            .collect();
+        Ok(Classification::from_scores(
+            prompt,
+            p_unsafe,
+            given_unsafe,
+            ids.len(),
+            t0,
+        ))
     }
 }
 
