@@ -488,3 +488,35 @@ fn audit_records_blocks_and_hashes() {
     assert_eq!(lines[1]["status"], 400);
     assert_ne!(lines[0]["request_id"], lines[1]["request_id"]);
 }
+
+#[test]
+fn moderations_follow_openai_schema_with_s_codes_alongside() {
+    let pol = tempfile::tempdir().unwrap();
+    std::fs::write(
+        pol.path().join("default.yaml"),
+        "name: default\ninput: { threshold: 0.0 }\n",
+    )
+    .unwrap();
+    let model = fixture("tiny-llama3");
+    let s = start(&[
+        "--guard-model",
+        model.to_str().unwrap(),
+        "--policies",
+        pol.path().to_str().unwrap(),
+    ]);
+    let (code, v) = post(
+        &s.base,
+        "/v1/moderations",
+        &json!({"input": ["one", {"type": "text", "text": "two"}]}).to_string(),
+    );
+    assert_eq!(code, 200, "{v}");
+    let r = &v["results"][0];
+    assert_eq!(v["results"].as_array().unwrap().len(), 2);
+    assert_eq!(r["flagged"], true);
+    assert_eq!(r["category_scores"].as_object().unwrap().len(), 13);
+    assert_eq!(r["categories"].as_object().unwrap().len(), 13);
+    assert_eq!(r["safegate"]["taxonomy"], "llama-guard-2");
+    assert_eq!(r["safegate"]["categories"].as_object().unwrap().len(), 11);
+    let (code, v) = post(&s.base, "/v1/moderations", r#"{"input": 7}"#);
+    assert_eq!((code, v["error"]["param"].as_str()), (400, Some("input")));
+}

@@ -36,4 +36,8 @@ if blocked_base:
         raise SystemExit("the blocked prompt went through")
     except openai.BadRequestError as e:
         assert e.code == "content_filter", e.body
+if blocked_base:
+    m = blocked.moderations.create(input=["first text", "second text"])
+    assert len(m.results) == 2 and m.results[0].flagged is True, m
+    assert 0.0 <= m.results[0].category_scores.violence <= 1.0
 print("openai client conformance: ok")

@@ -510,3 +510,113 @@ async fn completions_inner(
         "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": filter_details(&input)["content_filter_result"]}],
     }))
 }
+
+/// `POST /v1/moderations`: OpenAI's schema, the taxonomy mapped onto its 13 categories,
+/// the native S-codes and scores alongside under `safegate`.
+pub async fn moderations(state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
+    let t0 = Instant::now();
+    let mut audit = serde_json::Map::new();
+    let result = moderations_inner(&state, &body, &mut audit).await;
+    audit.insert(
+        "status".into(),
+        json!(result.as_ref().map_or_else(|e| e.status.as_u16(), |_| 200)),
+    );
+    let mut resp = finish(
+        &state,
+        "moderations",
+        t0,
+        result.map(|v| HttpResponse::Ok().json(v)),
+    );
+    if let Err(e) = super::write_audit(&state, "moderations", t0, audit) {
+        tracing::error!("audit log write failed: {e}");
+        resp = ApiError::internal("the audit log cannot be written; the request was not completed")
+            .into_response();
+    }
+    resp
+}
+
+async fn moderations_inner(
+    state: &AppState,
+    body: &[u8],
+    audit: &mut serde_json::Map<String, Value>,
+) -> Result<Value, ApiError> {
+    let v = parse_body(body)?;
+    let inputs: Vec<String> = match v.get("input") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .map(|i| match i {
+                Value::String(s) => Ok(s.clone()),
+                Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("text") => o
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .ok_or_else(|| ApiError::invalid_param("input", "a text part needs `text`")),
+                _ => Err(ApiError::invalid_param(
+                    "input",
+                    "`input` items must be strings or {type: text, text} parts",
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        _ => {
+            return Err(ApiError::invalid_param(
+                "input",
+                "`input` must be a string or a non-empty array",
+            ))
+        }
+    };
+    if state.guard.is_none() {
+        return Err(ApiError::unavailable(
+            "no guard model is loaded (start with --guard-model DIR)",
+        ));
+    }
+    let set = state.policies.current();
+    let policy = set.for_group(None);
+    let mut results = Vec::with_capacity(inputs.len());
+    let mut hashes = Vec::new();
+    for text in inputs {
+        hashes.push(super::audit::sha256_hex(&text));
+        let verdict = guard_stage(
+            state,
+            &policy,
+            Stage::Input,
+            vec![ChatMessage::new("user", text)],
+        )
+        .await?
+        .ok_or_else(|| {
+            ApiError::unavailable("the guard gave no verdict (input stage disabled or failed open)")
+        })?;
+        let decision = decide(&policy, Stage::Input, Some(&verdict), &[]);
+        let scores = safegate_guard::moderation::openai_scores(policy.taxonomy, &verdict);
+        let threshold = policy.input.threshold;
+        let categories: serde_json::Map<String, Value> = scores
+            .iter()
+            .map(|(c, s)| (c.to_string(), json!(*s >= threshold)))
+            .collect();
+        let types: serde_json::Map<String, Value> = scores
+            .keys()
+            .map(|c| (c.to_string(), json!(["text"])))
+            .collect();
+        results.push(json!({
+            "flagged": decision.action >= Action::Flag,
+            "categories": categories,
+            "category_scores": scores,
+            "category_applied_input_types": types,
+            "safegate": {"taxonomy": policy.taxonomy.name(), "p_unsafe": verdict.p_unsafe, "categories": verdict.category_scores, "decision": decision},
+        }));
+    }
+    audit.insert("policy".into(), json!(policy.name));
+    audit.insert("input_sha256".into(), json!(hashes));
+    let model = state
+        .guard
+        .as_ref()
+        .map(|g| g.engine().info().name.clone())
+        .unwrap_or_default();
+    Ok(json!({"id": format!("modr-{:x}", t0_nanos()), "model": model, "results": results}))
+}
+
+fn t0_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}

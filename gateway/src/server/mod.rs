@@ -164,6 +164,7 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> Result<()> {
                 .route("/v1/models", web::get().to(models))
                 .route("/v1/shield/scan", web::post().to(chat::shield_scan))
                 .route("/v1/chat/completions", web::post().to(chat::completions))
+                .route("/v1/moderations", web::post().to(chat::moderations))
                 .route(
                     "/admin/policies/reload",
                     web::post().to(reload::admin_reload),
