@@ -7,38 +7,8 @@ use std::fs;
 
 use common::*;
 use safegate_engine::{
-    ChatMessage, Engine, EngineError, EngineOptions, FinishReason, GenerateRequest,
-    GenerationEvent, SamplingParams,
+    ChatMessage, Engine, EngineError, EngineOptions, FinishReason, GenerationEvent, SamplingParams,
 };
-
-fn run(engine: &Engine, req: GenerateRequest) -> (Vec<u32>, String, FinishReason) {
-    let mut stream = engine.generate(req).unwrap();
-    let (mut ids, mut text) = (Vec::new(), String::new());
-    while let Some(ev) = stream.blocking_next() {
-        match ev {
-            GenerationEvent::Token { id, text: t } => {
-                ids.push(id);
-                text.push_str(&t);
-            }
-            GenerationEvent::Done(c) => {
-                text.push_str(&c.tail_text);
-                return (ids, text, c.finish_reason);
-            }
-            GenerationEvent::Error(e) => panic!("{e}"),
-        }
-    }
-    panic!("stream ended without Done");
-}
-
-fn request(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
-    GenerateRequest {
-        prompt_ids: prompt,
-        max_tokens,
-        sampling: SamplingParams::default(),
-        stop: vec![],
-        ignore_eos: false,
-    }
-}
 
 const EOT: u32 = 128009;
 const START_HEADER: u32 = 128006;

@@ -15,29 +15,7 @@ fn greedy(
     prompt: Vec<u32>,
     max_tokens: usize,
 ) -> (Vec<u32>, String) {
-    let mut stream = engine
-        .generate(GenerateRequest {
-            prompt_ids: prompt,
-            max_tokens,
-            sampling: SamplingParams::default(),
-            stop: vec![],
-            ignore_eos: false,
-        })
-        .unwrap();
-    let (mut ids, mut text) = (Vec::new(), String::new());
-    while let Some(ev) = stream.blocking_next() {
-        match ev {
-            GenerationEvent::Token { id, text: t } => {
-                ids.push(id);
-                text.push_str(&t);
-            }
-            GenerationEvent::Done(c) => {
-                text.push_str(&c.tail_text);
-                break;
-            }
-            GenerationEvent::Error(e) => panic!("{e}"),
-        }
-    }
+    let (ids, text, _) = run(engine, request(prompt, max_tokens));
     (ids, text)
 }
 

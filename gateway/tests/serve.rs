@@ -65,6 +65,13 @@ fn start(extra: &[&str]) -> Server {
     panic!("server did not start");
 }
 
+/// A policy folder holding `default.yaml` with the given text.
+fn policy_dir(yaml: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("default.yaml"), yaml).unwrap();
+    dir
+}
+
 fn post(base: &str, path: &str, body: &str) -> (u16, Value) {
     match ureq::post(&format!("{base}{path}"))
         .set("content-type", "application/json")
@@ -187,12 +194,9 @@ fn chat_shield_errors_and_metrics() {
 fn the_input_guard_blocks_with_content_filter() {
     // A policy whose input threshold is 0 makes every prompt unsafe: the request must be
     // refused before generation, Azure-style.
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("default.yaml"),
+    let dir = policy_dir(
         "name: default\ninput: { threshold: 0.0, message: \"Blocked by test policy.\" }\n",
-    )
-    .unwrap();
+    );
     let model = fixture("tiny-llama3");
     let s = start(&[
         "--model",
@@ -256,12 +260,7 @@ fn the_official_openai_client_parses_our_responses() {
     );
     let model = fixture("tiny-llama3");
     let open = start(&["--model", model.to_str().unwrap()]);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("default.yaml"),
-        "name: default\ninput: { threshold: 0.0 }\n",
-    )
-    .unwrap();
+    let dir = policy_dir("name: default\ninput: { threshold: 0.0 }\n");
     let strict = start(&[
         "--model",
         model.to_str().unwrap(),
@@ -392,8 +391,7 @@ fn policies_reload_on_change_sighup_and_admin_call_and_bad_sets_are_rejected() {
 fn a_slow_guard_fails_closed_or_open_as_the_policy_says() {
     let model = fixture("tiny-llama3");
     for (on_error, want) in [("fail_closed", 503u16), ("fail_open", 200)] {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("default.yaml"), format!("name: default\ninput: {{ timeout_ms: 1 }}\noutput: {{ enabled: false }}\non_error: {on_error}\n")).unwrap();
+        let dir = policy_dir(&format!("name: default\ninput: {{ timeout_ms: 1 }}\noutput: {{ enabled: false }}\non_error: {on_error}\n"));
         let s = start(&[
             "--model",
             model.to_str().unwrap(),
@@ -450,12 +448,7 @@ fn the_audit_log_is_recreated_when_removed_underneath() {
 fn audit_records_blocks_and_hashes() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.jsonl");
-    let pol = tempfile::tempdir().unwrap();
-    std::fs::write(
-        pol.path().join("default.yaml"),
-        "name: default\ninput: { threshold: 0.0 }\n",
-    )
-    .unwrap();
+    let pol = policy_dir("name: default\ninput: { threshold: 0.0 }\n");
     let model = fixture("tiny-llama3");
     let s = start(&[
         "--model",
@@ -491,12 +484,7 @@ fn audit_records_blocks_and_hashes() {
 
 #[test]
 fn moderations_follow_openai_schema_with_s_codes_alongside() {
-    let pol = tempfile::tempdir().unwrap();
-    std::fs::write(
-        pol.path().join("default.yaml"),
-        "name: default\ninput: { threshold: 0.0 }\n",
-    )
-    .unwrap();
+    let pol = policy_dir("name: default\ninput: { threshold: 0.0 }\n");
     let model = fixture("tiny-llama3");
     let s = start(&[
         "--guard-model",

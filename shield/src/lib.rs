@@ -254,12 +254,11 @@ fn in_ranges(ranges: &[(usize, usize)], at: usize) -> bool {
 }
 
 /// Comment ranges found without a parse (regex only; used when no grammar ran).
-fn lexical_comments(code: &str, lang: Option<Language>) -> Vec<(usize, usize)> {
+fn lexical_comments(code: &str) -> Vec<(usize, usize)> {
     static LINE: OnceLock<regex::Regex> = OnceLock::new();
     let re = LINE.get_or_init(|| {
         regex::Regex::new(r"(?m)^\s*(//|#(?:[^!\[]|$)|--\s|\*|/\*).*$").expect("regex")
     });
-    let _ = lang;
     re.find_iter(code).map(|m| (m.start(), m.end())).collect()
 }
 
@@ -364,7 +363,7 @@ impl Shield {
         let truncated = tree.is_none();
         let (comments, strings) = match &tree {
             Some(t) => literal_ranges(t),
-            None => (lexical_comments(code, Some(language)), Vec::new()),
+            None => (lexical_comments(code), Vec::new()),
         };
         // Matches that start inside a comment or a string literal are not code.
         let outside_code = |at: usize, spec: &rules::RuleSpec| {

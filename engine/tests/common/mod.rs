@@ -2,7 +2,10 @@
 
 use std::path::PathBuf;
 
-use safegate_engine::{ChatMessage, Engine, EngineOptions};
+use safegate_engine::{
+    ChatMessage, Engine, EngineOptions, FinishReason, GenerateRequest, GenerationEvent,
+    SamplingParams,
+};
 use serde::Deserialize;
 
 pub fn fixture(name: &str) -> PathBuf {
@@ -49,4 +52,35 @@ pub struct LogitSample {
 pub fn expected(name: &str) -> Expected {
     let text = std::fs::read_to_string(fixture(name).join("expected.json")).unwrap();
     serde_json::from_str(&text).unwrap()
+}
+
+/// Runs a request to its completion: (token ids, text, finish reason).
+pub fn run(engine: &Engine, req: GenerateRequest) -> (Vec<u32>, String, FinishReason) {
+    let mut stream = engine.generate(req).unwrap();
+    let (mut ids, mut text) = (Vec::new(), String::new());
+    while let Some(ev) = stream.blocking_next() {
+        match ev {
+            GenerationEvent::Token { id, text: t } => {
+                ids.push(id);
+                text.push_str(&t);
+            }
+            GenerationEvent::Done(c) => {
+                text.push_str(&c.tail_text);
+                return (ids, text, c.finish_reason);
+            }
+            GenerationEvent::Error(e) => panic!("{e}"),
+        }
+    }
+    panic!("stream ended without Done");
+}
+
+/// A greedy request.
+pub fn request(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
+    GenerateRequest {
+        prompt_ids: prompt,
+        max_tokens,
+        sampling: SamplingParams::default(),
+        stop: vec![],
+        ignore_eos: false,
+    }
 }
