@@ -19,7 +19,8 @@ pub mod text;
 
 pub use chat::{ChatMessage, ChatTokenizer};
 pub use engine::{
-    Engine, EngineOptions, FinishReason, GenerateRequest, GenerationEvent, TokenStream, Usage,
+    Completion, Engine, EngineOptions, FinishReason, GenerateRequest, GenerationEvent, TokenStream,
+    Usage,
 };
 pub use error::{EngineError, Result};
 pub use model::{Layout, ModelConfig};

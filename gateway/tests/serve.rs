@@ -65,6 +65,16 @@ fn start(extra: &[&str]) -> Server {
     panic!("server did not start");
 }
 
+/// The tiny fixture as chat and guard model, under the policies in `policies`.
+fn start_guarded(policies: &tempfile::TempDir, extra: &[&str]) -> Server {
+    let model = fixture("tiny-llama3");
+    let model = model.to_str().unwrap();
+    let dir = policies.path().to_str().unwrap();
+    let mut args = vec!["--model", model, "--guard-model", model, "--policies", dir];
+    args.extend_from_slice(extra);
+    start(&args)
+}
+
 /// A policy folder holding `default.yaml` with the given text.
 fn policy_dir(yaml: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -197,15 +207,7 @@ fn the_input_guard_blocks_with_content_filter() {
     let dir = policy_dir(
         "name: default\ninput: { threshold: 0.0, message: \"Blocked by test policy.\" }\n",
     );
-    let model = fixture("tiny-llama3");
-    let s = start(&[
-        "--model",
-        model.to_str().unwrap(),
-        "--guard-model",
-        model.to_str().unwrap(),
-        "--policies",
-        dir.path().to_str().unwrap(),
-    ]);
+    let s = start_guarded(&dir, &[]);
     let (code, v) = post(
         &s.base,
         "/v1/chat/completions",
@@ -449,17 +451,7 @@ fn audit_records_blocks_and_hashes() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.jsonl");
     let pol = policy_dir("name: default\ninput: { threshold: 0.0 }\n");
-    let model = fixture("tiny-llama3");
-    let s = start(&[
-        "--model",
-        model.to_str().unwrap(),
-        "--guard-model",
-        model.to_str().unwrap(),
-        "--policies",
-        pol.path().to_str().unwrap(),
-        "--audit-log",
-        log.to_str().unwrap(),
-    ]);
+    let s = start_guarded(&pol, &["--audit-log", log.to_str().unwrap()]);
     let secret = "my secret prompt text";
     post(
         &s.base,
@@ -507,4 +499,167 @@ fn moderations_follow_openai_schema_with_s_codes_alongside() {
     assert_eq!(r["safegate"]["categories"].as_object().unwrap().len(), 11);
     let (code, v) = post(&s.base, "/v1/moderations", r#"{"input": 7}"#);
     assert_eq!((code, v["error"]["param"].as_str()), (400, Some("input")));
+}
+
+/// POSTs a streaming request; the `data:` payloads in order.
+fn sse(base: &str, body: &Value) -> Vec<String> {
+    let r = ureq::post(&format!("{base}/v1/chat/completions"))
+        .send_json(body.clone())
+        .unwrap();
+    assert_eq!(r.content_type(), "text/event-stream");
+    let text = r.into_string().unwrap();
+    text.split("\n\n")
+        .filter(|f| !f.is_empty())
+        .map(|f| f.strip_prefix("data: ").expect(f).to_string())
+        .collect()
+}
+
+/// The content deltas of a stream, its finish reason and its usage chunk.
+fn parse_stream(frames: &[String]) -> (Vec<String>, Option<String>, Option<Value>) {
+    assert_eq!(
+        frames.last().map(String::as_str),
+        Some("[DONE]"),
+        "{frames:?}"
+    );
+    let chunks: Vec<Value> = frames[..frames.len() - 1]
+        .iter()
+        .map(|f| serde_json::from_str(f).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let mut deltas = Vec::new();
+    let mut finish = None;
+    let mut usage = None;
+    for c in &chunks {
+        assert_eq!(c["object"], "chat.completion.chunk");
+        assert_eq!(c["id"], chunks[0]["id"], "one id per stream");
+        if let Some(choice) = c["choices"].get(0) {
+            if let Some(t) = choice["delta"]["content"]
+                .as_str()
+                .filter(|t| !t.is_empty())
+            {
+                deltas.push(t.to_string());
+            }
+            if let Some(f) = choice["finish_reason"].as_str() {
+                finish = Some(f.to_string());
+            }
+        } else {
+            usage = Some(c["usage"].clone());
+        }
+    }
+    (deltas, finish, usage)
+}
+
+#[test]
+fn streams_equal_whole_responses_and_the_guard_releases_only_scored_text() {
+    // Threshold 1.0: the output guard runs on every window but never blocks.
+    let pol = policy_dir(
+        "name: default\ninput: { threshold: 1.0 }\noutput: { threshold: 1.0 }\n\
+         streaming: { rescore_every_tokens: 4, hold_back_tokens: 2 }\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let s = start_guarded(&pol, &["--audit-log", log.to_str().unwrap()]);
+    let messages = json!([{"role": "user", "content": "Tell me a story"}]);
+    let (code, whole) = post(
+        &s.base,
+        "/v1/chat/completions",
+        &json!({"messages": messages, "max_tokens": 24}).to_string(),
+    );
+    assert_eq!(code, 200, "{whole}");
+    let frames = sse(
+        &s.base,
+        &json!({"messages": messages, "max_tokens": 24, "stream": true,
+                "stream_options": {"include_usage": true}}),
+    );
+    let (deltas, finish, usage) = parse_stream(&frames);
+    assert_eq!(
+        deltas.concat(),
+        whole["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+    assert!(
+        deltas.len() >= 2,
+        "released in steps, not all at the end: {deltas:?}"
+    );
+    assert_eq!(finish.as_deref(), Some("length"));
+    let usage = usage.expect("include_usage sends a usage chunk");
+    assert_eq!(usage["completion_tokens"], 24);
+    assert_eq!(
+        usage["total_tokens"],
+        usage["prompt_tokens"].as_u64().unwrap() + 24
+    );
+
+    let audit: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(audit.len(), 2);
+    assert_eq!(audit[1]["stream"], true);
+    assert_eq!(audit[1]["outcome"], "ok");
+    assert_eq!(audit[1]["response_sha256"], audit[0]["response_sha256"]);
+}
+
+#[test]
+fn an_unsafe_stream_ends_with_content_filter_before_any_text_leaks() {
+    // Every response is unsafe at the output stage: the first score blocks, and nothing
+    // generated before it may have been sent.
+    let pol = policy_dir(
+        "name: default\ninput: { threshold: 1.0 }\n\
+         output: { threshold: 0.0, message: \"Withheld by test policy.\" }\n\
+         streaming: { rescore_every_tokens: 4, hold_back_tokens: 2 }\n",
+    );
+    let s = start_guarded(&pol, &[]);
+    let frames = sse(
+        &s.base,
+        &json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 40, "stream": true}),
+    );
+    let (deltas, finish, usage) = parse_stream(&frames);
+    assert_eq!(deltas, vec!["Withheld by test policy.".to_string()]);
+    assert_eq!(finish.as_deref(), Some("content_filter"));
+    assert!(usage.is_none());
+    let last: Value = serde_json::from_str(&frames[frames.len() - 2]).unwrap();
+    assert_eq!(
+        last["choices"][0]["content_filter_results"]["action"],
+        "block"
+    );
+}
+
+#[test]
+fn a_client_that_disconnects_cancels_its_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let model = fixture("tiny-llama3");
+    let s = start(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--audit-log",
+        log.to_str().unwrap(),
+    ]);
+    let r = ureq::post(&format!("{}/v1/chat/completions", s.base))
+        .send_json(json!({"messages": [{"role": "user", "content": "hi"}],
+                          "max_tokens": 400, "stream": true}))
+        .unwrap();
+    let mut reader = std::io::BufReader::new(r.into_reader());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut first).unwrap();
+    assert!(first.starts_with("data: "), "{first}");
+    drop(reader);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().next() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["outcome"], "client_closed", "{v}");
+            assert!(
+                v.get("usage").is_none(),
+                "the generation did not run to its end"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no audit line after the disconnect"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

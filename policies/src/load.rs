@@ -292,15 +292,6 @@ fn validate(p: &Policy, shield: &Shield, c: &mut Checker) {
             "rescore_every_tokens must be at least 1",
         );
     }
-    if p.streaming.hold_back_tokens < p.streaming.rescore_every_tokens {
-        c.error(
-            "streaming.hold_back_tokens",
-            format!(
-                "hold_back_tokens ({}) must be at least rescore_every_tokens ({}), or text would reach the client before the guard scored it",
-                p.streaming.hold_back_tokens, p.streaming.rescore_every_tokens
-            ),
-        );
-    }
     for (i, rule) in p.shield.disabled_rules.iter().enumerate() {
         if !shield.has_rule(rule) {
             c.error(

@@ -111,9 +111,12 @@ impl Default for StagePolicy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StreamingPolicy {
-    /// The output guard re-scores the accumulated response every this many tokens.
+    /// The output guard re-scores the accumulated response every this many tokens. Only
+    /// text the guard has scored is sent to the client.
     pub rescore_every_tokens: u32,
-    /// Tokens held back from the client until they have been scored.
+    /// Of the scored text, the last this many tokens are still held until the next score,
+    /// so that a phrase which turns unsafe a few tokens later is caught before any of it
+    /// leaves.
     pub hold_back_tokens: u32,
 }
 

@@ -2,7 +2,7 @@
 
     .cache/venv/bin/python scripts/conformance/openai_client.py http://127.0.0.1:8080
 
-Chat completion (non-streaming) parses into the client's types; a blocked prompt raises the
+Chat completion (whole and streamed) parses into the client's types; a blocked prompt raises the
 client's BadRequestError with code content_filter; models list. Exit code 0 on success.
 """
 
@@ -22,6 +22,16 @@ assert r.choices[0].message.role == "assistant"
 assert isinstance(r.choices[0].message.content, str)
 assert r.choices[0].finish_reason in ("stop", "length", "content_filter")
 assert r.usage.completion_tokens == 5 and r.usage.prompt_tokens > 0, r.usage
+
+# Streaming: the deltas put together equal the whole (greedy) response; usage comes last.
+chunks = list(client.chat.completions.create(
+    model=models.data[0].id, messages=[{"role": "user", "content": "Hello"}], max_tokens=5,
+    stream=True, stream_options={"include_usage": True}))
+streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+assert streamed == r.choices[0].message.content, (streamed, r.choices[0].message.content)
+assert chunks[0].choices[0].delta.role == "assistant"
+assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+assert chunks[-1].usage.completion_tokens == 5 and not chunks[-1].choices, chunks[-1]
 
 try:
     client.chat.completions.create(model=models.data[0].id, messages=[{"role": "user", "content": "x"}], n=3)

@@ -373,6 +373,17 @@ impl Extractor {
     }
 
     /// Blocks emitted so far.
+    /// Where the code of the block still open begins (a fenced block whose closing fence has
+    /// not arrived, or an indented block), as a byte offset in the text fed so far.
+    pub fn open_block_start(&self) -> Option<usize> {
+        match &self.state {
+            State::Fenced { start_byte, .. } | State::Indented { start_byte, .. } => {
+                Some(*start_byte)
+            }
+            State::Prose { .. } => None,
+        }
+    }
+
     pub fn blocks_seen(&self) -> usize {
         self.blocks_seen
     }

@@ -535,6 +535,30 @@ impl<'s> StreamScanner<'s> {
         }
     }
 
+    /// The text fed so far.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Byte offset from which text should be held back from a reader because it may belong
+    /// to a code block not yet scanned: the start of the open block; else the start of an
+    /// incomplete last line that may still become a fence or an indented code line; else
+    /// the end of the text (prose is released as it comes).
+    pub fn unscanned_from(&self) -> usize {
+        if let Some(start) = self.extractor.open_block_start() {
+            return start.min(self.consumed);
+        }
+        let partial = &self.text[self.consumed..];
+        let may_open_block = partial.is_empty()
+            || partial.starts_with([' ', '\t'])
+            || partial.starts_with(['`', '~']);
+        if may_open_block {
+            self.consumed
+        } else {
+            self.text.len()
+        }
+    }
+
     /// Adds a chunk; returns the findings of blocks that closed in it.
     pub fn push(&mut self, chunk: &str) -> Result<Vec<Finding>, ShieldError> {
         if self.text.len() + chunk.len() > self.options.max_bytes {

@@ -218,3 +218,40 @@ fn indented_blocks_after_prose_are_code() {
         .expect("found");
     assert_eq!((f.line, f.column), (4, 11));
 }
+
+#[test]
+fn code_of_an_open_block_is_never_marked_releasable_before_it_is_scanned() {
+    let shield = Shield::embedded();
+    let findings = shield
+        .scan(ANSWER, &ScanOptions::default())
+        .unwrap()
+        .findings;
+    assert!(!findings.is_empty());
+    let mut stream = StreamScanner::new(shield, ScanOptions::default());
+    let mut reported = Vec::new();
+    for ch in ANSWER.chars() {
+        reported.extend(stream.push(&ch.to_string()).unwrap());
+        let from = stream.unscanned_from();
+        assert!(from <= stream.text().len());
+        for f in &findings {
+            let seen = reported.iter().any(|r| r.start_byte == f.start_byte);
+            assert!(
+                seen || from <= f.start_byte,
+                "{} at byte {} releasable (up to {from}) before it was reported",
+                f.rule,
+                f.start_byte
+            );
+        }
+    }
+    // Prose outside blocks is released as it arrives.
+    let mut prose = StreamScanner::new(shield, ScanOptions::default());
+    prose
+        .push("Here is a long sentence without a line break")
+        .unwrap();
+    assert_eq!(prose.unscanned_from(), prose.text().len());
+    prose.push("\n``").unwrap();
+    assert!(
+        prose.unscanned_from() < prose.text().len(),
+        "a possible fence is held"
+    );
+}

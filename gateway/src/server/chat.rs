@@ -1,4 +1,5 @@
-//! `/v1/chat/completions` (non-streaming for now) and `/v1/shield/scan`, with the policy
+//! `/v1/chat/completions` (whole responses; streams are in `stream.rs`), `/v1/shield/scan`
+//! and `/v1/moderations`, with the policy
 //! enforced on the way in and on the way out.
 
 use std::time::Instant;
@@ -22,7 +23,7 @@ fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
     })
 }
 
-fn shield_options(policy: &Policy, language: Option<Language>) -> ScanOptions {
+pub(super) fn shield_options(policy: &Policy, language: Option<Language>) -> ScanOptions {
     ScanOptions {
         language,
         languages: policy.shield.languages.clone(),
@@ -102,20 +103,7 @@ pub async fn shield_scan(state: web::Data<AppState>, body: web::Bytes) -> HttpRe
         Ok::<_, ApiError>(json!({"findings": report.findings, "blocks": report.blocks, "decision": decision, "policy": policy.name}))
     }
     .await;
-    let status = result.as_ref().map_or_else(|e| e.status.as_u16(), |_| 200);
-    audit.insert("status".into(), json!(status));
-    let mut resp = finish(
-        &state,
-        "shield_scan",
-        t0,
-        result.map(|v| HttpResponse::Ok().json(v)),
-    );
-    if let Err(e) = super::write_audit(&state, "shield_scan", t0, audit) {
-        tracing::error!("audit log write failed: {e}");
-        resp = ApiError::internal("the audit log cannot be written; the request was not completed")
-            .into_response();
-    }
-    resp
+    respond(&state, "shield_scan", t0, audit, result)
 }
 
 fn finish(
@@ -124,46 +112,46 @@ fn finish(
     t0: Instant,
     result: Result<HttpResponse, ApiError>,
 ) -> HttpResponse {
+    let (outcome, resp) = match result {
+        Ok(r) => ("ok", r),
+        Err(e) => (outcome_of(&e), e.into_response()),
+    };
+    observe_request(state, endpoint, t0, outcome);
+    resp
+}
+
+/// The bounded `outcome` label of a failed request.
+pub(super) fn outcome_of(e: &ApiError) -> &'static str {
+    match (e.code.as_deref(), e.status.as_u16()) {
+        (Some("content_filter"), _) => "blocked",
+        (_, 429) => "rejected",
+        (_, s) if s < 500 => "client_error",
+        _ => "server_error",
+    }
+}
+
+pub(super) fn observe_request(state: &AppState, endpoint: &str, t0: Instant, outcome: &str) {
     state
         .metrics
         .duration
         .with_label_values(&[endpoint])
         .observe(t0.elapsed().as_secs_f64());
-    let (outcome, resp) = match result {
-        Ok(r) => ("ok", r),
-        Err(e) => {
-            let outcome = match (e.code.as_deref(), e.status.as_u16()) {
-                (Some("content_filter"), _) => "blocked",
-                (_, 429) => "rejected",
-                (_, s) if s < 500 => "client_error",
-                _ => "server_error",
-            };
-            (outcome, e.into_response())
-        }
-    };
     state
         .metrics
         .requests
         .with_label_values(&[endpoint, outcome])
         .inc();
-    resp
 }
 
 /// The validated request.
-struct ChatRequest {
-    messages: Vec<ChatMessage>,
-    max_tokens: usize,
-    sampling: SamplingParams,
-    stop: Vec<String>,
+pub(super) struct ChatRequest {
+    pub messages: Vec<ChatMessage>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
 }
 
 fn parse_chat(v: &Value) -> Result<ChatRequest, ApiError> {
-    if v.get("stream").and_then(Value::as_bool) == Some(true) {
-        return Err(ApiError::invalid_param(
-            "stream",
-            "streaming is not supported by this server yet; send stream: false",
-        ));
-    }
     if let Some(n) = v.get("n") {
         if n.as_u64() != Some(1) {
             return Err(ApiError::invalid_param("n", "only n = 1 is supported"));
@@ -231,7 +219,7 @@ fn parse_chat(v: &Value) -> Result<ChatRequest, ApiError> {
 }
 
 /// Runs the guard on a conversation, if one is configured and the stage is on.
-async fn guard_stage(
+pub(super) async fn guard_stage(
     state: &AppState,
     policy: &Policy,
     stage: Stage,
@@ -281,29 +269,40 @@ async fn guard_stage(
         .observe(t0.elapsed().as_secs_f64());
     match result {
         Ok(c) => Ok(Some(c.verdict)),
-        Err(e) => match policy.on_error {
-            safegate_policies::OnError::FailClosed => Err(ApiError {
-                code: Some("guard_error".into()),
-                ..ApiError::unavailable(format!(
-                    "the safety check failed ({e}); the policy fails closed"
-                ))
-            }),
-            safegate_policies::OnError::FailOpen => {
-                tracing::warn!("guard error, policy fails open: {e}");
-                Ok(None)
-            }
-        },
+        Err(e) => on_check_error(policy, "guard_error", "the safety check", e).map(|()| None),
     }
 }
 
-fn filter_details(d: &Decision) -> Value {
+pub(super) fn filter_details(d: &Decision) -> Value {
     json!({"content_filter_result": {"action": action_name(d.action), "reasons": d.reasons}})
 }
 
 pub async fn completions(state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
     let t0 = Instant::now();
     let mut audit = serde_json::Map::new();
-    let result = completions_inner(&state, &body, &mut audit).await;
+    let result = match prepare(&state, &body, &mut audit).await {
+        Ok(p) if p.stream => {
+            // The stream's task writes the audit line and the metrics when it ends.
+            match super::stream::start(state.clone(), p, t0, audit.clone()) {
+                Ok(resp) => return resp,
+                Err(e) => Err(e),
+            }
+        }
+        Ok(p) => complete_whole(&state, p, &mut audit).await,
+        Err(e) => Err(e),
+    };
+    respond(&state, "chat_completions", t0, audit, result)
+}
+
+/// Ends a JSON request: metrics, the audit line (a response never leaves without it), the
+/// body.
+fn respond(
+    state: &AppState,
+    endpoint: &str,
+    t0: Instant,
+    mut audit: serde_json::Map<String, Value>,
+    result: Result<Value, ApiError>,
+) -> HttpResponse {
     let (status, outcome) = match &result {
         Ok(_) => (200, "ok".to_string()),
         Err(e) => (
@@ -314,13 +313,12 @@ pub async fn completions(state: web::Data<AppState>, body: web::Bytes) -> HttpRe
     audit.insert("status".into(), json!(status));
     audit.insert("outcome".into(), json!(outcome));
     let mut resp = finish(
-        &state,
-        "chat_completions",
+        state,
+        endpoint,
         t0,
         result.map(|v| HttpResponse::Ok().json(v)),
     );
-    if let Err(e) = super::write_audit(&state, "chat_completions", t0, audit) {
-        // The response must not leave without its audit line.
+    if let Err(e) = super::write_audit(state, endpoint, t0, audit) {
         tracing::error!("audit log write failed: {e}");
         resp = ApiError::internal("the audit log cannot be written; the request was not completed")
             .into_response();
@@ -328,13 +326,50 @@ pub async fn completions(state: web::Data<AppState>, body: web::Bytes) -> HttpRe
     resp
 }
 
-async fn completions_inner(
+/// A chat request that passed validation and the input stage.
+pub(super) struct Prepared {
+    pub req: ChatRequest,
+    pub engine: safegate_engine::Engine,
+    pub policy: std::sync::Arc<Policy>,
+    pub input: Decision,
+    pub prompt_ids: Vec<u32>,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+impl Prepared {
+    pub fn generate_request(&self) -> GenerateRequest {
+        GenerateRequest {
+            prompt_ids: self.prompt_ids.clone(),
+            max_tokens: self.req.max_tokens,
+            sampling: self.req.sampling.clone(),
+            stop: self.req.stop.clone(),
+            ignore_eos: false,
+        }
+    }
+}
+
+async fn prepare(
     state: &AppState,
     body: &[u8],
     audit: &mut serde_json::Map<String, Value>,
-) -> Result<Value, ApiError> {
+) -> Result<Prepared, ApiError> {
     let v = parse_body(body)?;
     let req = parse_chat(&v)?;
+    let stream = match v.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                "stream",
+                "`stream` must be a boolean",
+            ))
+        }
+    };
+    let include_usage = v
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let engine = state
         .engine
         .clone()
@@ -343,6 +378,7 @@ async fn completions_inner(
     let policy = set.for_group(None);
     audit.insert("policy".into(), json!(policy.name));
     audit.insert("policy_version".into(), json!(set.version));
+    audit.insert("stream".into(), json!(stream));
     let prompt_text: String = req
         .messages
         .iter()
@@ -367,93 +403,48 @@ async fn completions_inner(
             filter_details(&input),
         ));
     }
-
     let prompt_ids = engine.tokenizer().encode_chat(&req.messages, true)?;
-    let t_gen = Instant::now();
-    let mut stream = engine.generate(GenerateRequest {
+    Ok(Prepared {
+        req,
+        engine,
+        policy,
+        input,
         prompt_ids,
-        max_tokens: req.max_tokens,
-        sampling: req.sampling,
-        stop: req.stop,
-        ignore_eos: false,
-    })?;
-    let mut text = String::new();
-    let completion = loop {
-        match stream.next().await {
-            Some(GenerationEvent::Token { text: t, .. }) => text.push_str(&t),
-            Some(GenerationEvent::Done(c)) => {
-                text.push_str(&c.tail_text);
-                break c;
-            }
-            Some(GenerationEvent::Error(e)) => return Err(e.into()),
-            None => return Err(ApiError::internal("generation stopped unexpectedly")),
-        }
+        stream,
+        include_usage,
+    })
+}
+
+/// Generation metrics shared by both response modes.
+pub(super) fn observe_generation(state: &AppState, completion: &safegate_engine::Completion) {
+    let m = &state.metrics;
+    let stage = |name: &str, d: std::time::Duration| {
+        m.stage_duration
+            .with_label_values(&[name])
+            .observe(d.as_secs_f64())
     };
-    state
-        .metrics
-        .stage_duration
-        .with_label_values(&["generation"])
-        .observe(t_gen.elapsed().as_secs_f64());
-    state
-        .metrics
-        .tokens
+    stage("queue", completion.queue_time);
+    stage("time_to_first_token", completion.time_to_first_token);
+    stage("generation", completion.decode_time);
+    m.tokens
         .with_label_values(&["in"])
         .inc_by(completion.usage.prompt_tokens as u64);
-    state
-        .metrics
-        .tokens
+    m.tokens
         .with_label_values(&["out"])
         .inc_by(completion.usage.completion_tokens as u64);
+}
 
-    // Output: the shield scans the code, the guard judges the response, the policy decides.
-    let t_shield = Instant::now();
-    let findings = if policy.shield.enabled {
-        let (shield, scan_text, options) =
-            (state.shield, text.clone(), shield_options(&policy, None));
-        let budget = std::time::Duration::from_millis(policy.shield.timeout_ms);
-        let scanned = actix_web::rt::time::timeout(
-            budget,
-            web::block(move || shield.scan(&scan_text, &options)),
-        )
-        .await;
-        match scanned {
-            Ok(Ok(Ok(report))) => report.findings,
-            failed => {
-                let why = match failed {
-                    Err(_) => format!("no result within {} ms", budget.as_millis()),
-                    Ok(Err(e)) => e.to_string(),
-                    Ok(Ok(Err(e))) => e.to_string(),
-                    Ok(Ok(Ok(_))) => unreachable!(),
-                };
-                match policy.on_error {
-                    safegate_policies::OnError::FailClosed => {
-                        return Err(ApiError {
-                            code: Some("shield_error".into()),
-                            ..ApiError::unavailable(format!(
-                                "the code scan failed ({why}); the policy fails closed"
-                            ))
-                        })
-                    }
-                    safegate_policies::OnError::FailOpen => {
-                        tracing::warn!("shield error, policy fails open: {why}");
-                        Vec::new()
-                    }
-                }
-            }
-        }
-    } else {
-        Vec::new()
-    };
-    state
-        .metrics
-        .stage_duration
-        .with_label_values(&["shield"])
-        .observe(t_shield.elapsed().as_secs_f64());
-    let mut convo = req.messages.clone();
-    convo.push(ChatMessage::new("assistant", text.clone()));
-    let verdict = guard_stage(state, &policy, Stage::Output, convo).await?;
-    let output = decide(&policy, Stage::Output, verdict.as_ref(), &findings);
-    record(state, &policy, &output, &findings);
+/// The output decision on the whole response, recorded in metrics and the audit record.
+pub(super) fn decide_output(
+    state: &AppState,
+    policy: &Policy,
+    verdict: Option<&safegate_policies::Verdict>,
+    findings: &[Finding],
+    text: &str,
+    audit: &mut serde_json::Map<String, Value>,
+) -> Decision {
+    let output = decide(policy, Stage::Output, verdict, findings);
+    record(state, policy, &output, findings);
     audit.insert(
         "output".into(),
         json!({"verdict": verdict, "decision": output}),
@@ -467,34 +458,135 @@ async fn completions_inner(
     );
     audit.insert(
         "response_sha256".into(),
-        json!(super::audit::sha256_hex(&text)),
+        json!(super::audit::sha256_hex(text)),
     );
+    output
+}
+
+pub(super) fn finish_reason_name(r: safegate_engine::FinishReason) -> &'static str {
+    match r {
+        safegate_engine::FinishReason::Stop => "stop",
+        safegate_engine::FinishReason::Length => "length",
+    }
+}
+
+pub(super) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub(super) fn completion_id() -> String {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("chatcmpl-{:x}{seq:04x}", t0_nanos() & 0xffff_ffff_ffff)
+}
+
+/// Fails the request or lets it through after a check could not run, as the policy says.
+pub(super) fn on_check_error(
+    policy: &Policy,
+    code: &str,
+    what: &str,
+    why: String,
+) -> Result<(), ApiError> {
+    match policy.on_error {
+        safegate_policies::OnError::FailClosed => Err(ApiError {
+            code: Some(code.into()),
+            ..ApiError::unavailable(format!("{what} failed ({why}); the policy fails closed"))
+        }),
+        safegate_policies::OnError::FailOpen => {
+            tracing::warn!("{what} failed, policy fails open: {why}");
+            Ok(())
+        }
+    }
+}
+
+async fn complete_whole(
+    state: &AppState,
+    p: Prepared,
+    audit: &mut serde_json::Map<String, Value>,
+) -> Result<Value, ApiError> {
+    let Prepared {
+        req,
+        engine,
+        policy,
+        input,
+        ..
+    } = &p;
+    let mut stream = engine.generate(p.generate_request())?;
+    let mut text = String::new();
+    let completion = loop {
+        match stream.next().await {
+            Some(GenerationEvent::Token { text: t, .. }) => text.push_str(&t),
+            Some(GenerationEvent::Done(c)) => {
+                text.push_str(&c.tail_text);
+                break c;
+            }
+            Some(GenerationEvent::Error(e)) => return Err(e.into()),
+            None => return Err(ApiError::internal("generation stopped unexpectedly")),
+        }
+    };
+    observe_generation(state, &completion);
+
+    // Output: the shield scans the code, the guard judges the response, the policy decides.
+    let t_shield = Instant::now();
+    let findings = if policy.shield.enabled {
+        let (shield, scan_text, options) =
+            (state.shield, text.clone(), shield_options(policy, None));
+        let budget = std::time::Duration::from_millis(policy.shield.timeout_ms);
+        let scanned = actix_web::rt::time::timeout(
+            budget,
+            web::block(move || shield.scan(&scan_text, &options)),
+        )
+        .await;
+        match scanned {
+            Ok(Ok(Ok(report))) => report.findings,
+            Err(_) => {
+                on_check_error(
+                    policy,
+                    "shield_error",
+                    "the code scan",
+                    format!("no result within {} ms", budget.as_millis()),
+                )?;
+                Vec::new()
+            }
+            Ok(Err(e)) => {
+                on_check_error(policy, "shield_error", "the code scan", e.to_string())?;
+                Vec::new()
+            }
+            Ok(Ok(Err(e))) => {
+                on_check_error(policy, "shield_error", "the code scan", e.to_string())?;
+                Vec::new()
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    state
+        .metrics
+        .stage_duration
+        .with_label_values(&["shield"])
+        .observe(t_shield.elapsed().as_secs_f64());
+    let mut convo = req.messages.clone();
+    convo.push(ChatMessage::new("assistant", text.clone()));
+    let verdict = guard_stage(state, policy, Stage::Output, convo).await?;
+    let output = decide_output(state, policy, verdict.as_ref(), &findings, &text, audit);
     audit.insert("usage".into(), json!(completion.usage));
 
     let (content, finish_reason) = if output.blocked() {
-        (
-            output.message.clone().unwrap_or_default(),
-            "content_filter".to_string(),
-        )
+        (output.message.clone().unwrap_or_default(), "content_filter")
     } else {
         let mut content = text;
         if let Some(note) = &output.note {
             content.push_str("\n\n");
             content.push_str(note);
         }
-        let reason = match completion.finish_reason {
-            safegate_engine::FinishReason::Stop => "stop",
-            safegate_engine::FinishReason::Length => "length",
-        };
-        (content, reason.to_string())
+        (content, finish_reason_name(completion.finish_reason))
     };
-    let created = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
     Ok(json!({
-        "id": format!("chatcmpl-{created:x}{:x}", t_gen.elapsed().as_nanos() & 0xffff_ffff),
+        "id": completion_id(),
         "object": "chat.completion",
-        "created": created,
+        "created": unix_now(),
         "model": engine.info().name,
         "choices": [{
             "index": 0,
@@ -507,7 +599,7 @@ async fn completions_inner(
             "completion_tokens": completion.usage.completion_tokens,
             "total_tokens": completion.usage.prompt_tokens + completion.usage.completion_tokens,
         },
-        "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": filter_details(&input)["content_filter_result"]}],
+        "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": filter_details(input)["content_filter_result"]}],
     }))
 }
 
@@ -517,22 +609,7 @@ pub async fn moderations(state: web::Data<AppState>, body: web::Bytes) -> HttpRe
     let t0 = Instant::now();
     let mut audit = serde_json::Map::new();
     let result = moderations_inner(&state, &body, &mut audit).await;
-    audit.insert(
-        "status".into(),
-        json!(result.as_ref().map_or_else(|e| e.status.as_u16(), |_| 200)),
-    );
-    let mut resp = finish(
-        &state,
-        "moderations",
-        t0,
-        result.map(|v| HttpResponse::Ok().json(v)),
-    );
-    if let Err(e) = super::write_audit(&state, "moderations", t0, audit) {
-        tracing::error!("audit log write failed: {e}");
-        resp = ApiError::internal("the audit log cannot be written; the request was not completed")
-            .into_response();
-    }
-    resp
+    respond(&state, "moderations", t0, audit, result)
 }
 
 async fn moderations_inner(

@@ -70,16 +70,21 @@ impl ApiError {
         }
     }
 
-    pub fn into_response(self) -> HttpResponse {
+    /// The `error` object of the body.
+    pub fn body(&self) -> Value {
         let mut error = json!({"message": self.message, "type": self.kind, "param": self.param, "code": self.code});
-        if let (Some(Value::Object(extra)), Some(obj)) = (self.extra, error.as_object_mut()) {
-            obj.extend(extra);
+        if let (Some(Value::Object(extra)), Some(obj)) = (&self.extra, error.as_object_mut()) {
+            obj.extend(extra.clone());
         }
+        error
+    }
+
+    pub fn into_response(self) -> HttpResponse {
         let mut resp = HttpResponse::build(self.status);
         if self.status == StatusCode::TOO_MANY_REQUESTS {
             resp.insert_header(("Retry-After", "1"));
         }
-        resp.json(json!({ "error": error }))
+        resp.json(json!({ "error": self.body() }))
     }
 }
 

@@ -9,6 +9,8 @@ mod chat;
 mod error;
 mod metrics;
 mod reload;
+#[allow(clippy::result_large_err)]
+mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
