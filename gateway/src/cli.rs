@@ -40,6 +40,26 @@ pub enum Command {
     /// Llama Guard prompts and classification.
     #[command(subcommand)]
     Guard(GuardCommand),
+    /// Model folders.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelsCommand {
+    /// Convert a Llama-architecture GGUF file (llama.cpp, Ollama) into a model folder.
+    ImportGguf {
+        /// The .gguf file.
+        file: PathBuf,
+        /// The model folder to create (must not exist).
+        out_dir: PathBuf,
+        /// f32, or f16 (half the disk size; computed in f32).
+        #[arg(long, default_value = "f32")]
+        weights: String,
+        /// Cap the context length (rotary tables, max_position_embeddings).
+        #[arg(long)]
+        max_context: Option<usize>,
+    },
 }
 
 #[derive(Args, Debug, Clone)]

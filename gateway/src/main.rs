@@ -4,6 +4,7 @@ mod cli;
 mod cmd_bench;
 mod cmd_generate;
 mod cmd_guard;
+mod cmd_models;
 mod cmd_policy;
 mod cmd_scan;
 mod messages;
@@ -27,6 +28,7 @@ fn main() -> std::process::ExitCode {
         cli::Command::Scan(args) => cmd_scan::run(args),
         cli::Command::Policy(cmd) => cmd_policy::run(cmd),
         cli::Command::Guard(cmd) => cmd_guard::run(&cli, cmd),
+        cli::Command::Models(cmd) => cmd_models::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

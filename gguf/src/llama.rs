@@ -1,0 +1,538 @@
+//! The Llama decoder as an ONNX graph in the Optimum layout (inputs `input_ids`,
+//! `attention_mask`, `position_ids`, `past_key_values.{i}.key/value`; outputs `logits`,
+//! `present.{i}.key/value`), built from GGUF tensors with plain ONNX ops (opset 18).
+
+use crate::onnx::{Attr, DataType, Dim, Graph, ValueInfo};
+use crate::{GgufError, GgufFile, Value};
+
+/// The hyper-parameters of a Llama model, from GGUF metadata and tensor shapes.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LlamaParams {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub intermediate_size: usize,
+    pub context_length: usize,
+    pub rope_theta: f64,
+    pub rms_norm_eps: f64,
+    pub tied_embeddings: bool,
+    /// Per-frequency divisors (`rope_freqs.weight`, Llama 3.1+ long-context scaling).
+    #[serde(skip)]
+    pub rope_factors: Option<Vec<f32>>,
+}
+
+fn meta_usize(g: &GgufFile, key: &str) -> Result<usize, GgufError> {
+    g.get(key)
+        .ok_or_else(|| GgufError::Metadata {
+            key: key.into(),
+            message: "missing".into(),
+        })?
+        .as_u64()
+        .map(|v| v as usize)
+        .ok_or_else(|| GgufError::Metadata {
+            key: key.into(),
+            message: "not an unsigned integer".into(),
+        })
+}
+
+impl LlamaParams {
+    pub fn from_gguf(g: &GgufFile) -> Result<Self, GgufError> {
+        let arch = g
+            .get("general.architecture")
+            .and_then(Value::as_str)
+            .ok_or_else(|| GgufError::Metadata {
+                key: "general.architecture".into(),
+                message: "missing".into(),
+            })?;
+        if arch != "llama" {
+            return Err(GgufError::Unsupported(format!(
+                "general.architecture is `{arch}`; only `llama` (Llama 2/3, Llama Guard, SmolLM, Mistral-style llama) is supported"
+            )));
+        }
+        let k = |name: &str| format!("llama.{name}");
+        let hidden = meta_usize(g, &k("embedding_length"))?;
+        let heads = meta_usize(g, &k("attention.head_count"))?;
+        let kv_heads = match g.get(&k("attention.head_count_kv")) {
+            Some(_) => meta_usize(g, &k("attention.head_count_kv"))?,
+            None => heads,
+        };
+        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+            return Err(GgufError::Metadata {
+                key: k("attention.head_count_kv"),
+                message: format!("{kv_heads} KV heads do not divide {heads} heads"),
+            });
+        }
+        let head_dim = match g.get(&k("attention.key_length")) {
+            Some(_) => meta_usize(g, &k("attention.key_length"))?,
+            None => hidden / heads,
+        };
+        if let Some(rot) = g.get(&k("rope.dimension_count")).and_then(Value::as_u64) {
+            if rot as usize != head_dim {
+                return Err(GgufError::Unsupported(format!(
+                    "llama.rope.dimension_count is {rot} but heads have {head_dim} dimensions: partial rotary is not supported"
+                )));
+            }
+        }
+        if !head_dim.is_multiple_of(2) {
+            return Err(GgufError::Metadata {
+                key: k("attention.key_length"),
+                message: format!("head dimension {head_dim} is odd"),
+            });
+        }
+        let embed = g
+            .tensor("token_embd.weight")
+            .ok_or_else(|| GgufError::MissingTensor("token_embd.weight".into()))?;
+        if embed.dims.len() != 2 || embed.dims[0] as usize != hidden {
+            return Err(GgufError::Shape {
+                tensor: embed.name.clone(),
+                found: embed.dims.clone(),
+                expected: vec![hidden as u64, 0],
+            });
+        }
+        let rope_factors = match g.tensor("rope_freqs.weight") {
+            Some(t) => Some(g.dequantize(t)?),
+            None => None,
+        };
+        Ok(Self {
+            vocab_size: embed.dims[1] as usize,
+            hidden_size: hidden,
+            num_layers: meta_usize(g, &k("block_count"))?,
+            num_heads: heads,
+            num_kv_heads: kv_heads,
+            head_dim,
+            intermediate_size: meta_usize(g, &k("feed_forward_length"))?,
+            context_length: meta_usize(g, &k("context_length"))?,
+            rope_theta: g
+                .get(&k("rope.freq_base"))
+                .and_then(Value::as_f64)
+                .unwrap_or(10_000.0),
+            rms_norm_eps: g
+                .get(&k("attention.layer_norm_rms_epsilon"))
+                .and_then(Value::as_f64)
+                .unwrap_or(1e-5),
+            tied_embeddings: g.tensor("output.weight").is_none(),
+            rope_factors,
+        })
+    }
+
+    /// cos and sin tables `[positions, head_dim / 2]` as HF Llama computes them.
+    pub fn rope_tables(&self, positions: usize) -> (Vec<f32>, Vec<f32>) {
+        let half = self.head_dim / 2;
+        let inv_freq: Vec<f64> = (0..half)
+            .map(|i| {
+                let base = 1.0 / self.rope_theta.powf((2 * i) as f64 / self.head_dim as f64);
+                match &self.rope_factors {
+                    Some(f) if f.len() == half => base / f64::from(f[i]),
+                    _ => base,
+                }
+            })
+            .collect();
+        let mut cos = Vec::with_capacity(positions * half);
+        let mut sin = Vec::with_capacity(positions * half);
+        for p in 0..positions {
+            for f in &inv_freq {
+                let angle = p as f64 * f;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        (cos, sin)
+    }
+}
+
+/// How the weight matrices are stored in the ONNX file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    F32,
+    /// Half precision on disk, cast to f32 when the session loads.
+    F16,
+}
+
+/// Undoes llama.cpp's converter permutation of Q/K rows: it stores, per head, the rotary
+/// pairs interleaved (row `2j + half`) where HF Llama has them in halves (row
+/// `half * d/2 + j`). `w` is `[rows][cols]`.
+pub fn unpermute_rows(w: &[f32], heads: usize, head_dim: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; w.len()];
+    let half = head_dim / 2;
+    for h in 0..heads {
+        for j in 0..half {
+            for s in 0..2 {
+                let src = (h * head_dim + 2 * j + s) * cols;
+                let dst = (h * head_dim + s * half + j) * cols;
+                out[dst..dst + cols].copy_from_slice(&w[src..src + cols]);
+            }
+        }
+    }
+    out
+}
+
+/// `[rows][cols]` to `[cols][rows]`.
+pub fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; w.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = w[r * cols + c];
+        }
+    }
+    out
+}
+
+struct Builder<'a> {
+    gguf: &'a GgufFile,
+    p: &'a LlamaParams,
+    format: WeightFormat,
+    g: Graph,
+}
+
+impl Builder<'_> {
+    /// A GGUF tensor as f32, checking its ggml shape.
+    fn tensor(&self, name: &str, dims: &[usize]) -> Result<Vec<f32>, GgufError> {
+        let t = self
+            .gguf
+            .tensor(name)
+            .ok_or_else(|| GgufError::MissingTensor(name.into()))?;
+        let want: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
+        if t.dims != want {
+            return Err(GgufError::Shape {
+                tensor: name.into(),
+                found: t.dims.clone(),
+                expected: want,
+            });
+        }
+        self.gguf.dequantize(t)
+    }
+
+    fn vector(&mut self, gguf_name: &str, onnx_name: &str) -> Result<String, GgufError> {
+        let h = self.p.hidden_size;
+        let v = self.tensor(gguf_name, &[h])?;
+        Ok(self.g.init_f32(onnx_name, &[h as i64], &v))
+    }
+
+    /// Stores `[in][out]` weights in the chosen format; returns the f32 value's name.
+    fn weight(&mut self, name: &str, values: &[f32], dims: &[i64]) -> String {
+        match self.format {
+            WeightFormat::F32 => self.g.init_f32(name, dims, values),
+            WeightFormat::F16 => {
+                let data = values
+                    .iter()
+                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                    .collect();
+                let stored = self.g.init(name, dims, DataType::Float16, data);
+                self.g.op(
+                    "Cast",
+                    &[&stored],
+                    &[("to", Attr::Int(DataType::Float as i64))],
+                )
+            }
+        }
+    }
+
+    /// `x @ W` for a GGUF linear layer (ggml dims `[in, out]`, i.e. HF `[out][in]`).
+    fn linear(
+        &mut self,
+        x: &str,
+        gguf_name: &str,
+        onnx_name: &str,
+        inputs: usize,
+        outputs: usize,
+        unpermute_heads: Option<usize>,
+    ) -> Result<String, GgufError> {
+        let mut w = self.tensor(gguf_name, &[inputs, outputs])?;
+        if let Some(heads) = unpermute_heads {
+            w = unpermute_rows(&w, heads, self.p.head_dim, inputs);
+        }
+        let w = transpose(&w, outputs, inputs);
+        let name = self.weight(onnx_name, &w, &[inputs as i64, outputs as i64]);
+        Ok(self.g.op("MatMul", &[x, &name], &[]))
+    }
+
+    fn rms_norm(&mut self, x: &str, weight: &str) -> String {
+        let g = &mut self.g;
+        let sq = g.op("Mul", &[x, x], &[]);
+        let axes = g.const_i64(&[-1]);
+        let mean = g.op("ReduceMean", &[&sq, &axes], &[("keepdims", Attr::Int(1))]);
+        let eps = g.scalar_f32(self.p.rms_norm_eps as f32);
+        let var = g.op("Add", &[&mean, &eps], &[]);
+        let std = g.op("Sqrt", &[&var], &[]);
+        let inv = g.op("Reciprocal", &[&std], &[]);
+        let normed = g.op("Mul", &[x, &inv], &[]);
+        g.op("Mul", &[&normed, weight], &[])
+    }
+
+    /// HF Llama rotary (`rotate_half`) on the last axis.
+    fn rotate(&mut self, x: &str, cos: &str, sin: &str) -> String {
+        let g = &mut self.g;
+        let halves = g.op_n(
+            "Split",
+            &[x],
+            2,
+            &[("axis", Attr::Int(-1)), ("num_outputs", Attr::Int(2))],
+        );
+        let (x1, x2) = (&halves[0], &halves[1]);
+        let a = g.op("Mul", &[x1, cos], &[]);
+        let b = g.op("Mul", &[x2, sin], &[]);
+        let out1 = g.op("Sub", &[&a, &b], &[]);
+        let c = g.op("Mul", &[x2, cos], &[]);
+        let d = g.op("Mul", &[x1, sin], &[]);
+        let out2 = g.op("Add", &[&c, &d], &[]);
+        g.op("Concat", &[&out1, &out2], &[("axis", Attr::Int(-1))])
+    }
+}
+
+/// Builds the decoder graph; `progress(done, total)` after each layer.
+pub fn build_graph(
+    gguf: &GgufFile,
+    p: &LlamaParams,
+    format: WeightFormat,
+    positions: usize,
+    graph: Graph,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Graph, GgufError> {
+    let mut b = Builder {
+        gguf,
+        p,
+        format,
+        g: graph,
+    };
+    let (h, nh, nkv, d) = (p.hidden_size, p.num_heads, p.num_kv_heads, p.head_dim);
+    let rep = nh / nkv;
+    let total = p.num_layers + 2;
+
+    let emb_values = b.tensor("token_embd.weight", &[h, p.vocab_size])?;
+    let emb = b.weight(
+        "model.embed_tokens.weight",
+        &emb_values,
+        &[p.vocab_size as i64, h as i64],
+    );
+    drop(emb_values);
+    let head = if p.tied_embeddings {
+        b.g.op("Transpose", &[&emb], &[("perm", Attr::Ints(vec![1, 0]))])
+    } else {
+        let w = b.tensor("output.weight", &[h, p.vocab_size])?;
+        let w = transpose(&w, p.vocab_size, h);
+        b.weight("lm_head.weight", &w, &[h as i64, p.vocab_size as i64])
+    };
+    let (cos_t, sin_t) = p.rope_tables(positions);
+    let half = (d / 2) as i64;
+    let cos_tab = b.g.init_f32("rope.cos", &[positions as i64, half], &cos_t);
+    let sin_tab = b.g.init_f32("rope.sin", &[positions as i64, half], &sin_t);
+    progress(1, total);
+
+    let g = &mut b.g;
+    let x0 = g.op("Gather", &[&emb, "input_ids"], &[("axis", Attr::Int(0))]);
+    let cos = g.op(
+        "Gather",
+        &[&cos_tab, "position_ids"],
+        &[("axis", Attr::Int(0))],
+    );
+    let sin = g.op(
+        "Gather",
+        &[&sin_tab, "position_ids"],
+        &[("axis", Attr::Int(0))],
+    );
+    let ax1 = g.const_i64(&[1]);
+    let ax12 = g.const_i64(&[1, 2]);
+    let cos_k = g.op("Unsqueeze", &[&cos, &ax1], &[]);
+    let sin_k = g.op("Unsqueeze", &[&sin, &ax1], &[]);
+    let cos_q = g.op("Unsqueeze", &[&cos, &ax12], &[]);
+    let sin_q = g.op("Unsqueeze", &[&sin, &ax12], &[]);
+
+    // Additive mask [B,1,1,S,T]: causal over absolute positions, and the padding mask.
+    let one = g.scalar_i64(1);
+    let zero = g.scalar_i64(0);
+    let mask_shape = g.op("Shape", &["attention_mask"], &[]);
+    let t_len = g.op("Gather", &[&mask_shape, &one], &[("axis", Attr::Int(0))]);
+    let ids_shape = g.op("Shape", &["input_ids"], &[]);
+    let s_len = g.op("Gather", &[&ids_shape, &one], &[("axis", Attr::Int(0))]);
+    let first = g.op("Sub", &[&t_len, &s_len], &[]);
+    let q_pos = g.op("Range", &[&first, &t_len, &one], &[]);
+    let k_pos = g.op("Range", &[&zero, &t_len, &one], &[]);
+    let ax0 = g.const_i64(&[0]);
+    let k_row = g.op("Unsqueeze", &[&k_pos, &ax0], &[]);
+    let q_col = g.op("Unsqueeze", &[&q_pos, &ax1], &[]);
+    let causal = g.op("LessOrEqual", &[&k_row, &q_col], &[]);
+    let ax123 = g.const_i64(&[1, 2, 3]);
+    let mask5 = g.op("Unsqueeze", &["attention_mask", &ax123], &[]);
+    let pad = g.op("Equal", &[&mask5, &one], &[]);
+    let allowed = g.op("And", &[&causal, &pad], &[]);
+    let open = g.scalar_f32(0.0);
+    let closed = g.scalar_f32(-3.0e38);
+    let bias = g.op("Where", &[&allowed, &open, &closed], &[]);
+    let scale = g.scalar_f32(1.0 / (d as f32).sqrt());
+    let q_shape = g.const_i64(&[0, 0, nkv as i64, rep as i64, d as i64]);
+    let kv_shape = g.const_i64(&[0, 0, nkv as i64, d as i64]);
+    let flat = g.const_i64(&[0, 0, -1]);
+    let ax2 = g.const_i64(&[2]);
+
+    let mut x = x0;
+    for i in 0..p.num_layers {
+        let blk = |n: &str| format!("blk.{i}.{n}.weight");
+        let hf = |n: &str| format!("model.layers.{i}.{n}.weight");
+        let w = b.vector(&blk("attn_norm"), &hf("input_layernorm"))?;
+        let xn = b.rms_norm(&x, &w);
+        let q = b.linear(
+            &xn,
+            &blk("attn_q"),
+            &hf("self_attn.q_proj"),
+            h,
+            nh * d,
+            Some(nh),
+        )?;
+        let k = b.linear(
+            &xn,
+            &blk("attn_k"),
+            &hf("self_attn.k_proj"),
+            h,
+            nkv * d,
+            Some(nkv),
+        )?;
+        let v = b.linear(
+            &xn,
+            &blk("attn_v"),
+            &hf("self_attn.v_proj"),
+            h,
+            nkv * d,
+            None,
+        )?;
+        let g = &mut b.g;
+        let q = g.op("Reshape", &[&q, &q_shape], &[]);
+        let q = g.op(
+            "Transpose",
+            &[&q],
+            &[("perm", Attr::Ints(vec![0, 2, 3, 1, 4]))],
+        );
+        let k = g.op("Reshape", &[&k, &kv_shape], &[]);
+        let k = g.op(
+            "Transpose",
+            &[&k],
+            &[("perm", Attr::Ints(vec![0, 2, 1, 3]))],
+        );
+        let v = g.op("Reshape", &[&v, &kv_shape], &[]);
+        let v = g.op(
+            "Transpose",
+            &[&v],
+            &[("perm", Attr::Ints(vec![0, 2, 1, 3]))],
+        );
+        let q = b.rotate(&q, &cos_q, &sin_q);
+        let k = b.rotate(&k, &cos_k, &sin_k);
+        let g = &mut b.g;
+        let (past_k, past_v) = (
+            format!("past_key_values.{i}.key"),
+            format!("past_key_values.{i}.value"),
+        );
+        let (present_k, present_v) = (format!("present.{i}.key"), format!("present.{i}.value"));
+        g.node_to(
+            "Concat",
+            &[&past_k, &k],
+            &[&present_k],
+            &[("axis", Attr::Int(2))],
+        );
+        g.node_to(
+            "Concat",
+            &[&past_v, &v],
+            &[&present_v],
+            &[("axis", Attr::Int(2))],
+        );
+        let k_all = g.op("Unsqueeze", &[&present_k, &ax2], &[]);
+        let v_all = g.op("Unsqueeze", &[&present_v, &ax2], &[]);
+        let k_t = g.op(
+            "Transpose",
+            &[&k_all],
+            &[("perm", Attr::Ints(vec![0, 1, 2, 4, 3]))],
+        );
+        let scores = g.op("MatMul", &[&q, &k_t], &[]);
+        let scores = g.op("Mul", &[&scores, &scale], &[]);
+        let scores = g.op("Add", &[&scores, &bias], &[]);
+        let probs = g.op("Softmax", &[&scores], &[("axis", Attr::Int(-1))]);
+        let ctx = g.op("MatMul", &[&probs, &v_all], &[]);
+        let ctx = g.op(
+            "Transpose",
+            &[&ctx],
+            &[("perm", Attr::Ints(vec![0, 3, 1, 2, 4]))],
+        );
+        let ctx = g.op("Reshape", &[&ctx, &flat], &[]);
+        let o = b.linear(
+            &ctx,
+            &blk("attn_output"),
+            &hf("self_attn.o_proj"),
+            nh * d,
+            h,
+            None,
+        )?;
+        let x1 = b.g.op("Add", &[&x, &o], &[]);
+
+        let w = b.vector(&blk("ffn_norm"), &hf("post_attention_layernorm"))?;
+        let xn = b.rms_norm(&x1, &w);
+        let ffn = p.intermediate_size;
+        let gate = b.linear(&xn, &blk("ffn_gate"), &hf("mlp.gate_proj"), h, ffn, None)?;
+        let up = b.linear(&xn, &blk("ffn_up"), &hf("mlp.up_proj"), h, ffn, None)?;
+        let g = &mut b.g;
+        let sig = g.op("Sigmoid", &[&gate], &[]);
+        let silu = g.op("Mul", &[&gate, &sig], &[]);
+        let act = g.op("Mul", &[&silu, &up], &[]);
+        let down = b.linear(&act, &blk("ffn_down"), &hf("mlp.down_proj"), ffn, h, None)?;
+        x = b.g.op("Add", &[&x1, &down], &[]);
+        progress(i + 2, total);
+    }
+    let w = b.vector("output_norm.weight", "model.norm.weight")?;
+    let xn = b.rms_norm(&x, &w);
+    b.g.node_to("MatMul", &[&xn, &head], &["logits"], &[]);
+
+    let sym = Dim::Symbol;
+    let tensor = |name: String, dtype, dims| ValueInfo { name, dtype, dims };
+    let mut inputs = vec![
+        tensor(
+            "input_ids".into(),
+            DataType::Int64,
+            vec![sym("batch_size"), sym("sequence_length")],
+        ),
+        tensor(
+            "attention_mask".into(),
+            DataType::Int64,
+            vec![sym("batch_size"), sym("total_sequence_length")],
+        ),
+        tensor(
+            "position_ids".into(),
+            DataType::Int64,
+            vec![sym("batch_size"), sym("sequence_length")],
+        ),
+    ];
+    let mut outputs = vec![tensor(
+        "logits".into(),
+        DataType::Float,
+        vec![
+            sym("batch_size"),
+            sym("sequence_length"),
+            Dim::Fixed(p.vocab_size as i64),
+        ],
+    )];
+    let kv_dims = |len| {
+        vec![
+            sym("batch_size"),
+            Dim::Fixed(nkv as i64),
+            sym(len),
+            Dim::Fixed(d as i64),
+        ]
+    };
+    for i in 0..p.num_layers {
+        for kv in ["key", "value"] {
+            inputs.push(tensor(
+                format!("past_key_values.{i}.{kv}"),
+                DataType::Float,
+                kv_dims("past_sequence_length"),
+            ));
+            outputs.push(tensor(
+                format!("present.{i}.{kv}"),
+                DataType::Float,
+                kv_dims("total_sequence_length"),
+            ));
+        }
+    }
+    b.g.inputs = inputs;
+    b.g.outputs = outputs;
+    progress(total, total);
+    Ok(b.g)
+}
