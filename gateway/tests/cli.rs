@@ -324,3 +324,63 @@ fn guard_classify_prints_a_verdict() {
     assert_eq!(v["taxonomy"], "llama-guard-2");
     assert!(v["prompt_tokens"].as_u64().unwrap() > 100);
 }
+
+#[test]
+fn the_default_model_imports_from_gguf_and_answers() {
+    let gguf = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../.cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(gguf.exists(), "run scripts/setup.sh");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("smollm2");
+    let (code, _, stderr) = safegate(&[
+        "models",
+        "import-gguf",
+        gguf.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--weights",
+        "f16",
+        "--max-context",
+        "2048",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("30 layers"), "{stderr}");
+    let (code, stdout, stderr) = safegate(&[
+        "generate",
+        "--model",
+        out.to_str().unwrap(),
+        "--prompt",
+        "What is the capital of France?",
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("Paris"), "{stdout}");
+
+    // The same folder again is refused, and a bad option names itself.
+    let (code, _, stderr) = safegate(&[
+        "models",
+        "import-gguf",
+        gguf.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("already exists"), "{stderr}");
+    let (code, _, stderr) = safegate(&[
+        "models",
+        "import-gguf",
+        gguf.to_str().unwrap(),
+        dir.path().join("x").to_str().unwrap(),
+        "--weights",
+        "q3",
+    ]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("--weights `q3`"), "{stderr}");
+    let (code, _, stderr) = safegate(&[
+        "models",
+        "import-gguf",
+        fixture("tiny-llama3/config.json").to_str().unwrap(),
+        dir.path().join("y").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("not a GGUF file"), "{stderr}");
+}

@@ -113,6 +113,11 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> Result<()> {
         .as_ref()
         .map(|m| load(cli, m, args).map(|e| Arc::new(LocalGuard::new(e))))
         .transpose()?;
+    if guard.is_none() {
+        tracing::warn!(
+            "no guard model (--guard-model DIR): the policies' guard stages are skipped; the shield still runs"
+        );
+    }
     let metrics = Metrics::new()?;
     if let Some(e) = &engine {
         metrics

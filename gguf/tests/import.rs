@@ -1,0 +1,273 @@
+//! GGUF import against references made by llama.cpp's own gguf-py
+//! (scripts/gguf/make_fixtures.py).
+
+use std::path::{Path, PathBuf};
+
+use safegate_engine::{ChatMessage, Engine, EngineOptions, GenerateRequest, GenerationEvent};
+use safegate_gguf::tokenizer::Vocab;
+use safegate_gguf::{import, GgufError, GgufFile, ImportOptions, WeightFormat};
+
+fn fixture(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(path)
+}
+
+#[test]
+fn every_quantization_type_dequantizes_as_gguf_py_does() {
+    let g = GgufFile::open(&fixture("gguf/quant-types.gguf")).unwrap();
+    let mut checked = Vec::new();
+    for t in g.tensors.iter().filter(|t| t.name.starts_with("q.")) {
+        let ty = &t.name[2..];
+        let expected = g.dequantize(g.tensor(&format!("x.{ty}")).unwrap()).unwrap();
+        let got = g.dequantize(t).unwrap();
+        assert_eq!(t.ggml_type.name(), ty);
+        assert_eq!(got.len(), 512);
+        for (i, (a, b)) in got.iter().zip(&expected).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                "{ty}[{i}]: {a} vs gguf-py {b}"
+            );
+        }
+        checked.push(ty.to_string());
+    }
+    for ty in [
+        "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
+        "Q6_K",
+    ] {
+        assert!(checked.iter().any(|c| c == ty), "{ty} not in the fixture");
+    }
+}
+
+#[test]
+fn broken_files_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(fixture("gguf/tiny-chatml.gguf")).unwrap();
+    let truncated = dir.path().join("truncated.gguf");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 1000]).unwrap();
+    let e = GgufFile::open(&truncated).err().unwrap().to_string();
+    assert!(
+        e.contains("truncated") && e.contains("tensor `blk.1.") && e.contains("ends at byte"),
+        "{e}"
+    );
+    let header_only = dir.path().join("header.gguf");
+    std::fs::write(&header_only, &bytes[..200]).unwrap();
+    let e = GgufFile::open(&header_only).err().unwrap().to_string();
+    assert!(e.contains("truncated"), "{e}");
+    let not_gguf = dir.path().join("model.onnx");
+    std::fs::write(&not_gguf, b"\x08\x09not a gguf").unwrap();
+    let e = GgufFile::open(&not_gguf).err().unwrap().to_string();
+    assert!(e.contains("not a GGUF file"), "{e}");
+
+    // A failed import leaves neither the target nor a partial folder behind.
+    let out = dir.path().join("models/out");
+    let e = import(&truncated, &out, &ImportOptions::default(), |_, _| {}).unwrap_err();
+    assert!(matches!(e, GgufError::Truncated(_)), "{e}");
+    assert!(!out.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("models"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[derive(serde::Deserialize)]
+struct Expected {
+    cases: Vec<Case>,
+}
+
+#[derive(serde::Deserialize)]
+struct Case {
+    messages: Vec<ChatMessage>,
+    prompt_ids: Vec<u32>,
+    greedy_ids: Vec<u32>,
+    logits: Vec<Logits>,
+}
+
+#[derive(serde::Deserialize)]
+struct Logits {
+    indices: Vec<usize>,
+    values: Vec<f32>,
+}
+
+fn load(dir: &Path) -> Engine {
+    safegate_engine::runtime::init(None).expect("ONNX Runtime (run scripts/setup.sh)");
+    let opts = EngineOptions {
+        device: safegate_engine::Device::Cpu,
+        intra_threads: 1,
+        ..Default::default()
+    };
+    Engine::load(dir, &opts).unwrap()
+}
+
+fn greedy(engine: &Engine, prompt: Vec<u32>, n: usize) -> Vec<u32> {
+    let mut stream = engine
+        .generate(GenerateRequest {
+            prompt_ids: prompt,
+            max_tokens: n,
+            sampling: Default::default(),
+            stop: Vec::new(),
+            ignore_eos: false,
+        })
+        .unwrap();
+    let mut ids = Vec::new();
+    while let Some(ev) = stream.blocking_next() {
+        match ev {
+            GenerationEvent::Token { id, .. } => ids.push(id),
+            GenerationEvent::Done(_) => break,
+            GenerationEvent::Error(e) => panic!("{e}"),
+        }
+    }
+    ids
+}
+
+/// The GGUF holds tiny-chatml-genai's weights as llama.cpp's converter lays them out
+/// (permuted Q/K rows, [out, in] matrices): the import must behave exactly like that model.
+#[test]
+fn an_imported_gguf_reproduces_the_reference_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tiny");
+    let mut calls = 0;
+    let summary = import(
+        &fixture("gguf/tiny-chatml.gguf"),
+        &out,
+        &ImportOptions::default(),
+        |done, total| {
+            calls += 1;
+            assert!(done <= total);
+        },
+    )
+    .unwrap();
+    assert!(calls >= 3, "progress is reported per layer");
+    assert_eq!(summary.params.num_layers, 2);
+    assert!(summary.params.tied_embeddings);
+    let engine = load(&out);
+    let expected: Expected = serde_json::from_str(
+        &std::fs::read_to_string(fixture("tiny-chatml-genai/expected.json")).unwrap(),
+    )
+    .unwrap();
+    for case in &expected.cases {
+        let ids = engine
+            .tokenizer()
+            .encode_chat(&case.messages, true)
+            .unwrap();
+        assert_eq!(
+            ids, case.prompt_ids,
+            "chat template and tokenizer from GGUF metadata"
+        );
+        let logits = engine.score_blocking(ids.clone()).unwrap();
+        for (i, v) in case.logits[0].indices.iter().zip(&case.logits[0].values) {
+            assert!(
+                (logits[*i] - v).abs() < 1e-4,
+                "logit {i}: {} vs {v}",
+                logits[*i]
+            );
+        }
+        assert_eq!(greedy(&engine, ids, case.greedy_ids.len()), case.greedy_ids);
+    }
+
+    // Half-precision weights: same model within f16 rounding.
+    let out16 = dir.path().join("tiny16");
+    let options = ImportOptions {
+        format: WeightFormat::F16,
+        max_context: Some(256),
+    };
+    import(
+        &fixture("gguf/tiny-chatml.gguf"),
+        &out16,
+        &options,
+        |_, _| {},
+    )
+    .unwrap();
+    let f32_size = std::fs::metadata(out.join("model.onnx.data"))
+        .unwrap()
+        .len();
+    let f16_size = std::fs::metadata(out16.join("model.onnx.data"))
+        .unwrap()
+        .len();
+    assert!(f16_size < f32_size * 6 / 10, "{f16_size} vs {f32_size}");
+    let engine16 = load(&out16);
+    assert_eq!(engine16.info().config.context_length, 256);
+    let case = &expected.cases[0];
+    let logits = engine16.score_blocking(case.prompt_ids.clone()).unwrap();
+    for (i, v) in case.logits[0].indices.iter().zip(&case.logits[0].values) {
+        assert!(
+            (logits[*i] - v).abs() < 0.05,
+            "f16 logit {i}: {} vs {v}",
+            logits[*i]
+        );
+    }
+
+    let e = import(
+        &fixture("gguf/tiny-chatml.gguf"),
+        &out,
+        &ImportOptions::default(),
+        |_, _| {},
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("already exists"), "{e}");
+}
+
+/// The Llama 3 pre-tokenizer rebuilt from a GGUF-style vocabulary encodes exactly as Meta's
+/// tokenizer.json (which scripts/setup.sh installs beside the tiny-llama3 fixture).
+#[test]
+fn a_llama3_vocabulary_rebuilds_into_the_same_tokenizer() {
+    let path = fixture("tiny-llama3/tokenizer.json");
+    let original: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("run scripts/setup.sh"))
+            .unwrap();
+    let vocab_map = original["model"]["vocab"].as_object().unwrap();
+    let mut tokens = vec![String::new(); vocab_map.len()];
+    for (t, id) in vocab_map {
+        tokens[id.as_u64().unwrap() as usize] = t.clone();
+    }
+    let mut token_types = vec![1i64; tokens.len()];
+    for a in original["added_tokens"].as_array().unwrap() {
+        let id = a["id"].as_u64().unwrap() as usize;
+        if id >= tokens.len() {
+            tokens.resize(id + 1, String::new());
+            token_types.resize(id + 1, 1);
+        }
+        tokens[id] = a["content"].as_str().unwrap().to_string();
+        token_types[id] = 3;
+    }
+    let merges = original["model"]["merges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| match m {
+            serde_json::Value::String(s) => s.clone(),
+            pair => format!(
+                "{} {}",
+                pair[0].as_str().unwrap(),
+                pair[1].as_str().unwrap()
+            ),
+        })
+        .collect();
+    let vocab = Vocab {
+        model: "gpt2".into(),
+        pre: "llama-bpe".into(),
+        tokens,
+        token_types,
+        merges,
+    };
+    let rebuilt = vocab.to_tokenizer_json().unwrap().to_string();
+    let rebuilt = tokenizers::Tokenizer::from_bytes(rebuilt.as_bytes()).unwrap();
+    let reference = tokenizers::Tokenizer::from_file(&path).unwrap();
+    for text in [
+        "What is the capital of France?",
+        "Numbers 1234567 and 3.14159, ünïcödé 🙂 text\n\n\tindented   spaces",
+        "def f(x):\n    return x ** 2  # don't\r\n<|eot_id|> isn't special here",
+        "I'm SHOUTING'S and 'quotes' ... !!!",
+    ] {
+        let a = reference.encode(text, false).unwrap();
+        let b = rebuilt.encode(text, false).unwrap();
+        assert_eq!(a.get_ids(), b.get_ids(), "{text:?}");
+        assert_eq!(rebuilt.decode(b.get_ids(), false).unwrap(), text);
+    }
+    let unsupported = Vocab {
+        pre: "qwen2".into(),
+        ..vocab
+    };
+    let e = unsupported.to_tokenizer_json().unwrap_err().to_string();
+    assert!(e.contains("tokenizer.ggml.pre `qwen2`"), "{e}");
+}
