@@ -53,7 +53,8 @@ pub enum ModelsCommand {
         file: PathBuf,
         /// The model folder to create (must not exist).
         out_dir: PathBuf,
-        /// f32, or f16 (half the disk size; computed in f32).
+        /// f32; f16 (half the disk size, computed in f32); or int4 (linear layers as 4-bit
+        /// blocks for ONNX Runtime's MatMulNBits: smallest and fastest on CPU).
         #[arg(long, default_value = "f32")]
         weights: String,
         /// Cap the context length (rotary tables, max_position_embeddings).

@@ -17,7 +17,8 @@ pub fn run(cmd: &ModelsCommand) -> Result<()> {
     let format = match weights.as_str() {
         "f32" => WeightFormat::F32,
         "f16" => WeightFormat::F16,
-        other => bail!("--weights `{other}`: expected f32 or f16"),
+        "int4" => WeightFormat::Int4 { accuracy_level: 4 },
+        other => bail!("--weights `{other}`: expected f32, f16 or int4"),
     };
     let options = ImportOptions {
         format,

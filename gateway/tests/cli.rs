@@ -338,7 +338,7 @@ fn the_default_model_imports_from_gguf_and_answers() {
         gguf.to_str().unwrap(),
         out.to_str().unwrap(),
         "--weights",
-        "f16",
+        "int4",
         "--max-context",
         "2048",
     ]);

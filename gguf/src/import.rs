@@ -127,7 +127,9 @@ pub fn import(
         let io = |e| GgufError::Io(tmp.clone(), e);
         let graph = Graph::with_external_data(&tmp, "model.onnx.data", 1024).map_err(io)?;
         let graph = build_graph(&gguf, &params, options.format, context, graph, progress)?;
-        graph.write(&tmp, &[("", 18)]).map_err(io)?;
+        graph
+            .write(&tmp, &[("", 18), ("com.microsoft", 1)])
+            .map_err(io)?;
         let name = gguf
             .get("general.name")
             .and_then(Value::as_str)

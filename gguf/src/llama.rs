@@ -149,6 +149,70 @@ pub enum WeightFormat {
     F32,
     /// Half precision on disk, cast to f32 when the session loads.
     F16,
+    /// Linear layers as 4-bit blocks of 32 with a scale and zero point each (ONNX Runtime's
+    /// `com.microsoft.MatMulNBits`); embeddings and norms stay f32. `accuracy_level` 4 lets
+    /// the CPU kernel quantize activations to int8 (faster); 0 computes in f32.
+    Int4 {
+        accuracy_level: u8,
+    },
+    /// The 4-bit values, dequantized and stored as f32 (what `Int4` computes, for tests).
+    #[doc(hidden)]
+    Int4Dequantized,
+}
+
+/// MatMulNBits' dequantization of [`quantize_int4`]'s blocks, `[n][k]`.
+pub fn dequantize_int4(
+    packed: &[u8],
+    scales: &[f32],
+    zeros: &[u8],
+    n: usize,
+    k: usize,
+) -> Vec<f32> {
+    let blocks = k.div_ceil(INT4_BLOCK);
+    let zp_row = blocks.div_ceil(2);
+    let mut w = vec![0f32; n * k];
+    for row in 0..n {
+        for col in 0..k {
+            let b = col / INT4_BLOCK;
+            let i = col % INT4_BLOCK;
+            let q = (packed[(row * blocks + b) * INT4_BLOCK / 2 + i / 2] >> (4 * (i % 2))) & 15;
+            let zp = (zeros[row * zp_row + b / 2] >> (4 * (b % 2))) & 15;
+            w[row * k + col] = (f32::from(q) - f32::from(zp)) * scales[row * blocks + b];
+        }
+    }
+    w
+}
+
+/// Block size of the 4-bit format.
+const INT4_BLOCK: usize = 32;
+
+/// Quantizes `[n][k]` weights (one row per output) to MatMulNBits' layout: packed 4-bit
+/// values `[n][k/32][16]` (low nibble first), f32 scales `[n * k/32]` and packed 4-bit zero
+/// points `[n * ceil(k/32 / 2)]`. Asymmetric per block: min..max map onto 0..15.
+pub fn quantize_int4(w: &[f32], n: usize, k: usize) -> (Vec<u8>, Vec<f32>, Vec<u8>) {
+    let blocks = k.div_ceil(INT4_BLOCK);
+    let zp_row = blocks.div_ceil(2);
+    let mut packed = vec![0u8; n * blocks * INT4_BLOCK / 2];
+    let mut scales = vec![0f32; n * blocks];
+    let mut zeros = vec![0u8; n * zp_row];
+    for row in 0..n {
+        let values = &w[row * k..(row + 1) * k];
+        for b in 0..blocks {
+            let block = &values[b * INT4_BLOCK..((b + 1) * INT4_BLOCK).min(k)];
+            let min = block.iter().copied().fold(0f32, f32::min);
+            let max = block.iter().copied().fold(0f32, f32::max);
+            let scale = if max > min { (max - min) / 15.0 } else { 1.0 };
+            let zp = (-min / scale).round().clamp(0.0, 15.0);
+            scales[row * blocks + b] = scale;
+            zeros[row * zp_row + b / 2] |= (zp as u8) << (4 * (b % 2));
+            let out = &mut packed[(row * blocks + b) * INT4_BLOCK / 2..];
+            for (i, v) in block.iter().enumerate() {
+                let q = (v / scale + zp).round().clamp(0.0, 15.0) as u8;
+                out[i / 2] |= q << (4 * (i % 2));
+            }
+        }
+    }
+    (packed, scales, zeros)
 }
 
 /// Undoes llama.cpp's converter permutation of Q/K rows: it stores, per head, the rotary
@@ -214,7 +278,9 @@ impl Builder<'_> {
     /// Stores `[in][out]` weights in the chosen format; returns the f32 value's name.
     fn weight(&mut self, name: &str, values: &[f32], dims: &[i64]) -> String {
         match self.format {
-            WeightFormat::F32 => self.g.init_f32(name, dims, values),
+            WeightFormat::F32 | WeightFormat::Int4 { .. } | WeightFormat::Int4Dequantized => {
+                self.g.init_f32(name, dims, values)
+            }
             WeightFormat::F16 => {
                 let data = values
                     .iter()
@@ -243,6 +309,41 @@ impl Builder<'_> {
         let mut w = self.tensor(gguf_name, &[inputs, outputs])?;
         if let Some(heads) = unpermute_heads {
             w = unpermute_rows(&w, heads, self.p.head_dim, inputs);
+        }
+        if self.format == WeightFormat::Int4Dequantized && inputs % INT4_BLOCK == 0 {
+            let (packed, scales, zeros) = quantize_int4(&w, outputs, inputs);
+            w = dequantize_int4(&packed, &scales, &zeros, outputs, inputs);
+        }
+        if let (WeightFormat::Int4 { accuracy_level }, 0) = (self.format, inputs % INT4_BLOCK) {
+            let (packed, scales, zeros) = quantize_int4(&w, outputs, inputs);
+            let blocks = (inputs / INT4_BLOCK) as i64;
+            let (n, k) = (outputs as i64, inputs as i64);
+            let g = &mut self.g;
+            let b = g.init(
+                &format!("{onnx_name}.q4"),
+                &[n, blocks, (INT4_BLOCK / 2) as i64],
+                DataType::Uint8,
+                packed,
+            );
+            let s = g.init_f32(&format!("{onnx_name}.scales"), &[n * blocks], &scales);
+            let z = g.init(
+                &format!("{onnx_name}.zero_points"),
+                &[zeros.len() as i64],
+                DataType::Uint8,
+                zeros,
+            );
+            return Ok(g.op_in(
+                "com.microsoft",
+                "MatMulNBits",
+                &[x, &b, &s, &z],
+                &[
+                    ("K", Attr::Int(k)),
+                    ("N", Attr::Int(n)),
+                    ("bits", Attr::Int(4)),
+                    ("block_size", Attr::Int(INT4_BLOCK as i64)),
+                    ("accuracy_level", Attr::Int(accuracy_level.into())),
+                ],
+            ));
         }
         let w = transpose(&w, outputs, inputs);
         let name = self.weight(onnx_name, &w, &[inputs as i64, outputs as i64]);
@@ -535,4 +636,48 @@ pub fn build_graph(
     b.g.outputs = outputs;
     progress(total, total);
     Ok(b.g)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn int4_blocks_round_trip_within_half_a_step() {
+        let (n, k) = (3, 64);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let (packed, scales, zeros) = quantize_int4(&w, n, k);
+        assert_eq!(
+            (packed.len(), scales.len(), zeros.len()),
+            (n * k / 2, n * 2, n)
+        );
+        let back = dequantize_int4(&packed, &scales, &zeros, n, k);
+        for (i, (b, v)) in back.iter().zip(&w).enumerate() {
+            let scale = scales[i / 32];
+            assert!((b - v).abs() <= scale * 0.5 + 1e-5, "[{i}]: {b} vs {v}");
+        }
+    }
+
+    #[test]
+    fn unpermute_inverts_the_llama_cpp_permutation() {
+        // Two heads of dimension 4, one column: HF rows h*4 + s*2 + j hold value 100h+10s+j.
+        let (heads, d) = (2, 4);
+        let hf: Vec<f32> = (0..heads)
+            .flat_map(|h| {
+                (0..2).flat_map(move |s| (0..d / 2).map(move |j| (100 * h + 10 * s + j) as f32))
+            })
+            .collect();
+        // llama.cpp stores row h*4 + 2j + s.
+        let mut gguf = vec![0f32; hf.len()];
+        for h in 0..heads {
+            for s in 0..2 {
+                for j in 0..d / 2 {
+                    gguf[h * d + 2 * j + s] = hf[h * d + s * (d / 2) + j];
+                }
+            }
+        }
+        assert_eq!(unpermute_rows(&gguf, heads, d, 1), hf);
+    }
 }

@@ -149,6 +149,21 @@ impl Graph {
         out
     }
 
+    /// Adds a node of another operator domain (e.g. `com.microsoft`) with one fresh output.
+    pub fn op_in(
+        &mut self,
+        domain: &str,
+        op: &str,
+        inputs: &[&str],
+        attrs: &[(&str, Attr)],
+    ) -> String {
+        let out = self.op(op, inputs, attrs);
+        if let Some(node) = self.nodes.last_mut() {
+            node.domain = domain.into();
+        }
+        out
+    }
+
     /// Adds a node with named outputs.
     pub fn node_to(&mut self, op: &str, inputs: &[&str], outputs: &[&str], attrs: &[(&str, Attr)]) {
         self.nodes.push(Node {

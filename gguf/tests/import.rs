@@ -197,6 +197,35 @@ fn an_imported_gguf_reproduces_the_reference_model() {
         );
     }
 
+    // 4-bit linear layers (MatMulNBits) compute exactly what their dequantized values
+    // stored as f32 compute: the packing, scales and zero points are laid out as ONNX
+    // Runtime reads them.
+    let int4 = |format, name: &str| {
+        let dir = dir.path().join(name);
+        let options = ImportOptions {
+            format,
+            max_context: None,
+        };
+        import(&fixture("gguf/tiny-chatml.gguf"), &dir, &options, |_, _| {}).unwrap();
+        dir
+    };
+    let packed = int4(WeightFormat::Int4 { accuracy_level: 0 }, "int4");
+    let onnx = std::fs::read(packed.join("model.onnx")).unwrap();
+    assert!(onnx.windows(11).any(|w| w == b"MatMulNBits"));
+    let unpacked = int4(WeightFormat::Int4Dequantized, "int4-as-f32");
+    let a = load(&packed)
+        .score_blocking(case.prompt_ids.clone())
+        .unwrap();
+    let b = load(&unpacked)
+        .score_blocking(case.prompt_ids.clone())
+        .unwrap();
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-3, "int4 vs its f32 equivalent: {worst}");
+
     let e = import(
         &fixture("gguf/tiny-chatml.gguf"),
         &out,
