@@ -310,7 +310,7 @@ impl Builder<'_> {
         if let Some(heads) = unpermute_heads {
             w = unpermute_rows(&w, heads, self.p.head_dim, inputs);
         }
-        if self.format == WeightFormat::Int4Dequantized && inputs % INT4_BLOCK == 0 {
+        if self.format == WeightFormat::Int4Dequantized && inputs.is_multiple_of(INT4_BLOCK) {
             let (packed, scales, zeros) = quantize_int4(&w, outputs, inputs);
             w = dequantize_int4(&packed, &scales, &zeros, outputs, inputs);
         }
