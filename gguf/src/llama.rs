@@ -310,6 +310,18 @@ impl Builder<'_> {
         if let Some(heads) = unpermute_heads {
             w = unpermute_rows(&w, heads, self.p.head_dim, inputs);
         }
+        Ok(self.matmul(x, w, onnx_name, inputs, outputs))
+    }
+
+    /// `x @ W.T` for `w` in `[outputs][inputs]` (HF) layout, in the chosen weight format.
+    fn matmul(
+        &mut self,
+        x: &str,
+        mut w: Vec<f32>,
+        onnx_name: &str,
+        inputs: usize,
+        outputs: usize,
+    ) -> String {
         if self.format == WeightFormat::Int4Dequantized && inputs.is_multiple_of(INT4_BLOCK) {
             let (packed, scales, zeros) = quantize_int4(&w, outputs, inputs);
             w = dequantize_int4(&packed, &scales, &zeros, outputs, inputs);
@@ -332,7 +344,7 @@ impl Builder<'_> {
                 DataType::Uint8,
                 zeros,
             );
-            return Ok(g.op_in(
+            return g.op_in(
                 "com.microsoft",
                 "MatMulNBits",
                 &[x, &b, &s, &z],
@@ -343,11 +355,11 @@ impl Builder<'_> {
                     ("block_size", Attr::Int(INT4_BLOCK as i64)),
                     ("accuracy_level", Attr::Int(accuracy_level.into())),
                 ],
-            ));
+            );
         }
         let w = transpose(&w, outputs, inputs);
         let name = self.weight(onnx_name, &w, &[inputs as i64, outputs as i64]);
-        Ok(self.g.op("MatMul", &[x, &name], &[]))
+        self.g.op("MatMul", &[x, &name], &[])
     }
 
     fn rms_norm(&mut self, x: &str, weight: &str) -> String {
@@ -408,14 +420,21 @@ pub fn build_graph(
         &emb_values,
         &[p.vocab_size as i64, h as i64],
     );
-    drop(emb_values);
-    let head = if p.tied_embeddings {
-        b.g.op("Transpose", &[&emb], &[("perm", Attr::Ints(vec![1, 0]))])
+    // The output head: with f32/f16 weights a tied head is the embedding transposed at
+    // load (no second copy on disk); with 4-bit weights it gets its own 4-bit copy, since
+    // reading the f32 head dominates each decode step of a small model.
+    let quantized = !matches!(b.format, WeightFormat::F32 | WeightFormat::F16);
+    let head_weights = if !p.tied_embeddings {
+        Some(b.tensor("output.weight", &[h, p.vocab_size])?)
+    } else if quantized {
+        Some(emb_values)
     } else {
-        let w = b.tensor("output.weight", &[h, p.vocab_size])?;
-        let w = transpose(&w, p.vocab_size, h);
-        b.weight("lm_head.weight", &w, &[h as i64, p.vocab_size as i64])
+        drop(emb_values);
+        None
     };
+    let tied_head = head_weights.is_none().then(|| {
+        b.g.op("Transpose", &[&emb], &[("perm", Attr::Ints(vec![1, 0]))])
+    });
     let (cos_t, sin_t) = p.rope_tables(positions);
     let half = (d / 2) as i64;
     let cos_tab = b.g.init_f32("rope.cos", &[positions as i64, half], &cos_t);
@@ -580,7 +599,12 @@ pub fn build_graph(
     }
     let w = b.vector("output_norm.weight", "model.norm.weight")?;
     let xn = b.rms_norm(&x, &w);
-    b.g.node_to("MatMul", &[&xn, &head], &["logits"], &[]);
+    let logits = match (tied_head, head_weights) {
+        (Some(head), _) => b.g.op("MatMul", &[&xn, &head], &[]),
+        (None, Some(w)) => b.matmul(&xn, w, "lm_head.weight", h, p.vocab_size),
+        (None, None) => unreachable!("one of the two heads exists"),
+    };
+    b.g.node_to("Identity", &[&logits], &["logits"], &[]);
 
     let sym = Dim::Symbol;
     let tensor = |name: String, dtype, dims| ValueInfo { name, dtype, dims };
