@@ -43,6 +43,9 @@ pub enum Command {
     /// Model folders.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// API keys for the config file.
+    #[command(subcommand)]
+    Keys(KeysCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -107,9 +110,12 @@ pub enum PolicyCommand {
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "SAFEGATE_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: String,
+    /// TOML config file (flags and environment override it; API keys live only there).
+    #[arg(long, env = "SAFEGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "SAFEGATE_LISTEN")]
+    pub listen: Option<String>,
     /// Listen on a non-loopback address although no API keys are configured.
     #[arg(long)]
     pub allow_insecure_listen: bool,
@@ -122,37 +128,47 @@ pub struct ServeArgs {
     /// Policy files or folders (default: the shipped presets, `default` for everyone).
     #[arg(long, env = "SAFEGATE_POLICIES", value_delimiter = ',')]
     pub policies: Option<Vec<PathBuf>>,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// ONNX Runtime intra-op threads (0: ONNX Runtime's choice).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
-    /// Requests waiting for the engine; beyond it, 429 with Retry-After.
-    #[arg(long, default_value_t = 64)]
-    pub queue: usize,
-    /// Largest request body accepted.
-    #[arg(long, default_value_t = 2 * 1024 * 1024)]
-    pub max_body_bytes: usize,
-    /// Bearer token for the admin endpoints (policy reload); unset disables them.
+    /// auto, cpu, cuda or cuda:N [default: auto].
+    #[arg(long)]
+    pub device: Option<String>,
+    /// ONNX Runtime intra-op threads (0: ONNX Runtime's choice) [default: 0].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Requests waiting for the engine; beyond it, 429 with Retry-After [default: 64].
+    #[arg(long)]
+    pub queue: Option<usize>,
+    /// Largest request body accepted [default: 2 MiB].
+    #[arg(long)]
+    pub max_body_bytes: Option<usize>,
+    /// Bearer token for the admin endpoints (policy reload); unset disables them unless the
+    /// config file has admin_key_sha256.
     #[arg(long, env = "SAFEGATE_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
-    /// Audit log (one JSON line per request; `off` to disable).
-    #[arg(
-        long,
-        env = "SAFEGATE_AUDIT_LOG",
-        default_value = "safegate-audit.jsonl"
-    )]
+    /// Audit log (one JSON line per request; `off` to disable) [default: safegate-audit.jsonl].
+    #[arg(long, env = "SAFEGATE_AUDIT_LOG")]
     pub audit_log: Option<PathBuf>,
-    /// Rotate the audit log past this size (FILE -> FILE.1).
-    #[arg(long, default_value_t = 100 * 1024 * 1024)]
-    pub audit_max_bytes: u64,
+    /// Rotate the audit log past this size (FILE -> FILE.1) [default: 100 MiB].
+    #[arg(long)]
+    pub audit_max_bytes: Option<u64>,
     /// Do not fsync each audit line (faster; a crash may lose the last lines).
     #[arg(long)]
     pub no_audit_fsync: bool,
-    /// How often the policy files are checked for changes.
-    #[arg(long, default_value_t = 1000)]
-    pub policy_poll_ms: u64,
+    /// How often the policy files are checked for changes, in ms [default: 1000].
+    #[arg(long)]
+    pub policy_poll_ms: Option<u64>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Make a new random API key; prints the key once and the config entry with its hash.
+    New {
+        /// The key's id (for logs and the audit log).
+        #[arg(long)]
+        id: String,
+        /// Its group (bindings.yaml maps groups to policies).
+        #[arg(long)]
+        group: Option<String>,
+    },
 }
 
 #[derive(Args, Debug)]

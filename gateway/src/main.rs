@@ -4,9 +4,11 @@ mod cli;
 mod cmd_bench;
 mod cmd_generate;
 mod cmd_guard;
+mod cmd_keys;
 mod cmd_models;
 mod cmd_policy;
 mod cmd_scan;
+mod config;
 mod messages;
 mod server;
 
@@ -29,6 +31,7 @@ fn main() -> std::process::ExitCode {
         cli::Command::Policy(cmd) => cmd_policy::run(cmd),
         cli::Command::Guard(cmd) => cmd_guard::run(&cli, cmd),
         cli::Command::Models(cmd) => cmd_models::run(cmd),
+        cli::Command::Keys(cmd) => cmd_keys::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

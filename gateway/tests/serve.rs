@@ -663,3 +663,164 @@ fn a_client_that_disconnects_cancels_its_generation() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// POSTs with a bearer token: (status, Retry-After, body).
+fn post_as(
+    base: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &Value,
+) -> (u16, Option<String>, Value) {
+    let mut r = ureq::post(&format!("{base}{path}"));
+    if let Some(k) = key {
+        r = r.set("authorization", &format!("Bearer {k}"));
+    }
+    match r.send_json(body.clone()) {
+        Ok(r) => (r.status(), None, r.into_json().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (
+            code,
+            r.header("retry-after").map(str::to_string),
+            r.into_json().unwrap(),
+        ),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn api_keys_authenticate_authorize_and_rate_limit() {
+    // A key made by `safegate keys new`, as an operator would.
+    let out = Command::new(env!("CARGO_BIN_EXE_safegate"))
+        .args(["keys", "new", "--id", "team-a"])
+        .output()
+        .unwrap();
+    let entry = String::from_utf8(out.stdout).unwrap();
+    let key = entry
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap()
+        .to_string();
+    assert!(key.starts_with("sg-") && !entry.contains(&format!("sha256 = \"{key}")));
+    let shield_only = "shield-only-secret";
+    let shield_hash = sha256_hex(shield_only);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let config = dir.path().join("safegate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}requests_per_minute = 2\n\n[[keys]]\nid = \"scanner\"\nsha256 = \"{shield_hash}\"\nendpoints = [\"shield\"]\n",
+            entry.lines().skip(1).collect::<Vec<_>>().join("\n") + "\n"
+        ),
+    )
+    .unwrap();
+    let model = fixture("tiny-llama3");
+    let s = start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--audit-log",
+        log.to_str().unwrap(),
+    ]);
+    let chat = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
+    let scan = json!({"text": "eval(x)", "language": "python"});
+
+    let (code, _, v) = post_as(&s.base, "/v1/chat/completions", None, &chat);
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (401, Some("invalid_api_key"))
+    );
+    let (code, _, _) = post_as(&s.base, "/v1/chat/completions", Some("sg-wrong"), &chat);
+    assert_eq!(code, 401);
+    let (code, _, v) = post_as(&s.base, "/v1/chat/completions", Some(shield_only), &chat);
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (403, Some("permission_denied")),
+        "{v}"
+    );
+    let (code, _, _) = post_as(&s.base, "/v1/shield/scan", Some(shield_only), &scan);
+    assert_eq!(code, 200);
+
+    for _ in 0..2 {
+        let (code, _, v) = post_as(&s.base, "/v1/chat/completions", Some(&key), &chat);
+        assert_eq!(code, 200, "{v}");
+    }
+    let (code, retry, v) = post_as(&s.base, "/v1/chat/completions", Some(&key), &chat);
+    assert_eq!(
+        (code, v["error"]["type"].as_str()),
+        (429, Some("rate_limit_error"))
+    );
+    let retry: u64 = retry.expect("Retry-After").parse().unwrap();
+    assert!((1..=30).contains(&retry), "{retry}");
+
+    let audit = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !audit.contains(&key) && !audit.contains(shield_only),
+        "keys never reach the log"
+    );
+    let ids: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["key_id"].clone())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![
+            json!(null),
+            json!(null),
+            json!("scanner"),
+            json!("scanner"),
+            json!("team-a"),
+            json!("team-a"),
+            json!("team-a")
+        ]
+    );
+}
+
+/// SHA-256 in hex, computed by coreutils (independent of the server's code).
+fn sha256_hex(text: &str) -> String {
+    let out = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(text.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+#[test]
+fn bad_config_files_are_refused_naming_the_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |text: &str| {
+        let config = dir.path().join("bad.toml");
+        std::fs::write(&config, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_safegate"))
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = run("[[keys]]\nid = \"a\"\nsha256 = \"my-plain-key\"\n");
+    assert!(
+        e.contains("bad.toml: keys[0] (`a`)") && e.contains("64 hex digits"),
+        "{e}"
+    );
+    let e = run("listen = \"127.0.0.1:0\"\nlisen = 3\n");
+    assert!(
+        e.contains("bad.toml") && e.contains("line 2") && e.contains("lisen"),
+        "{e}"
+    );
+    let e = run(&format!(
+        "[[keys]]\nid = \"a\"\nsha256 = \"{0}\"\n[[keys]]\nid = \"a\"\nsha256 = \"{0}\"\n",
+        "ab".repeat(32)
+    ));
+    assert!(e.contains("used twice"), "{e}");
+    // Keys allow listening beyond loopback.
+    let e = run("listen = \"0.0.0.0:1\"\n");
+    assert!(e.contains("refusing to listen on 0.0.0.0:1"), "{e}");
+}

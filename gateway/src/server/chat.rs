@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use safegate_engine::{ChatMessage, GenerateRequest, GenerationEvent, SamplingParams};
 use safegate_guard::{build_prompt, AgentType, CategorySelection};
 use safegate_policies::{decide, Action, Decision, Policy, Reason, Stage};
@@ -74,10 +74,15 @@ fn record(state: &AppState, policy: &Policy, d: &Decision, findings: &[Finding])
     }
 }
 
-pub async fn shield_scan(state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
+pub async fn shield_scan(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
     let t0 = Instant::now();
     let mut audit = serde_json::Map::new();
     let result = async {
+        let caller = authorize(&state, &req, "shield", &mut audit)?;
         let v = parse_body(&body)?;
         let text = v
             .get("text")
@@ -89,7 +94,7 @@ pub async fn shield_scan(state: web::Data<AppState>, body: web::Bytes) -> HttpRe
             None => None,
         };
         audit.insert("text_sha256".into(), json!(super::audit::sha256_hex(&text)));
-        let policy = state.policies.current().for_group(None);
+        let policy = state.policies.current().for_group(caller.group.as_deref());
         let options = shield_options(&policy, language);
         let shield = state.shield;
         let report = web::block(move || shield.scan(&text, &options))
@@ -151,7 +156,7 @@ pub(super) struct ChatRequest {
     pub stop: Vec<String>,
 }
 
-fn parse_chat(v: &Value) -> Result<ChatRequest, ApiError> {
+fn parse_chat(v: &Value, limits: &crate::config::Limits) -> Result<ChatRequest, ApiError> {
     if let Some(n) = v.get("n") {
         if n.as_u64() != Some(1) {
             return Err(ApiError::invalid_param("n", "only n = 1 is supported"));
@@ -171,13 +176,24 @@ fn parse_chat(v: &Value) -> Result<ChatRequest, ApiError> {
                 .ok_or_else(|| ApiError::invalid_param(key, format!("`{key}` must be a number"))),
         }
     };
+    if messages.len() > limits.max_messages {
+        return Err(ApiError::invalid_param(
+            "messages",
+            format!(
+                "{} messages; this server accepts at most {}",
+                messages.len(),
+                limits.max_messages
+            ),
+        ));
+    }
+    let cap = limits.max_tokens as f64;
     let max_tokens = num("max_completion_tokens")?
         .or(num("max_tokens")?)
-        .unwrap_or(256.0);
-    if !(1.0..=32768.0).contains(&max_tokens) || max_tokens.fract() != 0.0 {
+        .unwrap_or(cap.min(256.0));
+    if !(1.0..=cap).contains(&max_tokens) || max_tokens.fract() != 0.0 {
         return Err(ApiError::invalid_param(
             "max_tokens",
-            format!("max_tokens must be an integer from 1 to 32768, got {max_tokens}"),
+            format!("max_tokens must be an integer from 1 to {cap} (this server's limit), got {max_tokens}"),
         ));
     }
     let sampling = SamplingParams {
@@ -277,10 +293,14 @@ pub(super) fn filter_details(d: &Decision) -> Value {
     json!({"content_filter_result": {"action": action_name(d.action), "reasons": d.reasons}})
 }
 
-pub async fn completions(state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
+pub async fn completions(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
     let t0 = Instant::now();
     let mut audit = serde_json::Map::new();
-    let result = match prepare(&state, &body, &mut audit).await {
+    let result = match prepare(&state, &req, &body, &mut audit).await {
         Ok(p) if p.stream => {
             // The stream's task writes the audit line and the metrics when it ends.
             match super::stream::start(state.clone(), p, t0, audit.clone()) {
@@ -288,10 +308,30 @@ pub async fn completions(state: web::Data<AppState>, body: web::Bytes) -> HttpRe
                 Err(e) => Err(e),
             }
         }
-        Ok(p) => complete_whole(&state, p, &mut audit).await,
+        Ok(p) => {
+            let limit = std::time::Duration::from_millis(state.limits.request_timeout_ms);
+            match actix_web::rt::time::timeout(limit, complete_whole(&state, p, &mut audit)).await {
+                Ok(result) => result,
+                Err(_) => Err(ApiError::timeout(limit)),
+            }
+        }
         Err(e) => Err(e),
     };
     respond(&state, "chat_completions", t0, audit, result)
+}
+
+/// Authenticates the caller for `endpoint`; the key id (never the key) goes to the audit
+/// record, refusals included.
+pub(super) fn authorize(
+    state: &AppState,
+    req: &HttpRequest,
+    endpoint: &str,
+    audit: &mut serde_json::Map<String, Value>,
+) -> Result<super::auth::Caller, ApiError> {
+    let mut key_id = None;
+    let result = state.keys.authenticate(req, endpoint, &mut key_id);
+    audit.insert("key_id".into(), json!(key_id));
+    result
 }
 
 /// Ends a JSON request: metrics, the audit line (a response never leaves without it), the
@@ -351,11 +391,13 @@ impl Prepared {
 
 async fn prepare(
     state: &AppState,
+    http: &HttpRequest,
     body: &[u8],
     audit: &mut serde_json::Map<String, Value>,
 ) -> Result<Prepared, ApiError> {
+    let caller = authorize(state, http, "chat", audit)?;
     let v = parse_body(body)?;
-    let req = parse_chat(&v)?;
+    let req = parse_chat(&v, &state.limits)?;
     let stream = match v.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -375,7 +417,7 @@ async fn prepare(
         .clone()
         .ok_or_else(|| ApiError::unavailable("no chat model is loaded (start with --model DIR)"))?;
     let set = state.policies.current();
-    let policy = set.for_group(None);
+    let policy = set.for_group(caller.group.as_deref());
     audit.insert("policy".into(), json!(policy.name));
     audit.insert("policy_version".into(), json!(set.version));
     audit.insert("stream".into(), json!(stream));
@@ -404,6 +446,19 @@ async fn prepare(
         ));
     }
     let prompt_ids = engine.tokenizer().encode_chat(&req.messages, true)?;
+    if prompt_ids.len() > state.limits.max_prompt_tokens {
+        return Err(ApiError {
+            code: Some("context_length_exceeded".into()),
+            ..ApiError::invalid_param(
+                "messages",
+                format!(
+                    "the prompt has {} tokens; this server accepts at most {}",
+                    prompt_ids.len(),
+                    state.limits.max_prompt_tokens
+                ),
+            )
+        });
+    }
     Ok(Prepared {
         req,
         engine,
@@ -605,15 +660,23 @@ async fn complete_whole(
 
 /// `POST /v1/moderations`: OpenAI's schema, the taxonomy mapped onto its 13 categories,
 /// the native S-codes and scores alongside under `safegate`.
-pub async fn moderations(state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
+pub async fn moderations(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
     let t0 = Instant::now();
     let mut audit = serde_json::Map::new();
-    let result = moderations_inner(&state, &body, &mut audit).await;
+    let result = match authorize(&state, &req, "moderations", &mut audit) {
+        Ok(caller) => moderations_inner(&state, caller.group.as_deref(), &body, &mut audit).await,
+        Err(e) => Err(e),
+    };
     respond(&state, "moderations", t0, audit, result)
 }
 
 async fn moderations_inner(
     state: &AppState,
+    group: Option<&str>,
     body: &[u8],
     audit: &mut serde_json::Map<String, Value>,
 ) -> Result<Value, ApiError> {
@@ -648,7 +711,7 @@ async fn moderations_inner(
         ));
     }
     let set = state.policies.current();
-    let policy = set.for_group(None);
+    let policy = set.for_group(group);
     let mut results = Vec::with_capacity(inputs.len());
     let mut hashes = Vec::new();
     for text in inputs {

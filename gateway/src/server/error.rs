@@ -13,6 +13,8 @@ pub struct ApiError {
     pub message: String,
     /// Extra fields under `error` (content-filter details).
     pub extra: Option<Value>,
+    /// Seconds for the Retry-After header of a 429 (1 when unset).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -24,6 +26,7 @@ impl ApiError {
             param: None,
             message: message.into(),
             extra: None,
+            retry_after: None,
         }
     }
 
@@ -57,6 +60,27 @@ impl ApiError {
         }
     }
 
+    pub fn rate_limited(message: impl Into<String>) -> Self {
+        Self {
+            code: Some("rate_limit_exceeded".into()),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message)
+        }
+    }
+
+    pub fn timeout(limit: std::time::Duration) -> Self {
+        Self {
+            code: Some("timeout".into()),
+            ..Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "server_error",
+                format!(
+                    "the request did not complete within {} ms",
+                    limit.as_millis()
+                ),
+            )
+        }
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }
@@ -82,7 +106,7 @@ impl ApiError {
     pub fn into_response(self) -> HttpResponse {
         let mut resp = HttpResponse::build(self.status);
         if self.status == StatusCode::TOO_MANY_REQUESTS {
-            resp.insert_header(("Retry-After", "1"));
+            resp.insert_header(("Retry-After", self.retry_after.unwrap_or(1).to_string()));
         }
         resp.json(json!({ "error": self.body() }))
     }

@@ -3,13 +3,14 @@
 //! actix's blocking pool; handlers never block the async runtime.
 
 // ApiError carries an OpenAI-style body; it is the slow path and boxing it buys nothing.
+#![allow(clippy::result_large_err)]
+
 mod audit;
-#[allow(clippy::result_large_err)]
+pub mod auth;
 mod chat;
 mod error;
 mod metrics;
 mod reload;
-#[allow(clippy::result_large_err)]
 mod stream;
 
 use std::net::SocketAddr;
@@ -24,6 +25,7 @@ use safegate_shield::Shield;
 use serde_json::json;
 
 use crate::cli::{Cli, ServeArgs};
+use crate::config::{Limits, Settings};
 pub use error::ApiError;
 pub use metrics::Metrics;
 
@@ -35,8 +37,11 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Policy files in force (None: the built-in presets).
     pub policy_paths: Option<Vec<std::path::PathBuf>>,
-    pub admin_key: Option<String>,
+    /// SHA-256 of the admin bearer token.
+    pub admin_key: Option<[u8; 32]>,
     pub audit: Option<audit::AuditLog>,
+    pub keys: auth::KeyStore,
+    pub limits: Limits,
 }
 
 static REQUEST_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -62,7 +67,7 @@ pub fn write_audit(
         json!(format!("req-{:x}-{seq}", now.as_secs())),
     );
     record.insert("endpoint".into(), json!(endpoint));
-    record.insert("key_id".into(), serde_json::Value::Null);
+    record.entry("key_id").or_insert(serde_json::Value::Null);
     record.insert("latency_ms".into(), json!(t0.elapsed().as_secs_f64() * 1e3));
     log.write(&serde_json::Value::Object(record))
         .inspect_err(|_| {
@@ -70,7 +75,7 @@ pub fn write_audit(
         })
 }
 
-fn load(cli: &Cli, dir: &std::path::Path, args: &ServeArgs) -> Result<Engine> {
+fn load(cli: &Cli, dir: &std::path::Path, args: &Settings) -> Result<Engine> {
     safegate_engine::runtime::init(cli.ort_lib.as_deref())?;
     let opts = EngineOptions {
         device: args.device.parse()?,
@@ -81,19 +86,24 @@ fn load(cli: &Cli, dir: &std::path::Path, args: &ServeArgs) -> Result<Engine> {
     Engine::load(dir, &opts).with_context(|| format!("loading {}", dir.display()))
 }
 
-pub fn run(cli: &Cli, args: &ServeArgs) -> Result<()> {
+pub fn run(cli: &Cli, serve_args: &ServeArgs) -> Result<()> {
+    let args = &Settings::resolve(serve_args)?;
     let addr: SocketAddr = args
         .listen
         .parse()
         .with_context(|| format!("--listen `{}` is not ADDR:PORT", args.listen))?;
-    if !addr.ip().is_loopback() && !args.allow_insecure_listen {
-        bail!(
-            "refusing to listen on {addr} without API keys: anyone who can reach it could use the models. \
-             Listen on 127.0.0.1, or pass --allow-insecure-listen if a proxy in front authenticates"
+    let keys = auth::KeyStore::new(&args.keys);
+    if keys.is_empty() {
+        if !addr.ip().is_loopback() && !args.allow_insecure_listen {
+            bail!(
+                "refusing to listen on {addr} without API keys: anyone who can reach it could use the models. \
+                 Add keys to the config file (safegate keys new), listen on 127.0.0.1, or pass \
+                 --allow-insecure-listen if a proxy in front authenticates"
+            );
+        }
+        tracing::warn!(
+            "no API keys configured: every caller is accepted, with any or no bearer token"
         );
-    }
-    if !addr.ip().is_loopback() {
-        tracing::warn!("listening on {addr} with no API keys: every caller is accepted");
     }
     let shield = Shield::embedded();
     let set = match &args.policies {
@@ -103,6 +113,29 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> Result<()> {
         }
         None => PolicySet::presets(shield),
     };
+    for k in &args.keys {
+        if let Some(group) = &k.group {
+            if !set.bindings.groups.contains_key(group) {
+                if set.bindings.groups.is_empty() {
+                    tracing::warn!(
+                        "key `{}`: group `{group}` has no binding; it gets the default policy",
+                        k.id
+                    );
+                } else {
+                    bail!(
+                        "key `{}`: group `{group}` is not in bindings.yaml (groups: {})",
+                        k.id,
+                        set.bindings
+                            .groups
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+            }
+        }
+    }
     let engine = args
         .model
         .as_ref()
@@ -132,15 +165,16 @@ pub fn run(cli: &Cli, args: &ServeArgs) -> Result<()> {
         shield,
         metrics,
         policy_paths: args.policies.clone(),
-        admin_key: args.admin_key.clone(),
+        admin_key: args.admin_key_sha256,
         audit: match &args.audit_log {
-            Some(p) if p.as_os_str() == "off" => None,
             Some(p) => Some(
-                audit::AuditLog::open(p.clone(), args.audit_max_bytes, !args.no_audit_fsync)
+                audit::AuditLog::open(p.clone(), args.audit_max_bytes, args.audit_fsync)
                     .with_context(|| format!("cannot open the audit log {}", p.display()))?,
             ),
             None => None,
         },
+        keys,
+        limits: args.limits.clone(),
     });
     if let Some(paths) = &args.policies {
         reload::spawn_watcher(
@@ -207,7 +241,10 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }))
 }
 
-async fn models(state: web::Data<AppState>) -> HttpResponse {
+async fn models(state: web::Data<AppState>, req: actix_web::HttpRequest) -> HttpResponse {
+    if let Err(e) = state.keys.authenticate(&req, "models", &mut None) {
+        return e.into_response();
+    }
     let data: Vec<serde_json::Value> = state
         .engine
         .iter()

@@ -100,25 +100,17 @@ pub fn spawn_sighup(state: web::Data<AppState>, paths: Vec<PathBuf>) {
 
 /// `POST /admin/policies/reload` with `Authorization: Bearer <admin key>`.
 pub async fn admin_reload(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
-    let Some(expected) = state.admin_key.clone() else {
+    let Some(expected) = state.admin_key else {
         return ApiError {
             status: actix_web::http::StatusCode::FORBIDDEN,
-            ..ApiError::invalid("admin endpoints are disabled: start with --admin-key")
+            ..ApiError::invalid(
+                "admin endpoints are disabled: start with --admin-key or admin_key_sha256 in the config",
+            )
         }
         .into_response();
     };
-    let given = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if given != Some(expected.as_str()) {
-        return ApiError {
-            status: actix_web::http::StatusCode::UNAUTHORIZED,
-            code: Some("invalid_api_key".into()),
-            ..ApiError::invalid("missing or wrong admin key")
-        }
-        .into_response();
+    if let Err(e) = super::auth::check_admin(&req, &expected) {
+        return e.into_response();
     }
     let Some(paths) = state.policy_paths.clone() else {
         return ApiError::invalid(

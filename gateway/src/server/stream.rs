@@ -280,8 +280,14 @@ async fn run(
     let end = if !sse.send(&first).await {
         End::ClientGone
     } else {
+        let limit = std::time::Duration::from_millis(state.limits.request_timeout_ms);
+        let deadline = tokio::time::Instant::from_std(t0 + limit);
         loop {
-            let step = match generation.next().await {
+            let event = match tokio::time::timeout_at(deadline, generation.next()).await {
+                Ok(event) => event,
+                Err(_) => break End::Failed(ApiError::timeout(limit)),
+            };
+            let step = match event {
                 Some(GenerationEvent::Token { text: t, .. }) => {
                     text.push_str(&t);
                     token_ends.push(text.len());

@@ -1,0 +1,235 @@
+//! `safegate serve` settings: command-line flags and environment (clap) over a TOML config
+//! file (`--config FILE`) over built-in defaults, validated at start-up. API keys live only
+//! in the file, as SHA-256 hashes.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use crate::cli::ServeArgs;
+
+/// The config file. Every field is optional; relative paths are relative to the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub allow_insecure_listen: Option<bool>,
+    pub model: Option<PathBuf>,
+    pub guard_model: Option<PathBuf>,
+    pub policies: Option<Vec<PathBuf>>,
+    pub device: Option<String>,
+    pub threads: Option<usize>,
+    pub queue: Option<usize>,
+    pub max_body_bytes: Option<usize>,
+    /// SHA-256 (hex) of the admin bearer token.
+    pub admin_key_sha256: Option<String>,
+    pub audit_log: Option<PathBuf>,
+    pub audit_max_bytes: Option<u64>,
+    pub audit_fsync: Option<bool>,
+    pub policy_poll_ms: Option<u64>,
+    pub limits: Option<Limits>,
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+}
+
+/// Request limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Messages in one chat request.
+    pub max_messages: usize,
+    /// Largest `max_tokens` a request may ask for.
+    pub max_tokens: usize,
+    /// Prompt tokens of one chat request (after the chat template).
+    pub max_prompt_tokens: usize,
+    /// Whole-request time limit (a stream ends with an error past it).
+    pub request_timeout_ms: u64,
+    /// Seconds a drained server waits for in-flight requests on shutdown.
+    pub shutdown_grace_s: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_messages: 256,
+            max_tokens: 4096,
+            max_prompt_tokens: 32_768,
+            request_timeout_ms: 300_000,
+            shutdown_grace_s: 30,
+        }
+    }
+}
+
+/// One API key: its hash, who it is, what it may do.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// A name for logs and the audit log (never the key).
+    pub id: String,
+    /// SHA-256 (hex) of the bearer token (`safegate keys new` prints one).
+    pub sha256: String,
+    /// The key group; `bindings.yaml` maps groups to policies.
+    pub group: Option<String>,
+    /// Requests per minute (token bucket); unset is unlimited.
+    pub requests_per_minute: Option<u32>,
+    /// Endpoints this key may call (chat, moderations, guard, shield, models); unset is all.
+    pub endpoints: Option<Vec<String>>,
+}
+
+pub const ENDPOINTS: &[&str] = &["chat", "moderations", "guard", "shield", "models"];
+
+/// Everything `serve` runs with, resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: String,
+    pub allow_insecure_listen: bool,
+    pub model: Option<PathBuf>,
+    pub guard_model: Option<PathBuf>,
+    pub policies: Option<Vec<PathBuf>>,
+    pub device: String,
+    pub threads: usize,
+    pub queue: usize,
+    pub max_body_bytes: usize,
+    pub admin_key_sha256: Option<[u8; 32]>,
+    pub audit_log: Option<PathBuf>,
+    pub audit_max_bytes: u64,
+    pub audit_fsync: bool,
+    pub policy_poll_ms: u64,
+    pub limits: Limits,
+    pub keys: Vec<KeyConfig>,
+}
+
+pub fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+pub fn sha256(text: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes()).into()
+}
+
+fn read_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the config file {}", path.display()))?;
+    let mut cfg: FileConfig =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let rebase = |p: &mut PathBuf| {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    };
+    for p in [&mut cfg.model, &mut cfg.guard_model, &mut cfg.audit_log]
+        .into_iter()
+        .flatten()
+    {
+        rebase(p);
+    }
+    for p in cfg.policies.iter_mut().flatten() {
+        rebase(p);
+    }
+    Ok(cfg)
+}
+
+impl Settings {
+    pub fn resolve(args: &ServeArgs) -> Result<Self> {
+        let file = match &args.config {
+            Some(p) => read_file(p)?,
+            None => FileConfig::default(),
+        };
+        let where_ = || {
+            args.config
+                .as_ref()
+                .map_or("the config".to_string(), |p| p.display().to_string())
+        };
+        let admin_key_sha256 =
+            match (&args.admin_key, &file.admin_key_sha256) {
+                (Some(key), _) => Some(sha256(key)),
+                (None, Some(hex)) => Some(parse_sha256(hex).with_context(|| {
+                    format!("{}: admin_key_sha256 is not 64 hex digits", where_())
+                })?),
+                (None, None) => None,
+            };
+        let mut seen_ids = std::collections::HashSet::new();
+        let mut seen_hashes = std::collections::HashSet::new();
+        for (i, k) in file.keys.iter().enumerate() {
+            let at = format!("{}: keys[{i}] (`{}`)", where_(), k.id);
+            if k.id.is_empty() {
+                bail!("{}: keys[{i}]: `id` must not be empty", where_());
+            }
+            if !seen_ids.insert(k.id.clone()) {
+                bail!("{at}: the id is used twice");
+            }
+            let Some(hash) = parse_sha256(&k.sha256) else {
+                bail!("{at}: `sha256` must be 64 hex digits (the SHA-256 of the key, not the key)");
+            };
+            if !seen_hashes.insert(hash) {
+                bail!("{at}: the same key hash is listed twice");
+            }
+            if k.requests_per_minute == Some(0) {
+                bail!("{at}: requests_per_minute must be at least 1 (leave it out for no limit)");
+            }
+            for e in k.endpoints.iter().flatten() {
+                if !ENDPOINTS.contains(&e.as_str()) {
+                    bail!(
+                        "{at}: unknown endpoint `{e}` (expected {})",
+                        ENDPOINTS.join(", ")
+                    );
+                }
+            }
+        }
+        let limits = file.limits.clone().unwrap_or_default();
+        if limits.max_messages == 0 || limits.max_tokens == 0 || limits.request_timeout_ms == 0 {
+            bail!(
+                "{}: limits must be at least 1 (max_messages, max_tokens, request_timeout_ms)",
+                where_()
+            );
+        }
+        Ok(Self {
+            listen: args
+                .listen
+                .clone()
+                .or(file.listen)
+                .unwrap_or_else(|| "127.0.0.1:8080".into()),
+            allow_insecure_listen: args.allow_insecure_listen
+                || file.allow_insecure_listen.unwrap_or(false),
+            model: args.model.clone().or(file.model),
+            guard_model: args.guard_model.clone().or(file.guard_model),
+            policies: args.policies.clone().or(file.policies),
+            device: args
+                .device
+                .clone()
+                .or(file.device)
+                .unwrap_or_else(|| "auto".into()),
+            threads: args.threads.or(file.threads).unwrap_or(0),
+            queue: args.queue.or(file.queue).unwrap_or(64),
+            max_body_bytes: args
+                .max_body_bytes
+                .or(file.max_body_bytes)
+                .unwrap_or(2 * 1024 * 1024),
+            admin_key_sha256,
+            audit_log: args
+                .audit_log
+                .clone()
+                .or(file.audit_log)
+                .or_else(|| Some(PathBuf::from("safegate-audit.jsonl")))
+                .filter(|p| p.as_os_str() != "off"),
+            audit_max_bytes: args
+                .audit_max_bytes
+                .or(file.audit_max_bytes)
+                .unwrap_or(100 * 1024 * 1024),
+            audit_fsync: !args.no_audit_fsync && file.audit_fsync.unwrap_or(true),
+            policy_poll_ms: args.policy_poll_ms.or(file.policy_poll_ms).unwrap_or(1000),
+            limits,
+            keys: file.keys,
+        })
+    }
+}

@@ -1,0 +1,181 @@
+//! Bearer-token authentication, per-key endpoint permissions and rate limits.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use actix_web::http::StatusCode;
+use actix_web::HttpRequest;
+
+use super::ApiError;
+use crate::config::{sha256, KeyConfig};
+
+/// Who is calling.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    pub group: Option<String>,
+}
+
+struct Key {
+    id: String,
+    group: Option<String>,
+    endpoints: Option<Vec<String>>,
+    limiter: Option<Mutex<Bucket>>,
+}
+
+/// Token bucket: `capacity` requests, refilled at `capacity` per minute.
+struct Bucket {
+    capacity: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    /// Takes one request; `Err(seconds)` until the next one is allowed.
+    fn take(&mut self, now: Instant) -> Result<(), u64> {
+        let per_second = self.capacity / 60.0;
+        let elapsed = now.duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * per_second).min(self.capacity);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - self.tokens) / per_second).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+pub struct KeyStore {
+    keys: HashMap<[u8; 32], Key>,
+}
+
+fn bearer(req: &HttpRequest) -> Option<&str> {
+    let value = req.headers().get("authorization")?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+pub fn unauthorized(message: &str) -> ApiError {
+    ApiError {
+        status: StatusCode::UNAUTHORIZED,
+        code: Some("invalid_api_key".into()),
+        ..ApiError::invalid(message)
+    }
+}
+
+impl KeyStore {
+    pub fn new(keys: &[KeyConfig]) -> Self {
+        let keys = keys
+            .iter()
+            .filter_map(|k| {
+                let hash = crate::config::parse_sha256(&k.sha256)?;
+                let limiter = k.requests_per_minute.map(|rpm| {
+                    Mutex::new(Bucket {
+                        capacity: f64::from(rpm),
+                        tokens: f64::from(rpm),
+                        at: Instant::now(),
+                    })
+                });
+                Some((
+                    hash,
+                    Key {
+                        id: k.id.clone(),
+                        group: k.group.clone(),
+                        endpoints: k.endpoints.clone(),
+                        limiter,
+                    },
+                ))
+            })
+            .collect();
+        Self { keys }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// With no keys configured everyone is an anonymous caller (the server is on loopback).
+    /// Otherwise: 401 for a missing or unknown key, 403 for an endpoint the key may not
+    /// call, 429 (with Retry-After) past its rate limit. `key_id` is set as soon as the key
+    /// is known, so that refusals are audited under it.
+    pub fn authenticate(
+        &self,
+        req: &HttpRequest,
+        endpoint: &str,
+        key_id: &mut Option<String>,
+    ) -> Result<Caller, ApiError> {
+        if self.keys.is_empty() {
+            return Ok(Caller::default());
+        }
+        let token = bearer(req).ok_or_else(|| {
+            unauthorized("missing API key: send it as `Authorization: Bearer <key>`")
+        })?;
+        // Looked up by its hash: the table never holds a key, and timing reveals nothing
+        // about keys that are not the caller's own.
+        let key = self
+            .keys
+            .get(&sha256(token))
+            .ok_or_else(|| unauthorized("incorrect API key provided"))?;
+        *key_id = Some(key.id.clone());
+        if let Some(allowed) = &key.endpoints {
+            if !allowed.iter().any(|e| e == endpoint) {
+                return Err(ApiError {
+                    status: StatusCode::FORBIDDEN,
+                    code: Some("permission_denied".into()),
+                    ..ApiError::invalid(format!(
+                        "API key `{}` may not call the {endpoint} endpoint",
+                        key.id
+                    ))
+                });
+            }
+        }
+        if let Some(limiter) = &key.limiter {
+            let mut bucket = limiter.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(retry_after) = bucket.take(Instant::now()) {
+                return Err(ApiError {
+                    retry_after: Some(retry_after),
+                    ..ApiError::rate_limited(format!(
+                        "rate limit of API key `{}` reached; retry in {retry_after} s",
+                        key.id
+                    ))
+                });
+            }
+        }
+        Ok(Caller {
+            group: key.group.clone(),
+        })
+    }
+}
+
+/// The admin bearer token, compared by hash.
+pub fn check_admin(req: &HttpRequest, expected: &[u8; 32]) -> Result<(), ApiError> {
+    match bearer(req) {
+        Some(token) if sha256(token) == *expected => Ok(()),
+        _ => Err(unauthorized("missing or wrong admin key")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_allows_its_rate_and_says_when_to_retry() {
+        let t0 = Instant::now();
+        let mut b = Bucket {
+            capacity: 2.0,
+            tokens: 2.0,
+            at: t0,
+        };
+        assert!(b.take(t0).is_ok());
+        assert!(b.take(t0).is_ok());
+        assert_eq!(b.take(t0), Err(30), "2 per minute: one more in 30 s");
+        let later = t0 + std::time::Duration::from_secs(31);
+        assert!(b.take(later).is_ok());
+        assert!(b.take(later).is_err());
+    }
+}
