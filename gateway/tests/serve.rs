@@ -416,6 +416,14 @@ fn a_slow_guard_fails_closed_or_open_as_the_policy_says() {
             );
         }
         assert!(t0.elapsed() < Duration::from_secs(5));
+        let metrics = ureq::get(&format!("{}/metrics", s.base))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        let line =
+            format!(r#"safegate_check_errors_total{{check="guard",outcome="{on_error}"}} 1"#);
+        assert!(metrics.contains(&line), "{metrics}");
     }
 }
 
@@ -499,6 +507,46 @@ fn moderations_follow_openai_schema_with_s_codes_alongside() {
     assert_eq!(r["safegate"]["categories"].as_object().unwrap().len(), 11);
     let (code, v) = post(&s.base, "/v1/moderations", r#"{"input": 7}"#);
     assert_eq!((code, v["error"]["param"].as_str()), (400, Some("input")));
+
+    // The classify API: the agent type follows the conversation unless given.
+    let convo =
+        json!([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]);
+    let (code, v) = post(
+        &s.base,
+        "/v1/guard/classify",
+        &json!({"messages": convo}).to_string(),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["agent_type"], "agent");
+    assert_eq!(v["policy"], "default");
+    assert!(v["verdict"]["p_unsafe"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["decision"]["stage"], "output");
+    let (code, v) = post(
+        &s.base,
+        "/v1/guard/classify",
+        &json!({"messages": convo, "agent_type": "user"}).to_string(),
+    );
+    assert_eq!((code, v["agent_type"].as_str()), (200, Some("user")));
+    assert_eq!(v["decision"]["action"], "block", "input threshold 0 blocks");
+    let (code, v) = post(
+        &s.base,
+        "/v1/guard/classify",
+        &json!({"messages": convo, "policy": "nope"}).to_string(),
+    );
+    assert_eq!((code, v["error"]["param"].as_str()), (400, Some("policy")));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("loaded: default"));
+    let metrics = ureq::get(&format!("{}/metrics", s.base))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        metrics.contains(r#"safegate_queue_depth{model="guard"} 0"#),
+        "{metrics}"
+    );
 }
 
 /// POSTs a streaming request; the `data:` payloads in order.

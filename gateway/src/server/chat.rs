@@ -285,7 +285,9 @@ pub(super) async fn guard_stage(
         .observe(t0.elapsed().as_secs_f64());
     match result {
         Ok(c) => Ok(Some(c.verdict)),
-        Err(e) => on_check_error(policy, "guard_error", "the safety check", e).map(|()| None),
+        Err(e) => {
+            on_check_error(state, policy, "guard_error", "the safety check", e).map(|()| None)
+        }
     }
 }
 
@@ -539,11 +541,26 @@ pub(super) fn completion_id() -> String {
 
 /// Fails the request or lets it through after a check could not run, as the policy says.
 pub(super) fn on_check_error(
+    state: &AppState,
     policy: &Policy,
     code: &str,
     what: &str,
     why: String,
 ) -> Result<(), ApiError> {
+    let check = if code == "guard_error" {
+        "guard"
+    } else {
+        "shield"
+    };
+    let outcome = match policy.on_error {
+        safegate_policies::OnError::FailClosed => "fail_closed",
+        safegate_policies::OnError::FailOpen => "fail_open",
+    };
+    state
+        .metrics
+        .check_errors
+        .with_label_values(&[check, outcome])
+        .inc();
     match policy.on_error {
         safegate_policies::OnError::FailClosed => Err(ApiError {
             code: Some(code.into()),
@@ -598,6 +615,7 @@ async fn complete_whole(
             Ok(Ok(Ok(report))) => report.findings,
             Err(_) => {
                 on_check_error(
+                    state,
                     policy,
                     "shield_error",
                     "the code scan",
@@ -606,11 +624,23 @@ async fn complete_whole(
                 Vec::new()
             }
             Ok(Err(e)) => {
-                on_check_error(policy, "shield_error", "the code scan", e.to_string())?;
+                on_check_error(
+                    state,
+                    policy,
+                    "shield_error",
+                    "the code scan",
+                    e.to_string(),
+                )?;
                 Vec::new()
             }
             Ok(Ok(Err(e))) => {
-                on_check_error(policy, "shield_error", "the code scan", e.to_string())?;
+                on_check_error(
+                    state,
+                    policy,
+                    "shield_error",
+                    "the code scan",
+                    e.to_string(),
+                )?;
                 Vec::new()
             }
         }
@@ -759,4 +789,87 @@ fn t0_nanos() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos())
+}
+
+/// `POST /v1/guard/classify`: a conversation in, the guard's verdict and the policy's
+/// decision out. `policy` names a loaded policy (default: the caller's); `agent_type` is
+/// `user` (judge the last user turn) or `agent` (judge the last assistant turn; the default
+/// when the conversation ends with one).
+pub async fn guard_classify(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
+    let t0 = Instant::now();
+    let mut audit = serde_json::Map::new();
+    let result = async {
+        let caller = authorize(&state, &req, "guard", &mut audit)?;
+        let v = parse_body(&body)?;
+        let messages = crate::messages::parse_message_values(
+            v.get("messages").unwrap_or(&Value::Null),
+            "request",
+        )
+        .map_err(|e| {
+            ApiError::invalid_param("messages", e.to_string().replacen("request: ", "", 1))
+        })?;
+        if messages.is_empty() {
+            return Err(ApiError::invalid_param(
+                "messages",
+                "`messages` must not be empty",
+            ));
+        }
+        let stage = match v.get("agent_type").and_then(Value::as_str) {
+            Some("user") => Stage::Input,
+            Some("agent") => Stage::Output,
+            None if messages.last().is_some_and(|m| m.role == "assistant") => Stage::Output,
+            None => Stage::Input,
+            Some(other) => {
+                return Err(ApiError::invalid_param(
+                    "agent_type",
+                    format!("agent_type must be `user` or `agent`, got `{other}`"),
+                ))
+            }
+        };
+        let set = state.policies.current();
+        let policy = match v.get("policy").and_then(Value::as_str) {
+            Some(name) => set.policies.get(name).cloned().ok_or_else(|| {
+                ApiError::invalid_param(
+                    "policy",
+                    format!(
+                        "no policy named `{name}` (loaded: {})",
+                        set.policies.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                )
+            })?,
+            None => set.for_group(caller.group.as_deref()),
+        };
+        if state.guard.is_none() {
+            return Err(ApiError::unavailable(
+                "no guard model is loaded (start with --guard-model DIR)",
+            ));
+        }
+        audit.insert("policy".into(), json!(policy.name));
+        let text: String = messages
+            .iter()
+            .map(|m| format!("{}\n{}\n", m.role, m.content))
+            .collect();
+        audit.insert(
+            "conversation_sha256".into(),
+            json!(super::audit::sha256_hex(&text)),
+        );
+        let verdict = guard_stage(&state, &policy, stage, messages).await?;
+        let decision = decide(&policy, stage, verdict.as_ref(), &[]);
+        record(&state, &policy, &decision, &[]);
+        audit.insert("verdict".into(), json!(verdict));
+        audit.insert("decision".into(), json!(decision));
+        Ok(json!({
+            "policy": policy.name,
+            "taxonomy": policy.taxonomy.name(),
+            "agent_type": if stage == Stage::Input { "user" } else { "agent" },
+            "verdict": verdict,
+            "decision": decision,
+        }))
+    }
+    .await;
+    respond(&state, "guard_classify", t0, audit, result)
 }

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub provider: IntGaugeVec,
     pub policy_reloads: IntCounterVec,
     pub audit_errors: prometheus::IntCounter,
+    pub check_errors: IntCounterVec,
+    pub queue_depth: IntGaugeVec,
 }
 
 impl Metrics {
@@ -90,6 +92,22 @@ impl Metrics {
             "Audit lines that could not be written",
         )?;
         registry.register(Box::new(audit_errors.clone()))?;
+        let check_errors = IntCounterVec::new(
+            Opts::new(
+                "safegate_check_errors_total",
+                "Guard or shield failures (error, timeout) by check and what the policy did",
+            ),
+            &["check", "outcome"],
+        )?;
+        registry.register(Box::new(check_errors.clone()))?;
+        let queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "safegate_queue_depth",
+                "Requests waiting for an engine worker, by model role",
+            ),
+            &["model"],
+        )?;
+        registry.register(Box::new(queue_depth.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(stage_duration.clone()))?;
@@ -108,11 +126,24 @@ impl Metrics {
             provider,
             policy_reloads,
             audit_errors,
+            check_errors,
+            queue_depth,
         })
     }
 }
 
 pub async fn scrape(state: web::Data<AppState>) -> HttpResponse {
+    let depth = &state.metrics.queue_depth;
+    if let Some(e) = &state.engine {
+        depth
+            .with_label_values(&["chat"])
+            .set(e.queue_depth() as i64);
+    }
+    if let Some(g) = &state.guard {
+        depth
+            .with_label_values(&["guard"])
+            .set(g.engine().queue_depth() as i64);
+    }
     let mut buf = Vec::new();
     let families = state.metrics.registry.gather();
     if TextEncoder::new().encode(&families, &mut buf).is_err() {

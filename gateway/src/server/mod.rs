@@ -186,6 +186,9 @@ pub fn run(cli: &Cli, serve_args: &ServeArgs) -> Result<()> {
     tracing::info!(%addr, "safegate listening");
     eprintln!("safegate listening on http://{addr}");
     let max_body = args.max_body_bytes;
+    // On SIGTERM/SIGINT actix stops accepting, lets in-flight requests (streams included)
+    // finish within this grace period, then exits; audit lines are fsynced as written.
+    let shutdown_grace = args.limits.shutdown_grace_s;
     let system = actix_web::rt::System::new();
     let sighup = args.policies.clone().map(|p| (state.clone(), p));
     system.block_on(async move {
@@ -206,6 +209,7 @@ pub fn run(cli: &Cli, serve_args: &ServeArgs) -> Result<()> {
                 .route("/v1/shield/scan", web::post().to(chat::shield_scan))
                 .route("/v1/chat/completions", web::post().to(chat::completions))
                 .route("/v1/moderations", web::post().to(chat::moderations))
+                .route("/v1/guard/classify", web::post().to(chat::guard_classify))
                 .route(
                     "/admin/policies/reload",
                     web::post().to(reload::admin_reload),
@@ -215,6 +219,7 @@ pub fn run(cli: &Cli, serve_args: &ServeArgs) -> Result<()> {
                 }))
         })
         .workers(2)
+        .shutdown_timeout(shutdown_grace)
         .bind(addr)?
         .run()
         .await

@@ -154,7 +154,13 @@ impl Checks<'_> {
         match result {
             Ok(new) => self.findings.extend(new),
             Err(e) => {
-                chat::on_check_error(self.policy, "shield_error", "the code scan", e.to_string())?;
+                chat::on_check_error(
+                    self.state,
+                    self.policy,
+                    "shield_error",
+                    "the code scan",
+                    e.to_string(),
+                )?;
                 self.scanner = None;
             }
         }
@@ -173,9 +179,13 @@ impl Checks<'_> {
         self.observe("shield", t);
         match report {
             Ok(r) => self.findings = r.findings,
-            Err(e) => {
-                chat::on_check_error(self.policy, "shield_error", "the code scan", e.to_string())?
-            }
+            Err(e) => chat::on_check_error(
+                self.state,
+                self.policy,
+                "shield_error",
+                "the code scan",
+                e.to_string(),
+            )?,
         }
         Ok(())
     }
