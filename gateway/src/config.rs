@@ -31,6 +31,30 @@ pub struct FileConfig {
     pub limits: Option<Limits>,
     #[serde(default)]
     pub keys: Vec<KeyConfig>,
+    /// Models served by OpenAI-compatible upstream servers.
+    #[serde(default)]
+    pub models: Vec<UpstreamModel>,
+}
+
+/// A model generated on an upstream server; the same checks apply as to local models.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamModel {
+    /// The id clients send as `model` (and see in /v1/models).
+    pub name: String,
+    /// Base URL of the OpenAI-compatible API, e.g. `http://vllm:8000/v1` (plain HTTP).
+    pub upstream: String,
+    /// The model id sent upstream (default: `name`).
+    pub upstream_model: Option<String>,
+    /// Environment variable holding the upstream's bearer token.
+    pub api_key_env: Option<String>,
+    /// Connect + per-read time limit.
+    #[serde(default = "default_upstream_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_upstream_timeout() -> u64 {
+    60_000
 }
 
 /// Request limits.
@@ -98,6 +122,7 @@ pub struct Settings {
     pub policy_poll_ms: u64,
     pub limits: Limits,
     pub keys: Vec<KeyConfig>,
+    pub upstreams: Vec<UpstreamModel>,
 }
 
 pub fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
@@ -186,6 +211,22 @@ impl Settings {
                 }
             }
         }
+        let mut names = std::collections::HashSet::new();
+        for (i, m) in file.models.iter().enumerate() {
+            let at = format!("{}: models[{i}] (`{}`)", where_(), m.name);
+            if m.name.is_empty() || !names.insert(m.name.clone()) {
+                bail!("{at}: `name` must be non-empty and unique");
+            }
+            if !m.upstream.starts_with("http://") {
+                bail!(
+                    "{at}: `upstream` must be an http:// URL (e.g. http://vllm:8000/v1); got `{}`",
+                    m.upstream
+                );
+            }
+            if m.timeout_ms == 0 {
+                bail!("{at}: timeout_ms must be at least 1");
+            }
+        }
         let limits = file.limits.clone().unwrap_or_default();
         if limits.max_messages == 0 || limits.max_tokens == 0 || limits.request_timeout_ms == 0 {
             bail!(
@@ -230,6 +271,7 @@ impl Settings {
             policy_poll_ms: args.policy_poll_ms.or(file.policy_poll_ms).unwrap_or(1000),
             limits,
             keys: file.keys,
+            upstreams: file.models,
         })
     }
 }

@@ -872,3 +872,178 @@ fn bad_config_files_are_refused_naming_the_file_and_field() {
     let e = run("listen = \"0.0.0.0:1\"\n");
     assert!(e.contains("refusing to listen on 0.0.0.0:1"), "{e}");
 }
+
+/// An HTTP server that answers each connection with the next canned response (raw HTTP),
+/// reading the request first. Stands in for a misbehaving or scripted upstream.
+fn fake_upstream(responses: Vec<String>) -> String {
+    use std::io::{BufRead, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for response in responses {
+            let Ok((stream, _)) = listener.accept() else {
+                return;
+            };
+            let mut reader = std::io::BufReader::new(stream);
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let mut stream = reader.into_inner();
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    base
+}
+
+fn sse_response(events: &[Value]) -> String {
+    let mut body: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+    body.push_str("data: [DONE]\n\n");
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn delta(text: &str) -> Value {
+    json!({"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]})
+}
+
+fn upstream_config(dir: &tempfile::TempDir, models: &[(&str, &str)]) -> String {
+    let text: String = models
+        .iter()
+        .map(|(name, url)| {
+            format!("[[models]]\nname = \"{name}\"\nupstream = \"{url}\"\ntimeout_ms = 5000\n\n")
+        })
+        .collect();
+    let path = dir.path().join("upstreams.toml");
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn upstream_models_are_relayed_with_the_same_checks() {
+    // Upstream: another safegate serving the tiny model.
+    let model = fixture("tiny-llama3");
+    let inner = start(&["--model", model.to_str().unwrap()]);
+    // A scripted upstream whose reply carries insecure code, in small pieces.
+    let code = "Sure:\n```python\nimport os\nos.system(input())\n```\nDone.";
+    let pieces: Vec<Value> = code
+        .as_bytes()
+        .chunks(7)
+        .map(|c| delta(std::str::from_utf8(c).unwrap()))
+        .collect();
+    let scripted = fake_upstream(vec![sse_response(&pieces)]);
+    let garbage = fake_upstream(vec![
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\ndata: {not json\n\n".into(),
+    ]);
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/v1", l.local_addr().unwrap())
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = upstream_config(
+        &dir,
+        &[
+            ("remote-tiny", &format!("{}/v1", inner.base)),
+            ("scripted", &scripted),
+            ("garbage", &garbage),
+            ("down", &closed),
+        ],
+    );
+    let s = start(&["--config", &config]);
+
+    let models: Value = ureq::get(&format!("{}/v1/models", s.base))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(models["data"].as_array().unwrap().len(), 4);
+
+    let messages = json!([{"role": "user", "content": "Tell me a story"}]);
+    let direct = post(
+        &inner.base,
+        "/v1/chat/completions",
+        &json!({"messages": messages, "max_tokens": 12}).to_string(),
+    )
+    .1;
+    let (code, relayed) = post(
+        &s.base,
+        "/v1/chat/completions",
+        &json!({"model": "remote-tiny", "messages": messages, "max_tokens": 12}).to_string(),
+    );
+    assert_eq!(code, 200, "{relayed}");
+    assert_eq!(relayed["model"], "remote-tiny");
+    assert_eq!(
+        relayed["choices"][0]["message"]["content"],
+        direct["choices"][0]["message"]["content"]
+    );
+    assert_eq!(relayed["usage"]["completion_tokens"], 12);
+    let frames = sse(
+        &s.base,
+        &json!({"model": "remote-tiny", "messages": messages, "max_tokens": 12, "stream": true}),
+    );
+    let (deltas, finish, _) = parse_stream(&frames);
+    assert_eq!(
+        deltas.concat(),
+        direct["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+    assert_eq!(finish.as_deref(), Some("length"));
+
+    // The shield blocks the upstream's insecure code before any of it is relayed.
+    let frames = sse(
+        &s.base,
+        &json!({"model": "scripted", "messages": messages, "stream": true}),
+    );
+    let (deltas, finish, _) = parse_stream(&frames);
+    assert_eq!(finish.as_deref(), Some("content_filter"), "{frames:?}");
+    let sent = deltas.concat();
+    assert!(sent.starts_with("Sure:"), "{sent}");
+    assert!(!sent.contains("os.system"), "insecure code leaked: {sent}");
+
+    let (code, v) = post(
+        &s.base,
+        "/v1/chat/completions",
+        &json!({"model": "garbage", "messages": messages}).to_string(),
+    );
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (502, Some("upstream_error")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("malformed"),
+        "{v}"
+    );
+    let (code, v) = post(
+        &s.base,
+        "/v1/chat/completions",
+        &json!({"model": "down", "messages": messages}).to_string(),
+    );
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (502, Some("upstream_error")),
+        "{v}"
+    );
+    let (code, v) = post(
+        &s.base,
+        "/v1/chat/completions",
+        &json!({"model": "nope", "messages": messages}).to_string(),
+    );
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (404, Some("model_not_found")),
+        "{v}"
+    );
+}

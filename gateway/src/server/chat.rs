@@ -368,25 +368,100 @@ fn respond(
     resp
 }
 
+/// Where a reply is generated.
+pub(super) enum Backend {
+    Local {
+        engine: safegate_engine::Engine,
+        prompt_ids: Vec<u32>,
+    },
+    Upstream(crate::config::UpstreamModel),
+}
+
 /// A chat request that passed validation and the input stage.
 pub(super) struct Prepared {
     pub req: ChatRequest,
-    pub engine: safegate_engine::Engine,
+    pub backend: Backend,
     pub policy: std::sync::Arc<Policy>,
     pub input: Decision,
-    pub prompt_ids: Vec<u32>,
     pub stream: bool,
     pub include_usage: bool,
 }
 
+/// A reply being generated, locally or upstream, as one kind of event stream.
+pub(super) enum Source {
+    Local(safegate_engine::TokenStream),
+    Upstream(tokio::sync::mpsc::Receiver<super::upstream::UpstreamEvent>),
+}
+
+pub(super) enum Event {
+    Text(String),
+    Done(safegate_engine::Completion),
+    Failed(ApiError),
+}
+
+impl Source {
+    pub async fn next(&mut self) -> Event {
+        use super::upstream::UpstreamEvent;
+        match self {
+            Source::Local(stream) => match stream.next().await {
+                Some(GenerationEvent::Token { text, .. }) => Event::Text(text),
+                Some(GenerationEvent::Done(c)) => Event::Done(c),
+                Some(GenerationEvent::Error(e)) => Event::Failed(e.into()),
+                None => Event::Failed(ApiError::internal("generation stopped unexpectedly")),
+            },
+            Source::Upstream(rx) => match rx.recv().await {
+                Some(UpstreamEvent::Delta(text)) => Event::Text(text),
+                Some(UpstreamEvent::Done(c)) => Event::Done(c),
+                Some(UpstreamEvent::Failed(e)) => Event::Failed(e),
+                None => Event::Failed(ApiError::internal("the upstream relay stopped")),
+            },
+        }
+    }
+}
+
 impl Prepared {
-    pub fn generate_request(&self) -> GenerateRequest {
-        GenerateRequest {
-            prompt_ids: self.prompt_ids.clone(),
-            max_tokens: self.req.max_tokens,
-            sampling: self.req.sampling.clone(),
-            stop: self.req.stop.clone(),
-            ignore_eos: false,
+    pub fn model_name(&self) -> String {
+        match &self.backend {
+            Backend::Local { engine, .. } => engine.info().name.clone(),
+            Backend::Upstream(m) => m.name.clone(),
+        }
+    }
+
+    /// Starts generating (queue full: 429).
+    pub fn start(&self) -> Result<Source, ApiError> {
+        let req = &self.req;
+        match &self.backend {
+            Backend::Local { engine, prompt_ids } => {
+                Ok(Source::Local(engine.generate(GenerateRequest {
+                    prompt_ids: prompt_ids.clone(),
+                    max_tokens: req.max_tokens,
+                    sampling: req.sampling.clone(),
+                    stop: req.stop.clone(),
+                    ignore_eos: false,
+                })?))
+            }
+            Backend::Upstream(model) => {
+                let messages: Vec<Value> = req
+                    .messages
+                    .iter()
+                    .map(|m| json!({"role": m.role, "content": m.content}))
+                    .collect();
+                let mut params = serde_json::Map::new();
+                params.insert("max_tokens".into(), json!(req.max_tokens));
+                params.insert("temperature".into(), json!(req.sampling.temperature));
+                params.insert("top_p".into(), json!(req.sampling.top_p));
+                if let Some(seed) = req.sampling.seed {
+                    params.insert("seed".into(), json!(seed));
+                }
+                if !req.stop.is_empty() {
+                    params.insert("stop".into(), json!(req.stop));
+                }
+                Ok(Source::Upstream(super::upstream::start(
+                    model,
+                    Value::Array(messages),
+                    params,
+                )))
+            }
         }
     }
 }
@@ -414,10 +489,32 @@ async fn prepare(
         .pointer("/stream_options/include_usage")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let engine = state
-        .engine
-        .clone()
-        .ok_or_else(|| ApiError::unavailable("no chat model is loaded (start with --model DIR)"))?;
+    let requested = v.get("model").and_then(Value::as_str);
+    let upstream = requested.and_then(|name| state.upstreams.iter().find(|m| m.name == name));
+    let engine = match (upstream, &state.engine) {
+        (Some(_), _) => None,
+        (None, Some(engine)) => Some(engine.clone()),
+        (None, None) if !state.upstreams.is_empty() => {
+            return Err(ApiError {
+                code: Some("model_not_found".into()),
+                ..ApiError::not_found(format!(
+                    "model `{}` does not exist here (available: {})",
+                    requested.unwrap_or(""),
+                    state
+                        .upstreams
+                        .iter()
+                        .map(|m| m.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })
+        }
+        (None, None) => {
+            return Err(ApiError::unavailable(
+                "no chat model is loaded (start with --model DIR)",
+            ))
+        }
+    };
     let set = state.policies.current();
     let policy = set.for_group(caller.group.as_deref());
     audit.insert("policy".into(), json!(policy.name));
@@ -447,29 +544,46 @@ async fn prepare(
             filter_details(&input),
         ));
     }
-    let prompt_ids = engine.tokenizer().encode_chat(&req.messages, true)?;
-    if prompt_ids.len() > state.limits.max_prompt_tokens {
+    let backend = match (engine, upstream) {
+        (Some(engine), _) => {
+            let prompt_ids = engine.tokenizer().encode_chat(&req.messages, true)?;
+            check_prompt_length(state, prompt_ids.len())?;
+            Backend::Local { engine, prompt_ids }
+        }
+        (None, Some(model)) => Backend::Upstream(model.clone()),
+        (None, None) => unreachable!("one backend was chosen above"),
+    };
+    audit.insert(
+        "backend".into(),
+        json!(match &backend {
+            Backend::Local { .. } => "local",
+            Backend::Upstream(_) => "upstream",
+        }),
+    );
+    Ok(Prepared {
+        req,
+        backend,
+        policy,
+        input,
+        stream,
+        include_usage,
+    })
+}
+
+fn check_prompt_length(state: &AppState, tokens: usize) -> Result<(), ApiError> {
+    if tokens > state.limits.max_prompt_tokens {
         return Err(ApiError {
             code: Some("context_length_exceeded".into()),
             ..ApiError::invalid_param(
                 "messages",
                 format!(
-                    "the prompt has {} tokens; this server accepts at most {}",
-                    prompt_ids.len(),
+                    "the prompt has {tokens} tokens; this server accepts at most {}",
                     state.limits.max_prompt_tokens
                 ),
             )
         });
     }
-    Ok(Prepared {
-        req,
-        engine,
-        policy,
-        input,
-        prompt_ids,
-        stream,
-        include_usage,
-    })
+    Ok(())
 }
 
 /// Generation metrics shared by both response modes.
@@ -579,23 +693,18 @@ async fn complete_whole(
     audit: &mut serde_json::Map<String, Value>,
 ) -> Result<Value, ApiError> {
     let Prepared {
-        req,
-        engine,
-        policy,
-        input,
-        ..
+        req, policy, input, ..
     } = &p;
-    let mut stream = engine.generate(p.generate_request())?;
+    let mut source = p.start()?;
     let mut text = String::new();
     let completion = loop {
-        match stream.next().await {
-            Some(GenerationEvent::Token { text: t, .. }) => text.push_str(&t),
-            Some(GenerationEvent::Done(c)) => {
+        match source.next().await {
+            Event::Text(t) => text.push_str(&t),
+            Event::Done(c) => {
                 text.push_str(&c.tail_text);
                 break c;
             }
-            Some(GenerationEvent::Error(e)) => return Err(e.into()),
-            None => return Err(ApiError::internal("generation stopped unexpectedly")),
+            Event::Failed(e) => return Err(e),
         }
     };
     observe_generation(state, &completion);
@@ -672,7 +781,7 @@ async fn complete_whole(
         "id": completion_id(),
         "object": "chat.completion",
         "created": unix_now(),
-        "model": engine.info().name,
+        "model": p.model_name(),
         "choices": [{
             "index": 0,
             "message": {"role": "assistant", "content": content},

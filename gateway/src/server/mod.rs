@@ -12,6 +12,7 @@ mod error;
 mod metrics;
 mod reload;
 mod stream;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,6 +43,7 @@ pub struct AppState {
     pub audit: Option<audit::AuditLog>,
     pub keys: auth::KeyStore,
     pub limits: Limits,
+    pub upstreams: Vec<crate::config::UpstreamModel>,
 }
 
 static REQUEST_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -175,6 +177,7 @@ pub fn run(cli: &Cli, serve_args: &ServeArgs) -> Result<()> {
         },
         keys,
         limits: args.limits.clone(),
+        upstreams: args.upstreams.clone(),
     });
     if let Some(paths) = &args.policies {
         reload::spawn_watcher(
@@ -254,6 +257,9 @@ async fn models(state: web::Data<AppState>, req: actix_web::HttpRequest) -> Http
         .engine
         .iter()
         .map(|e| json!({"id": e.info().name, "object": "model", "created": 0, "owned_by": "safegate"}))
+        .chain(state.upstreams.iter().map(|m| {
+            json!({"id": m.name, "object": "model", "created": 0, "owned_by": "upstream"})
+        }))
         .collect();
     HttpResponse::Ok().json(json!({"object": "list", "data": data}))
 }

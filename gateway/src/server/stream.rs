@@ -18,12 +18,12 @@ use std::time::Instant;
 
 use actix_web::web::{self, Bytes};
 use actix_web::HttpResponse;
-use safegate_engine::{ChatMessage, Completion, GenerationEvent, TokenStream};
+use safegate_engine::{ChatMessage, Completion};
 use safegate_policies::{decide, Decision, Policy, Stage, Verdict};
 use safegate_shield::{Finding, StreamScanner};
 use serde_json::{json, Value};
 
-use super::chat::{self, Prepared};
+use super::chat::{self, Event, Prepared, Source};
 use super::{ApiError, AppState};
 
 /// The response body: SSE frames from the task that drives the generation. Dropped by
@@ -46,14 +46,14 @@ pub(super) fn start(
     t0: Instant,
     audit: serde_json::Map<String, Value>,
 ) -> Result<HttpResponse, ApiError> {
-    let generation = prepared.engine.generate(prepared.generate_request())?;
+    let generation = prepared.start()?;
     // A few frames of slack; a slow reader then slows the relay, not the server's memory.
     let (tx, rx) = tokio::sync::mpsc::channel(32);
     let sse = Sse {
         tx,
         id: chat::completion_id(),
         created: chat::unix_now(),
-        model: prepared.engine.info().name.clone(),
+        model: prepared.model_name(),
         include_usage: prepared.include_usage,
     };
     actix_web::rt::spawn(run(state, prepared, generation, sse, t0, audit));
@@ -262,7 +262,7 @@ impl Checks<'_> {
 async fn run(
     state: web::Data<AppState>,
     p: Prepared,
-    mut generation: TokenStream,
+    mut generation: Source,
     sse: Sse,
     t0: Instant,
     mut audit: serde_json::Map<String, Value>,
@@ -298,7 +298,7 @@ async fn run(
                 Err(_) => break End::Failed(ApiError::timeout(limit)),
             };
             let step = match event {
-                Some(GenerationEvent::Token { text: t, .. }) => {
+                Event::Text(t) => {
                     text.push_str(&t);
                     token_ends.push(text.len());
                     if sse.tx.is_closed() {
@@ -311,7 +311,7 @@ async fn run(
                         other => other,
                     }
                 }
-                Some(GenerationEvent::Done(c)) => {
+                Event::Done(c) => {
                     text.push_str(&c.tail_text);
                     let checked = async {
                         if let Some(d) = checks.scan(&c.tail_text).await? {
@@ -328,8 +328,7 @@ async fn run(
                         other => other,
                     }
                 }
-                Some(GenerationEvent::Error(e)) => Err(e.into()),
-                None => Err(ApiError::internal("generation stopped unexpectedly")),
+                Event::Failed(e) => Err(e),
             };
             match step {
                 Ok(Some(decision)) => break End::Blocked(decision),
@@ -345,8 +344,8 @@ async fn run(
             }
         }
     };
-    // Stop generating now, whatever happens to the rest of the response.
-    generation.cancel();
+    // Stop generating now (local: within one step; upstream: the relay drops the
+    // connection), whatever happens to the rest of the response.
     drop(generation);
 
     let outcome = match &end {

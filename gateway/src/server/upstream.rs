@@ -1,0 +1,210 @@
+//! Generation on an OpenAI-compatible upstream server (vLLM, TGI, llama.cpp's server, Ollama,
+//! another safegate), with the same output checks as local generation. The request is
+//! always sent with `stream: true`, so whole and streamed responses both arrive as deltas
+//! that the checks see as they come. Plain HTTP (the usual in-cluster hop).
+//!
+//! The upstream connection is read on a blocking thread; deltas reach the async side
+//! through a bounded channel. When the receiver goes away (the client left, or a check
+//! blocked), the thread stops and drops the connection.
+
+use std::io::BufRead;
+use std::time::{Duration, Instant};
+
+use safegate_engine::{Completion, FinishReason, Usage};
+use serde_json::{json, Value};
+
+use super::ApiError;
+use crate::config::UpstreamModel;
+
+/// What the upstream sent.
+pub enum UpstreamEvent {
+    Delta(String),
+    Done(Completion),
+    Failed(ApiError),
+}
+
+fn bad_gateway(message: String) -> ApiError {
+    ApiError {
+        status: actix_web::http::StatusCode::BAD_GATEWAY,
+        code: Some("upstream_error".into()),
+        ..ApiError::internal(message)
+    }
+}
+
+/// Starts the upstream request; events arrive on the returned channel.
+pub fn start(
+    model: &UpstreamModel,
+    messages: Value,
+    params: serde_json::Map<String, Value>,
+) -> tokio::sync::mpsc::Receiver<UpstreamEvent> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let model = model.clone();
+    std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let result = relay(&model, messages, params, t0, &tx);
+        if let Err(e) = result {
+            let _ = tx.blocking_send(UpstreamEvent::Failed(e));
+        }
+    });
+    rx
+}
+
+fn relay(
+    model: &UpstreamModel,
+    messages: Value,
+    params: serde_json::Map<String, Value>,
+    t0: Instant,
+    tx: &tokio::sync::mpsc::Sender<UpstreamEvent>,
+) -> Result<(), ApiError> {
+    let mut body = json!({
+        "model": model.upstream_model.as_deref().unwrap_or(&model.name),
+        "messages": messages,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    if let Some(obj) = body.as_object_mut() {
+        obj.extend(params);
+    }
+    let url = format!("{}/chat/completions", model.upstream.trim_end_matches('/'));
+    let timeout = Duration::from_millis(model.timeout_ms);
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(5).min(timeout))
+        .timeout_read(timeout)
+        .build();
+    let mut request = agent.post(&url).set("accept", "text/event-stream");
+    if let Some(var) = &model.api_key_env {
+        if let Ok(key) = std::env::var(var) {
+            request = request.set("authorization", &format!("Bearer {key}"));
+        }
+    }
+    let response = match request.send_json(body) {
+        Ok(r) => r,
+        Err(ureq::Error::Status(code, r)) => {
+            // The upstream's own OpenAI-style message, when it sent one.
+            let text = r.into_string().unwrap_or_default();
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| {
+                    v.pointer("/error/message")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
+                .unwrap_or_else(|| text.chars().take(300).collect());
+            return Err(
+                if (400..500).contains(&code) && code != 401 && code != 403 {
+                    ApiError {
+                        code: Some("upstream_rejected".into()),
+                        ..ApiError::invalid(format!(
+                            "the upstream model `{}` refused the request ({code}): {message}",
+                            model.name
+                        ))
+                    }
+                } else {
+                    bad_gateway(format!(
+                        "the upstream for `{}` answered {code}: {message}",
+                        model.name
+                    ))
+                },
+            );
+        }
+        Err(ureq::Error::Transport(t)) => {
+            let timed_out = t.to_string().contains("timed out");
+            return Err(if timed_out {
+                ApiError {
+                    status: actix_web::http::StatusCode::GATEWAY_TIMEOUT,
+                    ..ApiError::timeout(timeout)
+                }
+            } else {
+                bad_gateway(format!(
+                    "the upstream for `{}` cannot be reached: {t}",
+                    model.name
+                ))
+            });
+        }
+    };
+    let mut finish = None;
+    let mut usage = Usage::default();
+    let mut first_token = None;
+    let mut completion_chars = 0usize;
+    let reader = std::io::BufReader::new(response.into_reader());
+    for line in reader.lines() {
+        let line = line.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::TimedOut
+                || e.kind() == std::io::ErrorKind::WouldBlock
+            {
+                ApiError::timeout(timeout)
+            } else {
+                bad_gateway(format!("the upstream stream broke off: {e}"))
+            }
+        })?;
+        let line = line.trim_end_matches('\r');
+        let Some(data) = line.strip_prefix("data:") else {
+            // Comments, event names, blank separators.
+            continue;
+        };
+        let data = data.trim_start();
+        if data == "[DONE]" {
+            let finish_reason = match finish.as_deref() {
+                Some("length") => FinishReason::Length,
+                _ => FinishReason::Stop,
+            };
+            if usage.completion_tokens == 0 && completion_chars > 0 {
+                // An upstream that sends no usage: count deltas as tokens, roughly.
+                usage.completion_tokens = completion_chars;
+            }
+            let ttft = first_token.unwrap_or_else(|| t0.elapsed());
+            let _ = tx.blocking_send(UpstreamEvent::Done(Completion {
+                finish_reason,
+                usage,
+                tail_text: String::new(),
+                time_to_first_token: ttft,
+                queue_time: Duration::ZERO,
+                decode_time: t0.elapsed().saturating_sub(ttft),
+            }));
+            return Ok(());
+        }
+        let chunk: Value = serde_json::from_str(data).map_err(|e| {
+            bad_gateway(format!(
+                "the upstream sent a malformed stream event ({e}): {}",
+                data.chars().take(120).collect::<String>()
+            ))
+        })?;
+        if let Some(err) = chunk.get("error") {
+            let message = err
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown error");
+            return Err(bad_gateway(format!(
+                "the upstream failed mid-stream: {message}"
+            )));
+        }
+        if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
+            let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0) as usize;
+            usage = Usage {
+                prompt_tokens: n("prompt_tokens"),
+                completion_tokens: n("completion_tokens"),
+            };
+        }
+        let Some(choice) = chunk.pointer("/choices/0") else {
+            continue;
+        };
+        if let Some(f) = choice.get("finish_reason").and_then(Value::as_str) {
+            finish = Some(f.to_string());
+        }
+        if let Some(text) = choice.pointer("/delta/content").and_then(Value::as_str) {
+            if !text.is_empty() {
+                first_token.get_or_insert_with(|| t0.elapsed());
+                completion_chars += 1;
+                if tx
+                    .blocking_send(UpstreamEvent::Delta(text.to_string()))
+                    .is_err()
+                {
+                    return Ok(()); // nobody listens any more: drop the connection
+                }
+            }
+        }
+    }
+    Err(bad_gateway(
+        "the upstream stream ended without [DONE]".into(),
+    ))
+}
