@@ -1047,3 +1047,90 @@ fn upstream_models_are_relayed_with_the_same_checks() {
         "{v}"
     );
 }
+
+/// A real Prometheus server (Debian's `prometheus`; .ci/run installs it) scrapes the
+/// gateway: the exposition parses, and the metrics can be queried with their labels.
+#[test]
+fn a_real_prometheus_scrapes_and_queries_the_metrics() {
+    let prometheus = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("Prometheus is not installed: apt-get install prometheus (.ci/run does)");
+    let model = fixture("tiny-llama3");
+    let s = start(&["--model", model.to_str().unwrap()]);
+    let (code, _) = post(
+        &s.base,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}).to_string(),
+    );
+    assert_eq!(code, 200);
+    post(&s.base, "/v1/shield/scan", r#"{"text": "eval(x)", "language": "python"}"#);
+
+    let dir = tempfile::tempdir().unwrap();
+    let target = s.base.trim_start_matches("http://");
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: safegate\n    static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(prometheus)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let query = |q: &str| -> Option<Vec<Value>> {
+        let v: Value = ureq::get(&format!("http://127.0.0.1:{port}/api/v1/query"))
+            .query("query", q)
+            .call()
+            .ok()?
+            .into_json()
+            .ok()?;
+        v["data"]["result"].as_array().cloned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut up = None;
+    while Instant::now() < deadline {
+        up = query(r#"up{job="safegate"}"#).filter(|r| !r.is_empty());
+        if up.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let checks = (|| {
+        let up = up.ok_or("Prometheus never scraped the gateway")?;
+        if up[0]["value"][1] != "1" {
+            return Err(format!("scrape failed: {up:?}"));
+        }
+        let ok = query(r#"safegate_requests_total{endpoint="chat_completions",outcome="ok"}"#)
+            .unwrap_or_default();
+        if ok.first().map(|r| r["value"][1].clone()) != Some(json!("1")) {
+            return Err(format!("requests_total: {ok:?}"));
+        }
+        let findings = query(r#"sum by (cwe) (safegate_shield_findings_total{language="python"})"#)
+            .unwrap_or_default();
+        if findings.is_empty() {
+            return Err("no shield findings series".into());
+        }
+        let p99 = query(
+            "histogram_quantile(0.99, sum by (le) (rate(safegate_request_duration_seconds_bucket[1m])))",
+        );
+        if p99.is_none() {
+            return Err("histogram query failed".into());
+        }
+        Ok(())
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    checks.unwrap();
+}
