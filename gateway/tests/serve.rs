@@ -1064,7 +1064,11 @@ fn a_real_prometheus_scrapes_and_queries_the_metrics() {
         &json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}).to_string(),
     );
     assert_eq!(code, 200);
-    post(&s.base, "/v1/shield/scan", r#"{"text": "eval(x)", "language": "python"}"#);
+    post(
+        &s.base,
+        "/v1/shield/scan",
+        r#"{"text": "eval(x)", "language": "python"}"#,
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let target = s.base.trim_start_matches("http://");
@@ -1083,7 +1087,10 @@ fn a_real_prometheus_scrapes_and_queries_the_metrics() {
         .port();
     let mut child = Command::new(prometheus)
         .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -1,21 +1,25 @@
 //! The audit log: one JSON line per request, whatever its outcome. Prompts and responses
-//! are stored as SHA-256 hashes, never in clear. Each line is written, flushed and fsynced
+//! are stored as SHA-256 hashes, never in clear. A line is written, flushed and fsynced
 //! before the response leaves, so a crash loses nothing already acknowledged; the file
 //! rotates by size (`FILE` -> `FILE.1`).
+//!
+//! Group commit: one writer thread takes every line waiting, writes them, fsyncs once, and
+//! then releases all their requests. Requests wait without holding an async worker, and
+//! under load one fsync covers many lines.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::PathBuf;
-use std::sync::Mutex;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+type Ack = tokio::sync::oneshot::Sender<std::io::Result<()>>;
+
 pub struct AuditLog {
-    path: PathBuf,
-    max_bytes: u64,
-    fsync: bool,
-    file: Mutex<Option<(File, u64)>>,
+    lines: mpsc::Sender<(Vec<u8>, Ack)>,
 }
 
 pub fn sha256_hex(text: &str) -> String {
@@ -23,63 +27,99 @@ pub fn sha256_hex(text: &str) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-impl AuditLog {
-    pub fn open(path: PathBuf, max_bytes: u64, fsync: bool) -> std::io::Result<Self> {
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        let len = file.metadata()?.len();
-        Ok(Self {
-            path,
-            max_bytes,
-            fsync,
-            file: Mutex::new(Some((file, len))),
-        })
-    }
+struct Writer {
+    path: PathBuf,
+    max_bytes: u64,
+    fsync: bool,
+    file: Option<(File, u64)>,
+}
 
-    /// Appends one record. Errors are returned (and counted by the caller): an audit line
-    /// that cannot be written must not be silently dropped.
-    pub fn write(&self, record: &Value) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        let mut guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
+fn open_append(path: &Path) -> std::io::Result<(File, u64)> {
+    let f = OpenOptions::new().create(true).append(true).open(path)?;
+    let len = f.metadata()?.len();
+    Ok((f, len))
+}
+
+impl Writer {
+    /// Writes a batch of lines and syncs them once.
+    fn write_batch(&mut self, lines: &[Vec<u8>]) -> std::io::Result<()> {
         // The file may have been removed or rotated underneath: reopen by path.
-        let reopen = match guard.as_ref() {
+        let gone = match &self.file {
             Some((f, _)) => {
                 f.metadata().map(|m| m.nlink() == 0).unwrap_or(true) || !self.path.exists()
             }
             None => true,
         };
-        if reopen {
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)?;
-            let len = f.metadata()?.len();
-            *guard = Some((f, len));
+        if gone {
+            self.file = Some(open_append(&self.path)?);
         }
-        let (file, len) = guard.as_mut().expect("opened above");
-        if *len > 0 && *len + line.len() as u64 > self.max_bytes {
-            let rotated = self.path.with_extension(format!(
-                "{}1",
-                self.path
-                    .extension()
-                    .and_then(|e| e.to_str())
-                    .map(|e| format!("{e}."))
-                    .unwrap_or_default()
-            ));
-            std::fs::rename(&self.path, rotated)?;
-            *file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)?;
-            *len = 0;
+        for line in lines {
+            let (file, len) = self.file.as_mut().expect("opened above");
+            if *len > 0 && *len + line.len() as u64 > self.max_bytes {
+                if self.fsync {
+                    file.sync_data()?;
+                }
+                let rotated = self.path.with_extension(format!(
+                    "{}1",
+                    self.path
+                        .extension()
+                        .and_then(|e| e.to_str())
+                        .map(|e| format!("{e}."))
+                        .unwrap_or_default()
+                ));
+                std::fs::rename(&self.path, rotated)?;
+                self.file = Some(open_append(&self.path)?);
+            }
+            let (file, len) = self.file.as_mut().expect("opened above");
+            file.write_all(line)?;
+            *len += line.len() as u64;
         }
-        file.write_all(&line)?;
         if self.fsync {
-            file.sync_data()?;
+            self.file.as_ref().expect("opened above").0.sync_data()?;
         }
-        *len += line.len() as u64;
         Ok(())
     }
 }
 
-use std::os::unix::fs::MetadataExt;
+impl AuditLog {
+    pub fn open(path: PathBuf, max_bytes: u64, fsync: bool) -> std::io::Result<Self> {
+        let file = Some(open_append(&path)?);
+        let mut writer = Writer {
+            path,
+            max_bytes,
+            fsync,
+            file,
+        };
+        let (tx, rx) = mpsc::channel::<(Vec<u8>, Ack)>();
+        std::thread::Builder::new()
+            .name("audit-log".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter());
+                    let lines: Vec<Vec<u8>> = batch.iter().map(|(l, _)| l.clone()).collect();
+                    let result = writer.write_batch(&lines);
+                    for (_, ack) in batch {
+                        let _ = ack.send(match &result {
+                            Ok(()) => Ok(()),
+                            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                        });
+                    }
+                }
+            })?;
+        Ok(Self { lines: tx })
+    }
+
+    /// Appends one record and waits until it is on disk. Errors are returned (and counted
+    /// by the caller): an audit line that cannot be written must not be silently dropped.
+    pub async fn write(&self, record: &Value) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        let (ack, done) = tokio::sync::oneshot::channel();
+        self.lines
+            .send((line, ack))
+            .map_err(|_| std::io::Error::other("the audit writer has stopped"))?;
+        done.await
+            .map_err(|_| std::io::Error::other("the audit writer has stopped"))?
+    }
+}

@@ -108,7 +108,7 @@ pub async fn shield_scan(
         Ok::<_, ApiError>(json!({"findings": report.findings, "blocks": report.blocks, "decision": decision, "policy": policy.name}))
     }
     .await;
-    respond(&state, "shield_scan", t0, audit, result)
+    respond(&state, "shield_scan", t0, audit, result).await
 }
 
 fn finish(
@@ -319,7 +319,7 @@ pub async fn completions(
         }
         Err(e) => Err(e),
     };
-    respond(&state, "chat_completions", t0, audit, result)
+    respond(&state, "chat_completions", t0, audit, result).await
 }
 
 /// Authenticates the caller for `endpoint`; the key id (never the key) goes to the audit
@@ -338,7 +338,7 @@ pub(super) fn authorize(
 
 /// Ends a JSON request: metrics, the audit line (a response never leaves without it), the
 /// body.
-fn respond(
+async fn respond(
     state: &AppState,
     endpoint: &str,
     t0: Instant,
@@ -360,7 +360,7 @@ fn respond(
         t0,
         result.map(|v| HttpResponse::Ok().json(v)),
     );
-    if let Err(e) = super::write_audit(state, endpoint, t0, audit) {
+    if let Err(e) = super::write_audit(state, endpoint, t0, audit).await {
         tracing::error!("audit log write failed: {e}");
         resp = ApiError::internal("the audit log cannot be written; the request was not completed")
             .into_response();
@@ -810,7 +810,7 @@ pub async fn moderations(
         Ok(caller) => moderations_inner(&state, caller.group.as_deref(), &body, &mut audit).await,
         Err(e) => Err(e),
     };
-    respond(&state, "moderations", t0, audit, result)
+    respond(&state, "moderations", t0, audit, result).await
 }
 
 async fn moderations_inner(
@@ -980,5 +980,5 @@ pub async fn guard_classify(
         }))
     }
     .await;
-    respond(&state, "guard_classify", t0, audit, result)
+    respond(&state, "guard_classify", t0, audit, result).await
 }

@@ -50,7 +50,7 @@ static REQUEST_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64:
 
 /// Writes one audit record (when the audit log is on): time, request id, endpoint, latency
 /// and what the handler collected.
-pub fn write_audit(
+pub async fn write_audit(
     state: &AppState,
     endpoint: &str,
     t0: std::time::Instant,
@@ -72,6 +72,7 @@ pub fn write_audit(
     record.entry("key_id").or_insert(serde_json::Value::Null);
     record.insert("latency_ms".into(), json!(t0.elapsed().as_secs_f64() * 1e3));
     log.write(&serde_json::Value::Object(record))
+        .await
         .inspect_err(|_| {
             state.metrics.audit_errors.inc();
         })
@@ -220,6 +221,12 @@ pub fn run(cli: &Cli, serve_args: &ServeArgs) -> Result<()> {
                 .default_service(web::to(|| async {
                     ApiError::not_found("no such endpoint").into_response()
                 }))
+        })
+        // Stream frames leave at once instead of waiting on Nagle's algorithm.
+        .on_connect(|conn, _| {
+            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                let _ = tcp.set_nodelay(true);
+            }
         })
         .workers(2)
         .shutdown_timeout(shutdown_grace)

@@ -379,7 +379,7 @@ async fn run(
     }
     chat::observe_request(&state, "chat_completions", t0, outcome);
     // The last frames leave only after the audit line is on disk.
-    if let Err(e) = super::write_audit(&state, "chat_completions", t0, audit) {
+    if let Err(e) = super::write_audit(&state, "chat_completions", t0, audit).await {
         tracing::error!("audit log write failed: {e}");
         let e = ApiError::internal("the audit log cannot be written; the response is incomplete");
         sse.send(&json!({"error": e.body()})).await;

@@ -31,6 +31,28 @@ fn bad_gateway(message: String) -> ApiError {
     }
 }
 
+/// One connection pool per upstream model, kept for the life of the process.
+fn agent_for(model: &UpstreamModel) -> ureq::Agent {
+    static AGENTS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, ureq::Agent>>,
+    > = std::sync::OnceLock::new();
+    let mut agents = AGENTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    agents
+        .entry(model.name.clone())
+        .or_insert_with(|| {
+            let timeout = Duration::from_millis(model.timeout_ms);
+            ureq::AgentBuilder::new()
+                .timeout_connect(Duration::from_secs(5).min(timeout))
+                .timeout_read(timeout)
+                .max_idle_connections_per_host(256)
+                .build()
+        })
+        .clone()
+}
+
 /// Starts the upstream request; events arrive on the returned channel.
 pub fn start(
     model: &UpstreamModel,
@@ -67,10 +89,7 @@ fn relay(
     }
     let url = format!("{}/chat/completions", model.upstream.trim_end_matches('/'));
     let timeout = Duration::from_millis(model.timeout_ms);
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(5).min(timeout))
-        .timeout_read(timeout)
-        .build();
+    let agent = agent_for(model);
     let mut request = agent.post(&url).set("accept", "text/event-stream");
     if let Some(var) = &model.api_key_env {
         if let Ok(key) = std::env::var(var) {
@@ -126,9 +145,11 @@ fn relay(
     let mut usage = Usage::default();
     let mut first_token = None;
     let mut completion_chars = 0usize;
-    let reader = std::io::BufReader::new(response.into_reader());
-    for line in reader.lines() {
-        let line = line.map_err(|e| {
+    let mut reader = std::io::BufReader::new(response.into_reader());
+    let mut buf = String::new();
+    loop {
+        buf.clear();
+        let read = reader.read_line(&mut buf).map_err(|e| {
             if e.kind() == std::io::ErrorKind::TimedOut
                 || e.kind() == std::io::ErrorKind::WouldBlock
             {
@@ -137,7 +158,10 @@ fn relay(
                 bad_gateway(format!("the upstream stream broke off: {e}"))
             }
         })?;
-        let line = line.trim_end_matches('\r');
+        if read == 0 {
+            break;
+        }
+        let line = buf.trim_end_matches(['\r', '\n']);
         let Some(data) = line.strip_prefix("data:") else {
             // Comments, event names, blank separators.
             continue;
@@ -152,6 +176,8 @@ fn relay(
                 // An upstream that sends no usage: count deltas as tokens, roughly.
                 usage.completion_tokens = completion_chars;
             }
+            // Read to the end of the body so the connection goes back to the pool.
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
             let ttft = first_token.unwrap_or_else(|| t0.elapsed());
             let _ = tx.blocking_send(UpstreamEvent::Done(Completion {
                 finish_reason,

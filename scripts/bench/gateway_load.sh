@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The gateway's own overhead under load: the same fake upstream model (fixed latency),
+# called directly and through safegate, with wrk; same machine, same run.
+#
+#   scripts/bench/gateway_load.sh [LATENCY_MS=20] [CONNECTIONS=32] [SECONDS=15]
+#
+# Rows: direct to the fake upstream; through safegate with the checks off (no guard, shield
+# disabled, audit log off); with the shield on; with the shield on and the audit log
+# fsynced (group commit). No guard model: a guard is a model inference per request and is
+# measured separately (docs/benchmarks.md, guard latency). Needs wrk (apt-get install wrk).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+LAT=${1:-20}; CONN=${2:-32}; SECS=${3:-15}
+cargo build --release -q -p safegate-gateway --bin safegate --example fake_upstream
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_up() { for _ in $(seq 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "not up: $1" >&2; exit 1; }
+
+UP=$(free_port)
+target/release/examples/fake_upstream "127.0.0.1:$UP" "$LAT" & 
+mkdir -p "$work/off" "$work/on"
+cat > "$work/off/default.yaml" <<'YAML'
+name: default
+shield: { enabled: false }
+YAML
+cat > "$work/on/default.yaml" <<'YAML'
+name: default
+YAML
+printf '[[models]]\nname = "fake"\nupstream = "http://127.0.0.1:%s/v1"\n' "$UP" > "$work/config.toml"
+
+G1=$(free_port); G2=$(free_port); G3=$(free_port)
+target/release/safegate serve --config "$work/config.toml" --listen "127.0.0.1:$G1" \
+  --policies "$work/off" --audit-log off 2>/dev/null &
+target/release/safegate serve --config "$work/config.toml" --listen "127.0.0.1:$G2" \
+  --policies "$work/on" --audit-log off 2>/dev/null &
+target/release/safegate serve --config "$work/config.toml" --listen "127.0.0.1:$G3" \
+  --policies "$work/on" --audit-log "$work/audit.jsonl" 2>/dev/null &
+for g in $G1 $G2 $G3; do wait_up "http://127.0.0.1:$g/healthz"; done
+
+cat > "$work/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"model": "fake", "stream": true, "messages": [{"role": "user", "content": "What is the answer?"}], "max_tokens": 16}'
+LUA
+sed 's/"stream": true/"stream": false/' "$work/post.lua" > "$work/post-whole.lua"
+
+run() { # label url script
+  local out; out=$(wrk -t2 -c"$CONN" -d"${SECS}s" --latency -s "$3" "$2")
+  local rps p50 p99
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out"); p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  local errs; errs=$(awk '/Non-2xx/ {print $5}' <<<"$out"); errs=${errs:-0}
+  printf '| %s | %s | %s | %s | %s |\n' "$1" "$rps" "$p50" "$p99" "$errs"
+}
+echo "fake upstream latency ${LAT} ms, wrk -t2 -c${CONN} -d${SECS}s"
+echo
+echo "| path | requests/s | p50 | p99 | non-2xx |"
+echo "|---|---|---|---|---|"
+run "direct to the fake upstream" "http://127.0.0.1:$UP/v1/chat/completions" "$work/post.lua"
+run "safegate, checks off, audit off (client non-stream)" "http://127.0.0.1:$G1/v1/chat/completions" "$work/post-whole.lua"
+run "safegate, checks off, audit off (client stream)" "http://127.0.0.1:$G1/v1/chat/completions" "$work/post.lua"
+run "safegate, shield on, audit off (client non-stream)" "http://127.0.0.1:$G2/v1/chat/completions" "$work/post-whole.lua"
+run "safegate, shield on, audit fsynced per request (client non-stream)" "http://127.0.0.1:$G3/v1/chat/completions" "$work/post-whole.lua"
