@@ -941,7 +941,8 @@ fn upstream_models_are_relayed_with_the_same_checks() {
         .chunks(7)
         .map(|c| delta(std::str::from_utf8(c).unwrap()))
         .collect();
-    let scripted = fake_upstream(vec![sse_response(&pieces)]);
+    let warning = "```python\nimport hashlib\nh = hashlib.md5(data)\n```\n";
+    let scripted = fake_upstream(vec![sse_response(&pieces), sse_response(&[delta(warning)])]);
     let garbage = fake_upstream(vec![
         "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\ndata: {not json\n\n".into(),
     ]);
@@ -1008,6 +1009,26 @@ fn upstream_models_are_relayed_with_the_same_checks() {
     let sent = deltas.concat();
     assert!(sent.starts_with("Sure:"), "{sent}");
     assert!(!sent.contains("os.system"), "insecure code leaked: {sent}");
+
+    // A warning-level finding: the reply goes out with the policy's security note and a
+    // flagged content_filter_results.
+    let (code, v) = post(
+        &s.base,
+        "/v1/chat/completions",
+        &json!({"model": "scripted", "messages": messages}).to_string(),
+    );
+    assert_eq!(code, 200, "{v}");
+    let content = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(
+        content.starts_with(warning) && content.contains("Security note"),
+        "{content}"
+    );
+    let results = &v["choices"][0]["content_filter_results"];
+    assert_eq!(results["action"], "flag", "{results}");
+    assert!(
+        results["reasons"].to_string().contains("CWE-328"),
+        "{results}"
+    );
 
     let (code, v) = post(
         &s.base,
@@ -1140,4 +1161,55 @@ fn a_real_prometheus_scrapes_and_queries_the_metrics() {
     let _ = child.kill();
     let _ = child.wait();
     checks.unwrap();
+}
+
+#[test]
+fn request_limits_are_enforced_with_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("limits.toml");
+    std::fs::write(
+        &config,
+        "[limits]\nmax_messages = 2\nmax_tokens = 8\nmax_prompt_tokens = 40\nrequest_timeout_ms = 1\n",
+    )
+    .unwrap();
+    let model = fixture("tiny-llama3");
+    let s = start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+    ]);
+    let user = |text: &str| json!({"role": "user", "content": text});
+    let chat = |body: Value| post(&s.base, "/v1/chat/completions", &body.to_string());
+
+    let (code, v) = chat(json!({"messages": [user("a"), user("b"), user("c")]}));
+    assert_eq!(
+        (code, v["error"]["param"].as_str()),
+        (400, Some("messages"))
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 2"),
+        "{v}"
+    );
+    let (code, v) = chat(json!({"messages": [user("a")], "max_tokens": 9}));
+    assert_eq!(
+        (code, v["error"]["param"].as_str()),
+        (400, Some("max_tokens"))
+    );
+    let (code, v) = chat(json!({"messages": [user(&"long words ".repeat(30))], "max_tokens": 2}));
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (400, Some("context_length_exceeded")),
+        "{v}"
+    );
+    // 1 ms is not enough for any generation: 504 with a timeout code.
+    let (code, v) = chat(json!({"messages": [user("a")], "max_tokens": 8}));
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (504, Some("timeout")),
+        "{v}"
+    );
 }
