@@ -88,8 +88,10 @@ fi
 echo "smollm2 gguf: $(pwd)/.cache/smollm2/$SMOL_GGUF"
 
 # The official OpenAI Python client, for the conformance test (a project-local venv).
-if [ ! -x .cache/venv/bin/python ] || ! .cache/venv/bin/python -c 'import openai' 2>/dev/null; then
-  "$PY" -m venv .cache/venv
-  .cache/venv/bin/pip install -q openai==3.57.0 >&2
+# And kubernetes-validate, for the deploy/ manifest test.
+if [ ! -x .cache/venv/bin/python ] || ! .cache/venv/bin/python -c 'import openai' 2>/dev/null \
+   || [ ! -x .cache/venv/bin/kubernetes-validate ]; then
+  [ -x .cache/venv/bin/python ] || "$PY" -m venv .cache/venv
+  .cache/venv/bin/pip install -q openai==3.57.0 kubernetes-validate==1.37.0 >&2
 fi
 echo "openai client: $(pwd)/.cache/venv/bin/python"

@@ -46,6 +46,12 @@ pub enum Command {
     /// API keys for the config file.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Health check for containers: GET a URL, exit 0 on a 2xx answer, 1 otherwise.
+    Probe {
+        /// e.g. http://127.0.0.1:8080/readyz
+        #[arg(default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

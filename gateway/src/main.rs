@@ -32,6 +32,7 @@ fn main() -> std::process::ExitCode {
         cli::Command::Guard(cmd) => cmd_guard::run(&cli, cmd),
         cli::Command::Models(cmd) => cmd_models::run(cmd),
         cli::Command::Keys(cmd) => cmd_keys::run(cmd),
+        cli::Command::Probe { url } => probe(url),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -39,5 +40,17 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// `safegate probe URL`: the container image has no curl.
+fn probe(url: &str) -> anyhow::Result<()> {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(std::time::Duration::from_secs(3))
+        .build();
+    match agent.get(url).call() {
+        Ok(r) if (200..300).contains(&r.status()) => Ok(()),
+        Ok(r) => anyhow::bail!("{url}: HTTP {}", r.status()),
+        Err(e) => anyhow::bail!("{url}: {e}"),
     }
 }

@@ -46,6 +46,11 @@ fn record(state: &AppState, policy: &Policy, d: &Decision, findings: &[Finding])
         Stage::Input => "input",
         Stage::Output => "output",
     };
+    state
+        .metrics
+        .decisions
+        .with_label_values(&[&policy.name, stage, action_name(d.action)])
+        .inc();
     for r in &d.reasons {
         if let Reason::Category { code, action, .. } = r {
             state

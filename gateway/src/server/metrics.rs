@@ -19,6 +19,7 @@ pub struct Metrics {
     pub policy_reloads: IntCounterVec,
     pub audit_errors: prometheus::IntCounter,
     pub check_errors: IntCounterVec,
+    pub decisions: IntCounterVec,
     pub queue_depth: IntGaugeVec,
 }
 
@@ -100,6 +101,14 @@ impl Metrics {
             &["check", "outcome"],
         )?;
         registry.register(Box::new(check_errors.clone()))?;
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "safegate_policy_decisions_total",
+                "Policy decisions by policy, stage and action",
+            ),
+            &["policy", "stage", "action"],
+        )?;
+        registry.register(Box::new(decisions.clone()))?;
         let queue_depth = IntGaugeVec::new(
             Opts::new(
                 "safegate_queue_depth",
@@ -127,6 +136,7 @@ impl Metrics {
             policy_reloads,
             audit_errors,
             check_errors,
+            decisions,
             queue_depth,
         })
     }
