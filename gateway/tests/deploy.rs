@@ -152,6 +152,46 @@ fn kubernetes_manifests_validate_against_the_schemas() {
         .chain(files.iter().map(|f| f.to_str().unwrap()))
         .collect();
     run_ok(validator.to_str().unwrap(), &args);
+    // The kustomizations as kubectl renders them (kubectl is on the CI machine; elsewhere
+    // the files above were validated one by one).
+    if Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_ok()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        for overlay in ["k8s/base", "k8s/overlays/gpu"] {
+            let out = Command::new("kubectl")
+                .args(["kustomize", deploy(overlay).to_str().unwrap()])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let rendered = String::from_utf8(out.stdout).unwrap();
+            if overlay.ends_with("gpu") {
+                assert!(
+                    rendered.contains("nvidia.com/gpu: 1")
+                        && rendered.contains("image: safegate:cuda")
+                );
+                assert!(
+                    rendered.contains("readOnlyRootFilesystem: true"),
+                    "base settings kept"
+                );
+            }
+            let file = dir.path().join(overlay.replace('/', "-") + ".yaml");
+            std::fs::write(&file, rendered).unwrap();
+            run_ok(
+                validator.to_str().unwrap(),
+                &["--strict", file.to_str().unwrap()],
+            );
+        }
+    } else {
+        eprintln!("kubectl not found: kustomize rendering not checked");
+    }
     // The validator does catch mistakes.
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
