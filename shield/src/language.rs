@@ -251,6 +251,18 @@ pub fn error_rate(parser: &mut Parser, lang: Language, code: &str) -> f64 {
     bad as f64 / leaves as f64
 }
 
+/// For a block whose fence names `tagged`: the language it really is when the tagged
+/// grammar cannot parse it (a share of misplaced tokens above 0.2) and detection finds
+/// another. A wrong tag (Python under ```javascript) must not hide code from the rules
+/// of its real language.
+pub fn mislabelled(parser: &mut Parser, tagged: Language, code: &str) -> Option<Language> {
+    let sample = dedent(prefix(code, 1536));
+    if error_rate(parser, tagged, &sample) <= 0.2 {
+        return None;
+    }
+    detect(code).filter(|&d| d != tagged)
+}
+
 /// Language of unlabelled code, or None when it does not look like code. The textual
 /// signals shortlist up to three candidates; tree-sitter decides by error rate.
 pub fn detect(code: &str) -> Option<Language> {

@@ -631,6 +631,21 @@ impl<'s> StreamScanner<'s> {
                 raw,
             );
         }
+        // A fence tag that does not fit the code: its real language's rules run as well.
+        if let (LanguageSource::FenceTag, Some(tagged)) = (source, language) {
+            if let Some(real) =
+                language::mislabelled(&mut self.parser, tagged, &block.code).filter(|l| wanted(*l))
+            {
+                truncated |= self.shield.scan_code(
+                    &block.code,
+                    &block.line_starts,
+                    real,
+                    &self.options,
+                    &mut self.parser,
+                    raw,
+                );
+            }
+        }
         let lines = block.code.lines().count().max(1);
         self.report.blocks.push(BlockReport {
             language,

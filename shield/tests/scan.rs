@@ -255,3 +255,43 @@ fn code_of_an_open_block_is_never_marked_releasable_before_it_is_scanned() {
         "a possible fence is held"
     );
 }
+
+/// Ways a response can try to slip code past the shield.
+#[test]
+fn evasions_are_still_scanned() {
+    let rules = |text: &str| -> Vec<String> {
+        Shield::embedded()
+            .scan(text, &ScanOptions::default())
+            .unwrap()
+            .findings
+            .iter()
+            .map(|f| format!("{}@{}", f.rule, f.line))
+            .collect()
+    };
+    // The import in one block, the call in the next.
+    let split =
+        "First:\n```python\nimport os\n```\nthen:\n```python\nos.system(\"ping \" + host)\n```\n";
+    assert_eq!(rules(split), ["py.os-shell@7"]);
+    // No fences at all.
+    let bare = "import os\nimport sys\n\nhost = sys.argv[1]\nos.system(\"ping -c 1 \" + host)\n";
+    assert_eq!(rules(bare), ["py.os-shell@5"]);
+    // A wrong fence tag.
+    let mislabelled = "```javascript\nimport os\nimport sys\nhost = sys.argv[1]\nos.system(\"ping -c 1 \" + host)\n```\n";
+    assert_eq!(rules(mislabelled), ["py.os-shell@5"]);
+    let text_tag = "```text\nimport subprocess\ncmd = \"rm -rf \" + path\nsubprocess.call(cmd, shell=True)\n```\n";
+    assert_eq!(rules(text_tag), ["py.subprocess-shell@4"]);
+    // A shell command built up by concatenation before the call.
+    let concat = "```python\nimport subprocess\nbase = \"tar czf backup.tgz \"\ncmd = base + user_dir\nsubprocess.Popen(cmd, shell=True)\n```\n";
+    assert_eq!(rules(concat), ["py.subprocess-shell@5"]);
+    let js = "```js\nconst { exec } = require('child_process');\nconst cmd = 'ls ' + req.query.dir;\nexec(cmd);\n```\n";
+    assert_eq!(rules(js), ["js.child-process@4"]);
+    // A correct tag is not second-guessed.
+    let right = "```javascript\nconst x = require('fs');\nx.readFileSync(p);\n```\n";
+    let report = Shield::embedded()
+        .scan(right, &ScanOptions::default())
+        .unwrap();
+    assert!(report
+        .findings
+        .iter()
+        .all(|f| f.language == Some(Language::Javascript)));
+}
