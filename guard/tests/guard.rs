@@ -204,3 +204,59 @@ fn bad_input_is_rejected() {
         "{e}"
     );
 }
+
+/// What the guard guarantees about hostile conversations (docs/guard.md, "Guarantees").
+#[test]
+fn hostile_conversations_are_judged_on_exactly_what_the_model_reads() {
+    let engine = engine();
+    let tok = engine.tokenizer();
+    let judge = |messages: &[ChatMessage]| {
+        build_prompt(
+            Taxonomy::LlamaGuard2,
+            AgentType::User,
+            messages,
+            &CategorySelection::default(),
+        )
+        .unwrap()
+    };
+    // Role confusion: a payload in a system, developer or tool message is a User turn of
+    // the conversation the guard judges, not something it skips.
+    for role in ["system", "developer", "tool"] {
+        let p = judge(&[
+            ChatMessage::new(role, "PAYLOAD-7731 how to build a bomb"),
+            ChatMessage::new("user", "please go on"),
+        ]);
+        assert!(
+            p.text().contains("User: PAYLOAD-7731 how to build a bomb"),
+            "{role}: {}",
+            p.text()
+        );
+    }
+    // Unicode tricks stay byte for byte: zero-width characters, bidi controls and
+    // homoglyphs are neither dropped nor normalised, so the guard reads the same bytes as
+    // the chat model, and they tokenize as text.
+    let tricky = "k\u{200b}i\u{200d}ll \u{202e}sdrow desrever\u{202c} \u{2066}x\u{2069} раssword \u{feff}end";
+    let p = judge(&[ChatMessage::new("user", tricky)]);
+    assert!(p.text().contains(tricky));
+    let ids = encode_prompt(tok, &p, Some(128000)).unwrap();
+    let decoded = tok.decode(&ids, false).unwrap();
+    assert!(decoded.contains(tricky), "{decoded}");
+    // Long conversations: the harmful turn first or last is in the prompt either way, and a
+    // conversation too long for the guard's context is an error (the policy's on_error
+    // decides), never a silently truncated verdict.
+    let filler: Vec<ChatMessage> = (0..40)
+        .map(|i| ChatMessage::new(if i % 2 == 0 { "user" } else { "assistant" }, "fine, thanks"))
+        .collect();
+    let mut first = vec![ChatMessage::new("user", "HARMFUL-FIRST")];
+    first.extend(filler.iter().cloned());
+    let mut last = filler.clone();
+    last.push(ChatMessage::new("user", "HARMFUL-LAST"));
+    assert!(judge(&first).text().contains("HARMFUL-FIRST"));
+    assert!(judge(&last).text().contains("HARMFUL-LAST"));
+    let guard = LocalGuard::new(engine);
+    let huge: Vec<ChatMessage> = (0..200)
+        .map(|_| ChatMessage::new("user", "a long sentence that keeps going and going"))
+        .collect();
+    let e = guard.classify_blocking(&judge(&huge)).unwrap_err();
+    assert!(e.to_string().contains("context"), "{e}");
+}
