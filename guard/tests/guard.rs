@@ -245,7 +245,12 @@ fn hostile_conversations_are_judged_on_exactly_what_the_model_reads() {
     // conversation too long for the guard's context is an error (the policy's on_error
     // decides), never a silently truncated verdict.
     let filler: Vec<ChatMessage> = (0..40)
-        .map(|i| ChatMessage::new(if i % 2 == 0 { "user" } else { "assistant" }, "fine, thanks"))
+        .map(|i| {
+            ChatMessage::new(
+                if i % 2 == 0 { "user" } else { "assistant" },
+                "fine, thanks",
+            )
+        })
         .collect();
     let mut first = vec![ChatMessage::new("user", "HARMFUL-FIRST")];
     first.extend(filler.iter().cloned());
