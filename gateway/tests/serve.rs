@@ -1129,3 +1129,48 @@ fn request_limits_are_enforced_with_clear_errors() {
         "{v}"
     );
 }
+
+#[test]
+fn overlapped_generation_is_cancelled_on_a_block_and_unchanged_otherwise() {
+    let chat =
+        json!({"messages": [{"role": "user", "content": "Tell me a story"}], "max_tokens": 10})
+            .to_string();
+    let block = policy_dir(
+        "name: default\ninput: { threshold: 0.0, overlap_generation: true }\noutput: { enabled: false }\n",
+    );
+    let s = start_guarded(&block, &[]);
+    let (code, v) = post(&s.base, "/v1/chat/completions", &chat);
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (400, Some("content_filter")),
+        "{v}"
+    );
+    let metrics = ureq::get(&format!("{}/metrics", s.base))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        !metrics.contains(r#"safegate_tokens_total{direction="out"}"#),
+        "a blocked prompt's early generation is never counted as output: {metrics}"
+    );
+
+    let pass = policy_dir(
+        "name: default\ninput: { threshold: 1.0, overlap_generation: true }\noutput: { enabled: false }\n",
+    );
+    let overlapped = start_guarded(&pass, &[]);
+    let model = fixture("tiny-llama3");
+    let plain = start(&["--model", model.to_str().unwrap()]);
+    let (code, a) = post(&overlapped.base, "/v1/chat/completions", &chat);
+    assert_eq!(code, 200, "{a}");
+    let (_, b) = post(&plain.base, "/v1/chat/completions", &chat);
+    assert_eq!(a["choices"][0]["message"], b["choices"][0]["message"]);
+
+    let bad = policy_dir("name: default\noutput: { overlap_generation: true }\n");
+    let e = Command::new(env!("CARGO_BIN_EXE_safegate"))
+        .args(["policy", "check"])
+        .arg(bad.path().join("default.yaml"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&e.stderr).contains("input stage only"));
+}

@@ -286,6 +286,12 @@ fn validate(p: &Policy, shield: &Shield, c: &mut Checker) {
             );
         }
     }
+    if p.output.overlap_generation {
+        c.error(
+            "output.overlap_generation",
+            "overlap_generation applies to the input stage only",
+        );
+    }
     if p.streaming.rescore_every_tokens == 0 {
         c.error(
             "streaming.rescore_every_tokens",

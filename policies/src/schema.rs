@@ -92,6 +92,9 @@ pub struct StagePolicy {
     pub message: String,
     /// Guard time budget for this stage.
     pub timeout_ms: u64,
+    /// Input stage only: start generating while the guard judges the prompt (lower
+    /// latency); the generation is cancelled, unseen, if the guard blocks.
+    pub overlap_generation: bool,
 }
 
 impl Default for StagePolicy {
@@ -104,6 +107,7 @@ impl Default for StagePolicy {
             category_actions: BTreeMap::new(),
             message: "This content was blocked by the safety policy.".into(),
             timeout_ms: 5_000,
+            overlap_generation: false,
         }
     }
 }

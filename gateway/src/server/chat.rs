@@ -390,6 +390,8 @@ pub(super) struct Prepared {
     pub input: Decision,
     pub stream: bool,
     pub include_usage: bool,
+    /// A generation started while the input guard was judging (`overlap_generation`).
+    pub early: Option<Source>,
 }
 
 /// A reply being generated, locally or upstream, as one kind of event stream.
@@ -432,10 +434,18 @@ impl Prepared {
         }
     }
 
-    /// Starts generating (queue full: 429).
-    pub fn start(&self) -> Result<Source, ApiError> {
-        let req = &self.req;
-        match &self.backend {
+    /// The generation: the one started early, or a new one (queue full: 429).
+    pub fn start(&mut self) -> Result<Source, ApiError> {
+        match self.early.take() {
+            Some(source) => Ok(source),
+            None => start_generation(&self.backend, &self.req),
+        }
+    }
+}
+
+fn start_generation(backend: &Backend, req: &ChatRequest) -> Result<Source, ApiError> {
+    {
+        match backend {
             Backend::Local { engine, prompt_ids } => {
                 Ok(Source::Local(engine.generate(GenerateRequest {
                     prompt_ids: prompt_ids.clone(),
@@ -535,20 +545,6 @@ async fn prepare(
         json!(super::audit::sha256_hex(&prompt_text)),
     );
 
-    // Input: the guard judges the prompt before anything is generated.
-    let verdict = guard_stage(state, &policy, Stage::Input, req.messages.clone()).await?;
-    let input = decide(&policy, Stage::Input, verdict.as_ref(), &[]);
-    record(state, &policy, &input, &[]);
-    audit.insert(
-        "input".into(),
-        json!({"verdict": verdict, "decision": input}),
-    );
-    if input.blocked() {
-        return Err(ApiError::content_filter(
-            input.message.clone().unwrap_or_default(),
-            filter_details(&input),
-        ));
-    }
     let backend = match (engine, upstream) {
         (Some(engine), _) => {
             let prompt_ids = engine.tokenizer().encode_chat(&req.messages, true)?;
@@ -565,6 +561,28 @@ async fn prepare(
             Backend::Upstream(_) => "upstream",
         }),
     );
+    // With `overlap_generation`, generation starts now; nothing it produces is looked at
+    // before the verdict, and dropping it cancels it.
+    let early = if policy.input.overlap_generation && state.guard.is_some() {
+        Some(start_generation(&backend, &req)?)
+    } else {
+        None
+    };
+
+    // Input: the guard judges the prompt before anything generated is used.
+    let verdict = guard_stage(state, &policy, Stage::Input, req.messages.clone()).await?;
+    let input = decide(&policy, Stage::Input, verdict.as_ref(), &[]);
+    record(state, &policy, &input, &[]);
+    audit.insert(
+        "input".into(),
+        json!({"verdict": verdict, "decision": input}),
+    );
+    if input.blocked() {
+        return Err(ApiError::content_filter(
+            input.message.clone().unwrap_or_default(),
+            filter_details(&input),
+        ));
+    }
     Ok(Prepared {
         req,
         backend,
@@ -572,6 +590,7 @@ async fn prepare(
         input,
         stream,
         include_usage,
+        early,
     })
 }
 
@@ -694,13 +713,13 @@ pub(super) fn on_check_error(
 
 async fn complete_whole(
     state: &AppState,
-    p: Prepared,
+    mut p: Prepared,
     audit: &mut serde_json::Map<String, Value>,
 ) -> Result<Value, ApiError> {
+    let mut source = p.start()?;
     let Prepared {
         req, policy, input, ..
     } = &p;
-    let mut source = p.start()?;
     let mut text = String::new();
     let completion = loop {
         match source.next().await {

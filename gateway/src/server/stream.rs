@@ -42,7 +42,7 @@ impl futures_core::Stream for SseBody {
 /// writes the audit line and the metrics when it ends.
 pub(super) fn start(
     state: web::Data<AppState>,
-    prepared: Prepared,
+    mut prepared: Prepared,
     t0: Instant,
     audit: serde_json::Map<String, Value>,
 ) -> Result<HttpResponse, ApiError> {
