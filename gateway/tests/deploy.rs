@@ -278,6 +278,10 @@ fn the_manifests_policies_and_config_are_accepted_by_safegate() {
             .split(':')
             .next()
             .unwrap();
+        // models/ is made by scripts/run.sh (the imported default model), as the file says.
+        if path.ends_with("/models") {
+            continue;
+        }
         assert!(
             deploy("compose").join(path).exists(),
             "compose mounts {path}"
