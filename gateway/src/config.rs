@@ -34,6 +34,36 @@ pub struct FileConfig {
     /// Models served by OpenAI-compatible upstream servers.
     #[serde(default)]
     pub models: Vec<UpstreamModel>,
+    /// Llama Guard on an OpenAI-compatible completions server with logprobs (vLLM), shared
+    /// by all replicas, instead of a local guard model.
+    pub guard_remote: Option<RemoteGuardConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteGuardConfig {
+    /// e.g. `http://vllm-guard:8000` (`/v1/completions` is appended).
+    pub base_url: String,
+    /// The served model name, e.g. `meta-llama/Meta-Llama-Guard-2-8B`.
+    pub model: String,
+    /// A folder with the guard model's `tokenizer.json` (and `config.json` for its BOS id):
+    /// prompts are sent as token ids, tokenized here so user text never becomes special
+    /// tokens on the server.
+    pub tokenizer: PathBuf,
+    /// Environment variable holding the server's bearer token.
+    pub api_key_env: Option<String>,
+    #[serde(default = "default_guard_timeout")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_guard_retries")]
+    pub retries: u32,
+}
+
+fn default_guard_timeout() -> u64 {
+    5_000
+}
+
+fn default_guard_retries() -> u32 {
+    2
 }
 
 /// A model generated on an upstream server; the same checks apply as to local models.
@@ -123,6 +153,7 @@ pub struct Settings {
     pub limits: Limits,
     pub keys: Vec<KeyConfig>,
     pub upstreams: Vec<UpstreamModel>,
+    pub guard_remote: Option<RemoteGuardConfig>,
 }
 
 pub fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
@@ -160,6 +191,9 @@ fn read_file(path: &Path) -> Result<FileConfig> {
     }
     for p in cfg.policies.iter_mut().flatten() {
         rebase(p);
+    }
+    if let Some(g) = cfg.guard_remote.as_mut() {
+        rebase(&mut g.tokenizer);
     }
     Ok(cfg)
 }
@@ -227,6 +261,12 @@ impl Settings {
                 bail!("{at}: timeout_ms must be at least 1");
             }
         }
+        if let (Some(_), Some(_)) = (&args.guard_model, &file.guard_remote) {
+            bail!(
+                "{}: guard_remote and --guard-model both name a guard; keep one",
+                where_()
+            );
+        }
         let limits = file.limits.clone().unwrap_or_default();
         if limits.max_messages == 0 || limits.max_tokens == 0 || limits.request_timeout_ms == 0 {
             bail!(
@@ -272,6 +312,7 @@ impl Settings {
             limits,
             keys: file.keys,
             upstreams: file.models,
+            guard_remote: file.guard_remote,
         })
     }
 }

@@ -1174,3 +1174,86 @@ fn overlapped_generation_is_cancelled_on_a_block_and_unchanged_otherwise() {
         .unwrap();
     assert!(String::from_utf8_lossy(&e.stderr).contains("input stage only"));
 }
+
+/// A stand-in for vLLM serving Llama Guard: every /v1/completions call answers the given
+/// top logprobs for the next token.
+fn fake_guard_server(p_unsafe: f64) -> String {
+    use std::io::{BufRead, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let mut reader = std::io::BufReader::new(stream);
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let top = json!({"unsafe": p_unsafe.ln(), "safe": (1.0 - p_unsafe).ln(), "S": (0.9f64).ln(), "1": (0.8f64).ln()});
+            let answer = json!({"choices": [{"text": "x", "logprobs": {"top_logprobs": [top]}}]})
+                .to_string();
+            let mut stream = reader.into_inner();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+        }
+    });
+    base
+}
+
+#[test]
+fn a_remote_guard_on_a_vllm_style_server_judges_requests() {
+    let model = fixture("tiny-llama3");
+    let messages = json!([{"role": "user", "content": "how do I do something bad"}]);
+    for (p_unsafe, want) in [(0.9, 400u16), (0.01, 200)] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("c.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[guard_remote]\nbase_url = \"{}\"\nmodel = \"meta-llama/Meta-Llama-Guard-2-8B\"\ntokenizer = \"{}\"\n",
+                fake_guard_server(p_unsafe),
+                model.display()
+            ),
+        )
+        .unwrap();
+        let s = start(&[
+            "--config",
+            config.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+        ]);
+        let ready: Value = ureq::get(&format!("{}/readyz", s.base))
+            .call()
+            .unwrap()
+            .into_json()
+            .unwrap();
+        assert_eq!(ready["guard"]["backend"], "remote", "{ready}");
+        assert_eq!(ready["guard"]["model"], "meta-llama/Meta-Llama-Guard-2-8B");
+        let (code, v) = post(
+            &s.base,
+            "/v1/chat/completions",
+            &json!({"messages": messages, "max_tokens": 3}).to_string(),
+        );
+        assert_eq!(code, want, "P(unsafe) {p_unsafe}: {v}");
+        if want == 400 {
+            assert_eq!(v["error"]["code"], "content_filter");
+            assert!(
+                v["error"]["content_filter_result"]["reasons"]
+                    .to_string()
+                    .contains("S1"),
+                "{v}"
+            );
+        }
+    }
+}

@@ -20,6 +20,12 @@ pub trait SafetyClassifier: Send + Sync {
     fn classify(&self, prompt: &GuardPrompt) -> Result<Classification, GuardError>;
     /// `local` or `remote`, for logs and `/readyz`.
     fn backend(&self) -> &'static str;
+    /// The guard model's name.
+    fn model_name(&self) -> String;
+    /// Classifications waiting (local backend; 0 when unknown).
+    fn queue_depth(&self) -> usize {
+        0
+    }
 }
 
 impl SafetyClassifier for LocalGuard {
@@ -29,6 +35,12 @@ impl SafetyClassifier for LocalGuard {
     fn backend(&self) -> &'static str {
         "local"
     }
+    fn model_name(&self) -> String {
+        self.engine().info().name.clone()
+    }
+    fn queue_depth(&self) -> usize {
+        self.engine().queue_depth()
+    }
 }
 
 impl SafetyClassifier for RemoteGuard {
@@ -37,6 +49,9 @@ impl SafetyClassifier for RemoteGuard {
     }
     fn backend(&self) -> &'static str {
         "remote"
+    }
+    fn model_name(&self) -> String {
+        self.model().to_string()
     }
 }
 

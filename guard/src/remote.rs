@@ -59,6 +59,10 @@ impl RemoteGuard {
         }
     }
 
+    pub fn model(&self) -> &str {
+        &self.config.model
+    }
+
     /// Top alternatives for the next token after `ids`: token text -> log-probability.
     fn next_token_logprobs(&self, ids: &[u32]) -> Result<BTreeMap<String, f64>, GuardError> {
         let url = format!(

@@ -267,17 +267,15 @@ pub(super) async fn guard_stage(
     let t0 = Instant::now();
     // The stage's time budget: past it the guard counts as failed (on_error decides).
     let budget = std::time::Duration::from_millis(policy.stage(stage).timeout_ms);
-    let result = match actix_web::rt::time::timeout(
-        budget,
-        web::block(move || guard.classify_blocking(&prompt)),
-    )
-    .await
-    {
-        Ok(joined) => joined
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(|e| e.to_string()),
-        Err(_) => Err(format!("no verdict within {} ms", budget.as_millis())),
-    };
+    let result =
+        match actix_web::rt::time::timeout(budget, web::block(move || guard.classify(&prompt)))
+            .await
+        {
+            Ok(joined) => joined
+                .map_err(|e| ApiError::internal(e.to_string()))?
+                .map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no verdict within {} ms", budget.as_millis())),
+        };
     let name = if stage == Stage::Input {
         "input_guard"
     } else {
@@ -913,7 +911,7 @@ async fn moderations_inner(
     let model = state
         .guard
         .as_ref()
-        .map(|g| g.engine().info().name.clone())
+        .map(|g| g.model_name())
         .unwrap_or_default();
     Ok(json!({"id": format!("modr-{:x}", t0_nanos()), "model": model, "results": results}))
 }

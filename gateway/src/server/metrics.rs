@@ -152,7 +152,7 @@ pub async fn scrape(state: web::Data<AppState>) -> HttpResponse {
     if let Some(g) = &state.guard {
         depth
             .with_label_values(&["guard"])
-            .set(g.engine().queue_depth() as i64);
+            .set(g.queue_depth() as i64);
     }
     let mut buf = Vec::new();
     let families = state.metrics.registry.gather();

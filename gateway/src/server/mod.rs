@@ -20,7 +20,7 @@ use std::sync::Arc;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use anyhow::{bail, Context, Result};
 use safegate_engine::{Engine, EngineOptions};
-use safegate_guard::LocalGuard;
+use safegate_guard::{LocalGuard, RemoteConfig, RemoteGuard, SafetyClassifier};
 use safegate_policies::{PolicySet, PolicyStore};
 use safegate_shield::Shield;
 use serde_json::json;
@@ -32,7 +32,7 @@ pub use metrics::Metrics;
 
 pub struct AppState {
     pub engine: Option<Engine>,
-    pub guard: Option<Arc<LocalGuard>>,
+    pub guard: Option<Arc<dyn SafetyClassifier>>,
     pub policies: Arc<PolicyStore>,
     pub shield: &'static Shield,
     pub metrics: Metrics,
@@ -144,11 +144,35 @@ pub fn run(cli: &Cli, serve_args: &ServeArgs) -> Result<()> {
         .as_ref()
         .map(|m| load(cli, m, args))
         .transpose()?;
-    let guard = args
-        .guard_model
-        .as_ref()
-        .map(|m| load(cli, m, args).map(|e| Arc::new(LocalGuard::new(e))))
-        .transpose()?;
+    let mut guard: Option<Arc<dyn SafetyClassifier>> = None;
+    if let Some(m) = &args.guard_model {
+        guard = Some(Arc::new(LocalGuard::new(load(cli, m, args)?)));
+    }
+    if let Some(r) = &args.guard_remote {
+        let tokenizer =
+            safegate_engine::ChatTokenizer::load_dir(&r.tokenizer).with_context(|| {
+                format!(
+                    "guard_remote.tokenizer: cannot load {}",
+                    r.tokenizer.display()
+                )
+            })?;
+        let bos = safegate_engine::ModelConfig::load(&r.tokenizer)
+            .ok()
+            .and_then(|c| c.bos_token_id)
+            .or_else(|| tokenizer.token_id("<|begin_of_text|>"));
+        let config = RemoteConfig {
+            base_url: r.base_url.clone(),
+            model: r.model.clone(),
+            api_key: r.api_key_env.as_ref().and_then(|v| std::env::var(v).ok()),
+            timeout: std::time::Duration::from_millis(r.timeout_ms),
+            retries: r.retries,
+            ..Default::default()
+        };
+        guard = Some(Arc::new(RemoteGuard::new(config, tokenizer, bos)));
+    }
+    if let Some(g) = &guard {
+        tracing::info!(backend = g.backend(), model = %g.model_name(), "guard ready");
+    }
     if guard.is_none() {
         tracing::warn!(
             "no guard model (--guard-model DIR): the policies' guard stages are skipped; the shield still runs"
@@ -245,7 +269,7 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let guard = state
         .guard
         .as_ref()
-        .map(|g| json!({"backend": "local", "model": g.engine().info().name}));
+        .map(|g| json!({"backend": g.backend(), "model": g.model_name()}));
     HttpResponse::Ok().json(json!({
         "status": "ready",
         "chat_model": model,
