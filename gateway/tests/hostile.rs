@@ -263,3 +263,145 @@ fn slow_readers_and_reused_connections_get_whole_streams() {
         assert!(text.contains(r#""finish_reason":"length""#), "{text}");
     }
 }
+
+/// A remote guard that reads the prompt it is sent (token ids, decoded with the guard's
+/// tokenizer) and calls it unsafe exactly when the conversation contains `marker`.
+fn marker_guard(marker: &'static str) -> String {
+    let tokenizer = tokenizers::Tokenizer::from_file(fixture("tiny-llama3").join("tokenizer.json"))
+        .expect("run scripts/setup.sh");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let mut reader = std::io::BufReader::new(stream);
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let ids: Vec<u32> = request["prompt"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_u64())
+                        .map(|v| v as u32)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let text = tokenizer.decode(&ids, false).unwrap_or_default();
+            let p: f64 = if text.contains(marker) { 0.99 } else { 0.01 };
+            let top = json!({"unsafe": p.ln(), "safe": (1.0 - p).ln(), "S": 0.0, "1": 0.0});
+            let answer = json!({"choices": [{"logprobs": {"top_logprobs": [top]}}]}).to_string();
+            let mut stream = reader.into_inner();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+        }
+    });
+    base
+}
+
+/// Unsafe text placed before, on and after every re-score boundary never reaches the
+/// client, not even in part; the stream ends with content_filter.
+#[test]
+fn unsafe_text_at_any_window_boundary_never_reaches_the_client() {
+    let guard = marker_guard("FORBIDDEN");
+    // Upstream replies: 12 harmless deltas with the marker as delta number `at`.
+    let replies: Vec<String> = (1..=12)
+        .map(|at| {
+            let mut deltas: Vec<String> = (1..=12).map(|i| format!("w{i} ")).collect();
+            deltas[at - 1] = "FORBIDDEN ".into();
+            let mut body: String = deltas
+                .iter()
+                .map(|d| {
+                    let chunk = json!({"choices": [{"index": 0, "delta": {"content": d}, "finish_reason": null}]});
+                    format!("data: {chunk}\n\n")
+                })
+                .collect();
+            body.push_str("data: [DONE]\n\n");
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        })
+        .collect();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = format!("http://{}/v1", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for reply in replies {
+            let Ok((mut stream, _)) = listener.accept() else {
+                return;
+            };
+            let mut buf = [0u8; 16384];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(reply.as_bytes());
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let policies = policy_dir(
+        "name: default\nstreaming: { rescore_every_tokens: 4, hold_back_tokens: 2 }\nshield: { enabled: false }\n",
+    );
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[guard_remote]\nbase_url = \"{guard}\"\nmodel = \"guard\"\ntokenizer = \"{}\"\n\n[[models]]\nname = \"scripted\"\nupstream = \"{upstream}\"\n",
+            fixture("tiny-llama3").display()
+        ),
+    )
+    .unwrap();
+    let s = start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--policies",
+        policies.path().to_str().unwrap(),
+        "--audit-log",
+        "off",
+    ]);
+    for at in 1..=12 {
+        let text = ureq::post(&format!("{}/v1/chat/completions", s.base))
+            .send_json(json!({"model": "scripted", "stream": true,
+                              "messages": [{"role": "user", "content": "say something"}]}))
+            .unwrap()
+            .into_string()
+            .unwrap();
+        let mut sent = String::new();
+        let mut finish = None;
+        for frame in text.split("\n\n").filter_map(|f| f.strip_prefix("data: ")) {
+            if frame == "[DONE]" {
+                continue;
+            }
+            let v: Value = serde_json::from_str(frame).unwrap();
+            if v["choices"][0]["finish_reason"].is_string() {
+                finish = v["choices"][0]["finish_reason"]
+                    .as_str()
+                    .map(str::to_string);
+                continue; // the last chunk carries the policy's message, not model text
+            }
+            sent.push_str(v["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
+        }
+        assert_eq!(
+            finish.as_deref(),
+            Some("content_filter"),
+            "marker at {at}: {text}"
+        );
+        assert!(!sent.contains('F'), "marker at {at}: leaked {sent:?}");
+        // Everything before the marker that was released is the reply's own prefix.
+        let expected_prefix: String = (1..at).map(|i| format!("w{i} ")).collect();
+        assert!(
+            expected_prefix.starts_with(&sent),
+            "marker at {at}: sent {sent:?}"
+        );
+    }
+}
