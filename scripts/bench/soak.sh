@@ -40,7 +40,7 @@ echo "soak: ${MIN} min, ${CONN} connections, guard (every 8 tokens) + shield + f
 ( while kill -0 $PID 2>/dev/null; do echo "$(date +%s) $(rss)"; sleep 10; done ) > "$work/rss.log" &
 wrk -t2 -c"$CONN" -d"${MIN}m" --timeout 30s --latency -s "$work/chat.lua" "http://127.0.0.1:$PORT/v1/chat/completions" > "$work/soak.txt"
 summary < "$work/soak.txt"
-awk 'NR==1 {first=$2} {last=$2; if ($2>max) max=$2} END {printf "RSS: start %d MB, end %d MB, max %d MB (%d samples)\n", first/1024, last/1024, max/1024, NR}' "$work/rss.log"
+awk 'NR==1 {first=$2} {last=$2; if ($2>max) max=$2; trend = trend sprintf(" %d", $2/1024)} END {printf "RSS: start %d MB, end %d MB, max %d MB (%d samples, MB:%s)\n", first/1024, last/1024, max/1024, NR, trend}' "$work/rss.log"
 echo "past saturation: 64 connections, queue 16, 30 s"
 wrk -t2 -c64 -d30s --timeout 30s --latency -s "$work/chat.lua" "http://127.0.0.1:$PORT/v1/chat/completions" > "$work/burst.txt"
 summary < "$work/burst.txt"

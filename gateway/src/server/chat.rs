@@ -271,9 +271,14 @@ pub(super) async fn guard_stage(
         match actix_web::rt::time::timeout(budget, web::block(move || guard.classify(&prompt)))
             .await
         {
-            Ok(joined) => joined
-                .map_err(|e| ApiError::internal(e.to_string()))?
-                .map_err(|e| e.to_string()),
+            Ok(joined) => match joined.map_err(|e| ApiError::internal(e.to_string()))? {
+                // A full guard queue is overload, not a failing guard: the client retries
+                // (429 + Retry-After) instead of the policy's on_error deciding.
+                Err(safegate_guard::GuardError::Engine(
+                    safegate_engine::EngineError::QueueFull,
+                )) => return Err(ApiError::overloaded()),
+                other => other.map_err(|e| e.to_string()),
+            },
             Err(_) => Err(format!("no verdict within {} ms", budget.as_millis())),
         };
     let name = if stage == Stage::Input {
