@@ -161,72 +161,47 @@ fn relay(
         if read == 0 {
             break;
         }
-        let line = buf.trim_end_matches(['\r', '\n']);
-        let Some(data) = line.strip_prefix("data:") else {
-            // Comments, event names, blank separators.
-            continue;
-        };
-        let data = data.trim_start();
-        if data == "[DONE]" {
-            let finish_reason = match finish.as_deref() {
-                Some("length") => FinishReason::Length,
-                _ => FinishReason::Stop,
-            };
-            if usage.completion_tokens == 0 && completion_chars > 0 {
-                // An upstream that sends no usage: count deltas as tokens, roughly.
-                usage.completion_tokens = completion_chars;
-            }
-            // Read to the end of the body so the connection goes back to the pool.
-            let _ = std::io::copy(&mut reader, &mut std::io::sink());
-            let ttft = first_token.unwrap_or_else(|| t0.elapsed());
-            let _ = tx.blocking_send(UpstreamEvent::Done(Completion {
-                finish_reason,
-                usage,
-                tail_text: String::new(),
-                time_to_first_token: ttft,
-                queue_time: Duration::ZERO,
-                decode_time: t0.elapsed().saturating_sub(ttft),
-            }));
-            return Ok(());
-        }
-        let chunk: Value = serde_json::from_str(data).map_err(|e| {
-            bad_gateway(format!(
-                "the upstream sent a malformed stream event ({e}): {}",
-                data.chars().take(120).collect::<String>()
-            ))
-        })?;
-        if let Some(err) = chunk.get("error") {
-            let message = err
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("unknown error");
-            return Err(bad_gateway(format!(
-                "the upstream failed mid-stream: {message}"
-            )));
-        }
-        if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
-            let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0) as usize;
-            usage = Usage {
-                prompt_tokens: n("prompt_tokens"),
-                completion_tokens: n("completion_tokens"),
-            };
-        }
-        let Some(choice) = chunk.pointer("/choices/0") else {
-            continue;
-        };
-        if let Some(f) = choice.get("finish_reason").and_then(Value::as_str) {
-            finish = Some(f.to_string());
-        }
-        if let Some(text) = choice.pointer("/delta/content").and_then(Value::as_str) {
-            if !text.is_empty() {
-                first_token.get_or_insert_with(|| t0.elapsed());
-                completion_chars += 1;
-                if tx
-                    .blocking_send(UpstreamEvent::Delta(text.to_string()))
-                    .is_err()
-                {
-                    return Ok(()); // nobody listens any more: drop the connection
+        let chunk = match safegate_sse::parse_line(&buf) {
+            Ok(safegate_sse::Line::Ignored) => continue,
+            Ok(safegate_sse::Line::Chunk(chunk)) => chunk,
+            Ok(safegate_sse::Line::Done) => {
+                let finish_reason = match finish.as_deref() {
+                    Some("length") => FinishReason::Length,
+                    _ => FinishReason::Stop,
+                };
+                if usage.completion_tokens == 0 && completion_chars > 0 {
+                    // An upstream that sends no usage: count deltas as tokens, roughly.
+                    usage.completion_tokens = completion_chars;
                 }
+                // Read to the end of the body so the connection goes back to the pool.
+                let _ = std::io::copy(&mut reader, &mut std::io::sink());
+                let ttft = first_token.unwrap_or_else(|| t0.elapsed());
+                let _ = tx.blocking_send(UpstreamEvent::Done(Completion {
+                    finish_reason,
+                    usage,
+                    tail_text: String::new(),
+                    time_to_first_token: ttft,
+                    queue_time: Duration::ZERO,
+                    decode_time: t0.elapsed().saturating_sub(ttft),
+                }));
+                return Ok(());
+            }
+            Err(e) => return Err(bad_gateway(e.to_string())),
+        };
+        if let Some((prompt_tokens, completion_tokens)) = chunk.usage {
+            usage = Usage {
+                prompt_tokens,
+                completion_tokens,
+            };
+        }
+        if let Some(f) = chunk.finish_reason {
+            finish = Some(f);
+        }
+        if let Some(text) = chunk.text {
+            first_token.get_or_insert_with(|| t0.elapsed());
+            completion_chars += 1;
+            if tx.blocking_send(UpstreamEvent::Delta(text)).is_err() {
+                return Ok(()); // nobody listens any more: drop the connection
             }
         }
     }

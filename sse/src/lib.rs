@@ -1,0 +1,132 @@
+//! One line of an OpenAI-compatible chat completion stream (server-sent events), read into
+//! what a relay needs: the text delta, the finish reason, usage, or the end. Pure and
+//! total (fuzzed: `fuzz/fuzz_targets/sse_line.rs`).
+
+use serde_json::Value;
+
+/// What a line of the stream says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line {
+    /// A comment, an `event:`/`id:` field, a blank separator, or an event without a choice.
+    Ignored,
+    /// `data: [DONE]`.
+    Done,
+    Chunk(Chunk),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Chunk {
+    /// `choices[0].delta.content`, when non-empty.
+    pub text: Option<String>,
+    pub finish_reason: Option<String>,
+    /// (prompt_tokens, completion_tokens)
+    pub usage: Option<(usize, usize)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SseError {
+    /// The data is not JSON.
+    Malformed(String),
+    /// The upstream reported an error inside the stream.
+    Upstream(String),
+}
+
+impl std::fmt::Display for SseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SseError::Malformed(m) => write!(f, "the upstream sent a malformed stream event ({m})"),
+            SseError::Upstream(m) => write!(f, "the upstream failed mid-stream: {m}"),
+        }
+    }
+}
+
+/// Parses one line (with or without its line break).
+pub fn parse_line(line: &str) -> Result<Line, SseError> {
+    let line = line.trim_end_matches(['\r', '\n']);
+    let Some(data) = line.strip_prefix("data:") else {
+        return Ok(Line::Ignored);
+    };
+    let data = data.trim_start();
+    if data == "[DONE]" {
+        return Ok(Line::Done);
+    }
+    let event: Value = serde_json::from_str(data).map_err(|e| {
+        SseError::Malformed(format!(
+            "{e}: {}",
+            data.chars().take(120).collect::<String>()
+        ))
+    })?;
+    if let Some(err) = event.get("error").filter(|e| !e.is_null()) {
+        let message = err
+            .get("message")
+            .and_then(Value::as_str)
+            .or_else(|| err.as_str())
+            .unwrap_or("unknown error");
+        return Err(SseError::Upstream(message.to_string()));
+    }
+    let usage = event.get("usage").filter(|u| u.is_object()).map(|u| {
+        let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0) as usize;
+        (n("prompt_tokens"), n("completion_tokens"))
+    });
+    let choice = event.pointer("/choices/0");
+    let chunk = Chunk {
+        text: choice
+            .and_then(|c| c.pointer("/delta/content"))
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string),
+        finish_reason: choice
+            .and_then(|c| c.get("finish_reason"))
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        usage,
+    };
+    if chunk == Chunk::default() {
+        return Ok(Line::Ignored);
+    }
+    Ok(Line::Chunk(chunk))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_of_a_stream() {
+        assert_eq!(parse_line(": keep-alive\n"), Ok(Line::Ignored));
+        assert_eq!(parse_line("event: message"), Ok(Line::Ignored));
+        assert_eq!(parse_line(""), Ok(Line::Ignored));
+        assert_eq!(parse_line("data: [DONE]\r\n"), Ok(Line::Done));
+        assert_eq!(parse_line("data:[DONE]"), Ok(Line::Done));
+        let delta =
+            r#"data: {"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}"#;
+        assert_eq!(
+            parse_line(delta),
+            Ok(Line::Chunk(Chunk {
+                text: Some("Hi".into()),
+                ..Chunk::default()
+            }))
+        );
+        let last = r#"data: {"choices":[{"delta":{},"finish_reason":"length"}],"usage":{"prompt_tokens":5,"completion_tokens":7}}"#;
+        assert_eq!(
+            parse_line(last),
+            Ok(Line::Chunk(Chunk {
+                text: None,
+                finish_reason: Some("length".into()),
+                usage: Some((5, 7)),
+            }))
+        );
+        // A role-only first chunk and a usage: null field carry nothing.
+        let role =
+            r#"data: {"choices":[{"delta":{"role":"assistant","content":""}}],"usage":null}"#;
+        assert_eq!(parse_line(role), Ok(Line::Ignored));
+        assert!(matches!(
+            parse_line("data: {not json"),
+            Err(SseError::Malformed(_))
+        ));
+        assert_eq!(
+            parse_line(r#"data: {"error":{"message":"overloaded"}}"#),
+            Err(SseError::Upstream("overloaded".into()))
+        );
+    }
+}
