@@ -92,11 +92,7 @@ fn every_metric_the_dashboard_and_alerts_query_is_exported() {
         .call()
         .unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    let scrape = ureq::get(&format!("{}/metrics", s.base))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let scrape = metrics(&s.base);
     let exported: Vec<&str> = scrape
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Read};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -118,11 +118,7 @@ fn an_invalid_policy_reload_under_load_fails_no_request() {
         .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
     assert!(ok > 20, "{ok}");
     assert_eq!(failed, 0, "requests failed during reloads");
-    let metrics = ureq::get(&format!("{}/metrics", s.base))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let metrics = metrics(&s.base);
     assert!(
         metrics.contains(r#"outcome="rejected""#) && metrics.contains(r#"outcome="ok""#),
         "{metrics}"
@@ -162,22 +158,12 @@ fn sigterm_lets_a_running_stream_finish() {
 
 #[test]
 fn an_upstream_that_breaks_off_mid_stream_is_an_error_not_a_short_answer() {
-    use std::net::TcpListener;
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let upstream = format!("http://{}/v1", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(2) {
-            let mut stream = stream.unwrap();
-            let mut buf = [0u8; 8192];
-            let _ = stream.read(&mut buf);
-            let chunk = json!({"choices": [{"index": 0, "delta": {"content": "partial "}, "finish_reason": null}]});
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\ndata: {chunk}\n\n"
-            );
-            // Reset: close without [DONE].
-        }
-    });
+    // Half a stream, then the connection closes without [DONE].
+    let upstream = serve_raw(|_, _| {
+        let head =
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+        Some(format!("{head}data: {}\n\n", delta("partial ")).into_bytes())
+    }) + "/v1";
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.toml");
     std::fs::write(

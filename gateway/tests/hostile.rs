@@ -113,8 +113,6 @@ fn random_request_bodies_get_an_answer_never_a_server_error() {
 /// clean 200 or a 502/504 error, never a hang or a panic.
 #[test]
 fn random_upstream_streams_are_relayed_or_refused_cleanly() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let upstream = format!("http://{}/v1", listener.local_addr().unwrap());
     let bodies: Vec<Vec<u8>> = {
         let mut runner = proptest::test_runner::TestRunner::deterministic();
         let event = prop_oneof![
@@ -134,19 +132,11 @@ fn random_upstream_streams_are_relayed_or_refused_cleanly() {
             .collect()
     };
     let n = bodies.len();
-    std::thread::spawn(move || {
-        for body in bodies {
-            let Ok((mut stream, _)) = listener.accept() else {
-                return;
-            };
-            let mut buf = [0u8; 8192];
-            let _ = stream.read(&mut buf);
-            let _ = stream.write_all(
-                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
-            );
-            let _ = stream.write_all(&body);
-        }
-    });
+    let upstream = serve_raw(move |i, _| {
+        let head =
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+        bodies.get(i).map(|body| [head.as_slice(), body].concat())
+    }) + "/v1";
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.toml");
     std::fs::write(
@@ -198,11 +188,7 @@ fn a_full_audit_disk_refuses_requests_rather_than_losing_their_record() {
             .contains("audit log"),
         "{v}"
     );
-    let metrics = ureq::get(&format!("{}/metrics", s.base))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let metrics = metrics(&s.base);
     assert!(
         metrics.contains("safegate_audit_write_errors_total 1"),
         "{metrics}"
@@ -269,47 +255,24 @@ fn slow_readers_and_reused_connections_get_whole_streams() {
 fn marker_guard(marker: &'static str) -> String {
     let tokenizer = tokenizers::Tokenizer::from_file(fixture("tiny-llama3").join("tokenizer.json"))
         .expect("run scripts/setup.sh");
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            let mut reader = std::io::BufReader::new(stream);
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; length];
-            let _ = reader.read_exact(&mut body);
-            let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            let ids: Vec<u32> = request["prompt"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_u64())
-                        .map(|v| v as u32)
-                        .collect()
-                })
-                .unwrap_or_default();
-            let text = tokenizer.decode(&ids, false).unwrap_or_default();
-            let p: f64 = if text.contains(marker) { 0.99 } else { 0.01 };
-            let top = json!({"unsafe": p.ln(), "safe": (1.0 - p).ln(), "S": 0.0, "1": 0.0});
-            let answer = json!({"choices": [{"logprobs": {"top_logprobs": [top]}}]}).to_string();
-            let mut stream = reader.into_inner();
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
-                answer.len()
-            );
-        }
-    });
-    base
+    serve_raw(move |_, body| {
+        let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let ids: Vec<u32> = request["prompt"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_u64)
+                    .map(|v| v as u32)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let text = tokenizer.decode(&ids, false).unwrap_or_default();
+        Some(logprobs_answer(if text.contains(marker) {
+            0.99
+        } else {
+            0.01
+        }))
+    })
 }
 
 /// Unsafe text placed before, on and after every re-score boundary never reaches the
@@ -318,36 +281,14 @@ fn marker_guard(marker: &'static str) -> String {
 fn unsafe_text_at_any_window_boundary_never_reaches_the_client() {
     let guard = marker_guard("FORBIDDEN");
     // Upstream replies: 12 harmless deltas with the marker as delta number `at`.
-    let replies: Vec<String> = (1..=12)
+    let replies: Vec<Vec<u8>> = (1..=12)
         .map(|at| {
-            let mut deltas: Vec<String> = (1..=12).map(|i| format!("w{i} ")).collect();
-            deltas[at - 1] = "FORBIDDEN ".into();
-            let mut body: String = deltas
-                .iter()
-                .map(|d| {
-                    let chunk = json!({"choices": [{"index": 0, "delta": {"content": d}, "finish_reason": null}]});
-                    format!("data: {chunk}\n\n")
-                })
-                .collect();
-            body.push_str("data: [DONE]\n\n");
-            format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            )
+            let mut words: Vec<String> = (1..=12).map(|i| format!("w{i} ")).collect();
+            words[at - 1] = "FORBIDDEN ".into();
+            sse_response(&words.iter().map(|w| delta(w)).collect::<Vec<_>>())
         })
         .collect();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let upstream = format!("http://{}/v1", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for reply in replies {
-            let Ok((mut stream, _)) = listener.accept() else {
-                return;
-            };
-            let mut buf = [0u8; 16384];
-            let _ = stream.read(&mut buf);
-            let _ = stream.write_all(reply.as_bytes());
-        }
-    });
+    let upstream = serve_raw(move |i, _| replies.get(i).cloned()) + "/v1";
     let dir = tempfile::tempdir().unwrap();
     let policies = policy_dir(
         "name: default\nstreaming: { rescore_every_tokens: 4, hold_back_tokens: 2 }\nshield: { enabled: false }\n",

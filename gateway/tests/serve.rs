@@ -91,11 +91,7 @@ fn chat_shield_errors_and_metrics() {
     assert_eq!(ready["chat_model"]["provider"], "cpu");
     assert_eq!(ready["policy_version"], 1);
 
-    let metrics = ureq::get(&format!("{}/metrics", s.base))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let metrics = metrics(&s.base);
     assert!(
         metrics.contains(r#"safegate_requests_total{endpoint="chat_completions",outcome="ok"} 1"#),
         "{metrics}"
@@ -134,11 +130,7 @@ fn the_input_guard_blocks_with_content_filter() {
     assert_eq!(v["error"]["code"], "content_filter");
     assert_eq!(v["error"]["message"], "Blocked by test policy.");
     assert_eq!(v["error"]["content_filter_result"]["action"], "block");
-    let metrics = ureq::get(&format!("{}/metrics", s.base))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let metrics = metrics(&s.base);
     assert!(
         metrics.contains(
             r#"safegate_requests_total{endpoint="chat_completions",outcome="blocked"} 1"#
@@ -248,11 +240,7 @@ fn policies_reload_on_change_sighup_and_admin_call_and_bad_sets_are_rejected() {
     std::fs::write(&file, "name: default\ninput: { threshold: 3 }\n").unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let m = ureq::get(&format!("{}/metrics", s.base))
-            .call()
-            .unwrap()
-            .into_string()
-            .unwrap();
+        let m = metrics(&s.base);
         if m.contains(
             r#"safegate_policy_reloads_total{outcome="rejected",trigger="file_change"} 1"#,
         ) {
@@ -332,11 +320,7 @@ fn a_slow_guard_fails_closed_or_open_as_the_policy_says() {
             );
         }
         assert!(t0.elapsed() < Duration::from_secs(5));
-        let metrics = ureq::get(&format!("{}/metrics", s.base))
-            .call()
-            .unwrap()
-            .into_string()
-            .unwrap();
+        let metrics = metrics(&s.base);
         let line =
             format!(r#"safegate_check_errors_total{{check="guard",outcome="{on_error}"}} 1"#);
         assert!(metrics.contains(&line), "{metrics}");
@@ -454,11 +438,7 @@ fn moderations_follow_openai_schema_with_s_codes_alongside() {
         .as_str()
         .unwrap()
         .contains("loaded: default"));
-    let metrics = ureq::get(&format!("{}/metrics", s.base))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let metrics = metrics(&s.base);
     assert!(
         metrics.contains(r#"safegate_queue_depth{model="guard"} 0"#),
         "{metrics}"
@@ -789,48 +769,9 @@ fn bad_config_files_are_refused_naming_the_file_and_field() {
     assert!(e.contains("refusing to listen on 0.0.0.0:1"), "{e}");
 }
 
-/// An HTTP server that answers each connection with the next canned response (raw HTTP),
-/// reading the request first. Stands in for a misbehaving or scripted upstream.
-fn fake_upstream(responses: Vec<String>) -> String {
-    use std::io::{BufRead, Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}/v1", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for response in responses {
-            let Ok((stream, _)) = listener.accept() else {
-                return;
-            };
-            let mut reader = std::io::BufReader::new(stream);
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; length];
-            let _ = reader.read_exact(&mut body);
-            let mut stream = reader.into_inner();
-            let _ = stream.write_all(response.as_bytes());
-        }
-    });
-    base
-}
-
-fn sse_response(events: &[Value]) -> String {
-    let mut body: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
-    body.push_str("data: [DONE]\n\n");
-    format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-}
-
-fn delta(text: &str) -> Value {
-    json!({"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]})
+/// A scripted upstream: the n-th request gets the n-th canned response (raw HTTP).
+fn fake_upstream(responses: Vec<Vec<u8>>) -> String {
+    format!("{}/v1", serve_raw(move |n, _| responses.get(n).cloned()))
 }
 
 fn upstream_config(dir: &tempfile::TempDir, models: &[(&str, &str)]) -> String {
@@ -1145,11 +1086,7 @@ fn overlapped_generation_is_cancelled_on_a_block_and_unchanged_otherwise() {
         (400, Some("content_filter")),
         "{v}"
     );
-    let metrics = ureq::get(&format!("{}/metrics", s.base))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let metrics = metrics(&s.base);
     assert!(
         !metrics.contains(r#"safegate_tokens_total{direction="out"}"#),
         "a blocked prompt's early generation is never counted as output: {metrics}"
@@ -1175,42 +1112,6 @@ fn overlapped_generation_is_cancelled_on_a_block_and_unchanged_otherwise() {
     assert!(String::from_utf8_lossy(&e.stderr).contains("input stage only"));
 }
 
-/// A stand-in for vLLM serving Llama Guard: every /v1/completions call answers the given
-/// top logprobs for the next token.
-fn fake_guard_server(p_unsafe: f64) -> String {
-    use std::io::{BufRead, Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            let mut reader = std::io::BufReader::new(stream);
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; length];
-            let _ = reader.read_exact(&mut body);
-            let top = json!({"unsafe": p_unsafe.ln(), "safe": (1.0 - p_unsafe).ln(), "S": (0.9f64).ln(), "1": (0.8f64).ln()});
-            let answer = json!({"choices": [{"text": "x", "logprobs": {"top_logprobs": [top]}}]})
-                .to_string();
-            let mut stream = reader.into_inner();
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
-                answer.len()
-            );
-        }
-    });
-    base
-}
-
 #[test]
 fn a_remote_guard_on_a_vllm_style_server_judges_requests() {
     let model = fixture("tiny-llama3");
@@ -1222,7 +1123,7 @@ fn a_remote_guard_on_a_vllm_style_server_judges_requests() {
             &config,
             format!(
                 "[guard_remote]\nbase_url = \"{}\"\nmodel = \"meta-llama/Meta-Llama-Guard-2-8B\"\ntokenizer = \"{}\"\n",
-                fake_guard_server(p_unsafe),
+                serve_raw(move |_, _| Some(logprobs_answer(p_unsafe))),
                 model.display()
             ),
         )

@@ -125,10 +125,8 @@ impl GgmlType {
             Self::BF16 => blocks.for_each(|(b, y)| {
                 y[0] = bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
             }),
-            Self::Q4_0 => blocks.for_each(|(b, y)| q4(b, 0.0, y, f16_at(b, 0), -8.0, &b[2..])),
-            Self::Q4_1 => {
-                blocks.for_each(|(b, y)| q4(b, f16_at(b, 2), y, f16_at(b, 0), 0.0, &b[4..]))
-            }
+            Self::Q4_0 => blocks.for_each(|(b, y)| q4(y, f16_at(b, 0), 0.0, -8.0, &b[2..])),
+            Self::Q4_1 => blocks.for_each(|(b, y)| q4(y, f16_at(b, 0), f16_at(b, 2), 0.0, &b[4..])),
             Self::Q5_0 => {
                 blocks.for_each(|(b, y)| q5(y, f16_at(b, 0), 0.0, -16.0, &b[2..6], &b[6..]))
             }
@@ -157,7 +155,7 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 }
 
 /// Q4_0 / Q4_1: low nibbles are values 0..16, high nibbles 16..32; y = d * (q + offset) + m.
-fn q4(_b: &[u8], m: f32, y: &mut [f32], d: f32, offset: f32, qs: &[u8]) {
+fn q4(y: &mut [f32], d: f32, m: f32, offset: f32, qs: &[u8]) {
     for j in 0..QK / 2 {
         y[j] = d * (f32::from(qs[j] & 0x0f) + offset) + m;
         y[j + QK / 2] = d * (f32::from(qs[j] >> 4) + offset) + m;

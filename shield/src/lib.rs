@@ -659,6 +659,11 @@ impl<'s> StreamScanner<'s> {
     }
 
     fn record(&mut self, raw: Vec<RawFinding>) -> Vec<Finding> {
+        // Most pushes find nothing: indexing the whole text each time would make a stream
+        // quadratic in its length.
+        if raw.is_empty() {
+            return Vec::new();
+        }
         let index = LineIndex::new(&self.text);
         for r in raw {
             let dup = self

@@ -95,11 +95,11 @@ impl AuditLog {
             .name("audit-log".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
-                    batch.extend(rx.try_iter());
-                    let lines: Vec<Vec<u8>> = batch.iter().map(|(l, _)| l.clone()).collect();
+                    let (lines, acks): (Vec<Vec<u8>>, Vec<Ack>) =
+                        std::iter::once(first).chain(rx.try_iter()).unzip();
                     let result = writer.write_batch(&lines);
-                    for (_, ack) in batch {
+                    for ack in acks {
+                        // io::Error is not Clone: each waiter gets its kind and message.
                         let _ = ack.send(match &result {
                             Ok(()) => Ok(()),
                             Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),

@@ -116,20 +116,6 @@ pub async fn shield_scan(
     respond(&state, "shield_scan", t0, audit, result).await
 }
 
-fn finish(
-    state: &AppState,
-    endpoint: &str,
-    t0: Instant,
-    result: Result<HttpResponse, ApiError>,
-) -> HttpResponse {
-    let (outcome, resp) = match result {
-        Ok(r) => ("ok", r),
-        Err(e) => (outcome_of(&e), e.into_response()),
-    };
-    observe_request(state, endpoint, t0, outcome);
-    resp
-}
-
 /// The bounded `outcome` label of a failed request.
 pub(super) fn outcome_of(e: &ApiError) -> &'static str {
     match (e.code.as_deref(), e.status.as_u16()) {
@@ -161,17 +147,30 @@ pub(super) struct ChatRequest {
     pub stop: Vec<String>,
 }
 
+/// The request's `messages` (OpenAI schema), errors naming the field.
+fn messages_param(v: &Value) -> Result<Vec<ChatMessage>, ApiError> {
+    crate::messages::parse_message_values(v.get("messages").unwrap_or(&Value::Null), "request")
+        .map_err(|e| {
+            ApiError::invalid_param("messages", e.to_string().replacen("request: ", "", 1))
+        })
+}
+
+/// SHA-256 of a conversation (role and content of each message), for the audit log.
+fn conversation_sha256(messages: &[ChatMessage]) -> String {
+    let text: String = messages
+        .iter()
+        .map(|m| format!("{}\n{}\n", m.role, m.content))
+        .collect();
+    super::audit::sha256_hex(&text)
+}
+
 fn parse_chat(v: &Value, limits: &crate::config::Limits) -> Result<ChatRequest, ApiError> {
     if let Some(n) = v.get("n") {
         if n.as_u64() != Some(1) {
             return Err(ApiError::invalid_param("n", "only n = 1 is supported"));
         }
     }
-    let messages =
-        crate::messages::parse_message_values(v.get("messages").unwrap_or(&Value::Null), "request")
-            .map_err(|e| {
-                ApiError::invalid_param("messages", e.to_string().replacen("request: ", "", 1))
-            })?;
+    let messages = messages_param(v)?;
     let num = |key: &str| -> Result<Option<f64>, ApiError> {
         match v.get(key) {
             None | Some(Value::Null) => Ok(None),
@@ -293,9 +292,7 @@ pub(super) async fn guard_stage(
         .observe(t0.elapsed().as_secs_f64());
     match result {
         Ok(c) => Ok(Some(c.verdict)),
-        Err(e) => {
-            on_check_error(state, policy, "guard_error", "the safety check", e).map(|()| None)
-        }
+        Err(e) => on_check_error(state, policy, "guard", "the safety check", e).map(|()| None),
     }
 }
 
@@ -362,12 +359,11 @@ async fn respond(
     };
     audit.insert("status".into(), json!(status));
     audit.insert("outcome".into(), json!(outcome));
-    let mut resp = finish(
-        state,
-        endpoint,
-        t0,
-        result.map(|v| HttpResponse::Ok().json(v)),
-    );
+    let (label, mut resp) = match result {
+        Ok(v) => ("ok", HttpResponse::Ok().json(v)),
+        Err(e) => (outcome_of(&e), e.into_response()),
+    };
+    observe_request(state, endpoint, t0, label);
     if let Err(e) = super::write_audit(state, endpoint, t0, audit).await {
         tracing::error!("audit log write failed: {e}");
         resp = ApiError::internal("the audit log cannot be written; the request was not completed")
@@ -538,14 +534,9 @@ async fn prepare(
     audit.insert("policy".into(), json!(policy.name));
     audit.insert("policy_version".into(), json!(set.version));
     audit.insert("stream".into(), json!(stream));
-    let prompt_text: String = req
-        .messages
-        .iter()
-        .map(|m| format!("{}\n{}\n", m.role, m.content))
-        .collect();
     audit.insert(
         "prompt_sha256".into(),
-        json!(super::audit::sha256_hex(&prompt_text)),
+        json!(conversation_sha256(&req.messages)),
     );
 
     let backend = match (engine, upstream) {
@@ -681,18 +672,15 @@ pub(super) fn completion_id() -> String {
 }
 
 /// Fails the request or lets it through after a check could not run, as the policy says.
+/// A check (`guard` or `shield`) could not run: fails the request (code `{check}_error`)
+/// or lets it through, as the policy says; counted either way.
 pub(super) fn on_check_error(
     state: &AppState,
     policy: &Policy,
-    code: &str,
+    check: &str,
     what: &str,
     why: String,
 ) -> Result<(), ApiError> {
-    let check = if code == "guard_error" {
-        "guard"
-    } else {
-        "shield"
-    };
     let outcome = match policy.on_error {
         safegate_policies::OnError::FailClosed => "fail_closed",
         safegate_policies::OnError::FailOpen => "fail_open",
@@ -704,7 +692,7 @@ pub(super) fn on_check_error(
         .inc();
     match policy.on_error {
         safegate_policies::OnError::FailClosed => Err(ApiError {
-            code: Some(code.into()),
+            code: Some(format!("{check}_error")),
             ..ApiError::unavailable(format!("{what} failed ({why}); the policy fails closed"))
         }),
         safegate_policies::OnError::FailOpen => {
@@ -746,37 +734,14 @@ async fn complete_whole(
             budget,
             web::block(move || shield.scan(&scan_text, &options)),
         )
-        .await;
+        .await
+        .map_err(|_| format!("no result within {} ms", budget.as_millis()))
+        .and_then(|joined| joined.map_err(|e| e.to_string()))
+        .and_then(|report| report.map_err(|e| e.to_string()));
         match scanned {
-            Ok(Ok(Ok(report))) => report.findings,
-            Err(_) => {
-                on_check_error(
-                    state,
-                    policy,
-                    "shield_error",
-                    "the code scan",
-                    format!("no result within {} ms", budget.as_millis()),
-                )?;
-                Vec::new()
-            }
-            Ok(Err(e)) => {
-                on_check_error(
-                    state,
-                    policy,
-                    "shield_error",
-                    "the code scan",
-                    e.to_string(),
-                )?;
-                Vec::new()
-            }
-            Ok(Ok(Err(e))) => {
-                on_check_error(
-                    state,
-                    policy,
-                    "shield_error",
-                    "the code scan",
-                    e.to_string(),
-                )?;
+            Ok(report) => report.findings,
+            Err(why) => {
+                on_check_error(state, policy, "shield", "the code scan", why)?;
                 Vec::new()
             }
         }
@@ -941,13 +906,7 @@ pub async fn guard_classify(
     let result = async {
         let caller = authorize(&state, &req, "guard", &mut audit)?;
         let v = parse_body(&body)?;
-        let messages = crate::messages::parse_message_values(
-            v.get("messages").unwrap_or(&Value::Null),
-            "request",
-        )
-        .map_err(|e| {
-            ApiError::invalid_param("messages", e.to_string().replacen("request: ", "", 1))
-        })?;
+        let messages = messages_param(&v)?;
         if messages.is_empty() {
             return Err(ApiError::invalid_param(
                 "messages",
@@ -985,13 +944,9 @@ pub async fn guard_classify(
             ));
         }
         audit.insert("policy".into(), json!(policy.name));
-        let text: String = messages
-            .iter()
-            .map(|m| format!("{}\n{}\n", m.role, m.content))
-            .collect();
         audit.insert(
             "conversation_sha256".into(),
-            json!(super::audit::sha256_hex(&text)),
+            json!(conversation_sha256(&messages)),
         );
         let verdict = guard_stage(&state, &policy, stage, messages).await?;
         let decision = decide(&policy, stage, verdict.as_ref(), &[]);

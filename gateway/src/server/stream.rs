@@ -157,7 +157,7 @@ impl Checks<'_> {
                 chat::on_check_error(
                     self.state,
                     self.policy,
-                    "shield_error",
+                    "shield",
                     "the code scan",
                     e.to_string(),
                 )?;
@@ -182,7 +182,7 @@ impl Checks<'_> {
             Err(e) => chat::on_check_error(
                 self.state,
                 self.policy,
-                "shield_error",
+                "shield",
                 "the code scan",
                 e.to_string(),
             )?,

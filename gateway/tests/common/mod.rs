@@ -93,3 +93,76 @@ pub fn post(base: &str, path: &str, body: &str) -> (u16, Value) {
         Err(e) => panic!("{e}"),
     }
 }
+
+/// The gateway's Prometheus exposition.
+pub fn metrics(base: &str) -> String {
+    ureq::get(&format!("{base}/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap()
+}
+
+/// Serves raw HTTP on a fresh loopback port, one request per connection: `respond(n,
+/// body)` gives the bytes to send back for the n-th request (None: stop serving). Stands
+/// in for upstream models and guard servers, well-behaved or not. Returns `http://ADDR`.
+pub fn serve_raw(respond: impl Fn(usize, &[u8]) -> Option<Vec<u8>> + Send + 'static) -> String {
+    use std::io::{BufRead, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(stream) = stream else { return };
+            let mut reader = std::io::BufReader::new(stream);
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let Some(response) = respond(n, &body) else {
+                return;
+            };
+            let _ = reader.into_inner().write_all(&response);
+        }
+    });
+    base
+}
+
+/// A complete `200 OK` response with a JSON body.
+pub fn json_response(body: &Value) -> Vec<u8> {
+    let body = body.to_string();
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// A complete `200 OK` event stream: the events, then `[DONE]`.
+pub fn sse_response(events: &[Value]) -> Vec<u8> {
+    let mut body: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+    body.push_str("data: [DONE]\n\n");
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// A chat completion chunk carrying `text`.
+pub fn delta(text: &str) -> Value {
+    serde_json::json!({"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]})
+}
+
+/// A vLLM-style `/v1/completions` answer: these next-token log-probabilities.
+pub fn logprobs_answer(p_unsafe: f64) -> Vec<u8> {
+    let top = serde_json::json!({"unsafe": p_unsafe.ln(), "safe": (1.0 - p_unsafe).ln(), "S": 0.0, "1": 0.0});
+    json_response(&serde_json::json!({"choices": [{"logprobs": {"top_logprobs": [top]}}]}))
+}
