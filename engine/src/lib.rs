@@ -6,9 +6,11 @@
 //! - [`chat`]: tokenizer and chat template (user text never becomes special tokens);
 //! - [`session`]: one ONNX Runtime session and its KV-cache step;
 //! - [`sampling`], [`text`]: pure next-token choice, detokenization and stop strings;
+//! - [`encoder`]: pooled hidden states of an encoder graph (guard features);
 //! - [`engine`]: worker threads that own sessions, fed by a bounded queue.
 
 pub mod chat;
+pub mod encoder;
 pub mod engine;
 pub mod error;
 pub mod model;
@@ -18,6 +20,7 @@ pub mod session;
 pub mod text;
 
 pub use chat::{ChatMessage, ChatTokenizer};
+pub use encoder::Encoder;
 pub use engine::{
     Completion, Engine, EngineOptions, FinishReason, GenerateRequest, GenerationEvent, TokenStream,
     Usage,

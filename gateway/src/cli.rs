@@ -69,6 +69,11 @@ pub enum ModelsCommand {
         /// Cap the context length (rotary tables, max_position_embeddings).
         #[arg(long)]
         max_context: Option<usize>,
+        /// Write an encoder of hidden states instead of the decoder: the residual stream after
+        /// these layers (comma-separated; the last layer is the final normed output). This is
+        /// what the embedded guard reads features from.
+        #[arg(long, value_delimiter = ',')]
+        encoder_layers: Option<Vec<usize>>,
     },
 }
 
@@ -101,6 +106,55 @@ pub enum GuardCommand {
         model: ModelArgs,
         #[command(flatten)]
         prompt: GuardPromptArgs,
+    },
+    /// Train the embedded guard's head on features of an encoder (see docs/guard.md).
+    Train {
+        /// JSON lines from scripts/guard/build_data.py.
+        #[arg(long)]
+        data: PathBuf,
+        /// Encoder folder (`safegate models import-gguf --encoder-layers ...`).
+        #[arg(long)]
+        encoder: PathBuf,
+        /// The head file to write (guard_head.json).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 20261127)]
+        seed: u64,
+        /// Tokens per window (training reads the last window of each text).
+        #[arg(long, default_value_t = 256)]
+        window: usize,
+        /// Step between windows when scoring long texts.
+        #[arg(long, default_value_t = 192)]
+        stride: usize,
+        /// The decision threshold is the best F1 on the validation split among those with
+        /// at most this false positive rate there.
+        #[arg(long, default_value_t = 0.03)]
+        max_fpr: f64,
+        /// The same for the response head.
+        #[arg(long, default_value_t = 0.05)]
+        max_fpr_response: f64,
+        /// ONNX Runtime intra-op threads (0: ONNX Runtime's choice).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
+    /// Measure an embedded guard folder on splits of a data set; prints Markdown tables.
+    Eval {
+        #[arg(long)]
+        data: PathBuf,
+        /// Embedded guard folder (encoder + guard_head.json).
+        #[arg(long)]
+        guard: PathBuf,
+        /// Splits to score, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "test,external")]
+        splits: Vec<String>,
+        /// Write per-row scores and the summary as JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Concurrent callers (their windows are batched together).
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
     },
 }
 

@@ -1,13 +1,18 @@
-//! `safegate guard prompt | classify`.
+//! `safegate guard prompt | classify` (`train` and `eval`: cmd_guard_train.rs).
 
 use std::io::Write;
 
 use anyhow::{anyhow, Result};
-use safegate_guard::{build_prompt, AgentType, CategorySelection, GuardPrompt, LocalGuard};
+use safegate_engine::session::SessionOptions;
+use safegate_guard::{
+    build_prompt, is_embedded_guard, AgentType, CategorySelection, EmbeddedGuard, EmbeddedOptions,
+    GuardPrompt, LocalGuard,
+};
 use safegate_policies::Taxonomy;
 use serde_json::json;
 
 use crate::cli::{Cli, GuardCommand, GuardPromptArgs};
+use crate::cmd_guard_train::{EvalArgs, TrainArgs};
 
 fn prompt(args: &GuardPromptArgs) -> Result<GuardPrompt> {
     let taxonomy: Taxonomy = args.taxonomy.parse().map_err(|e: String| anyhow!(e))?;
@@ -34,9 +39,20 @@ pub fn run(cli: &Cli, cmd: &GuardCommand) -> Result<()> {
             prompt: args,
         } => {
             let p = prompt(args)?;
-            let engine = crate::cmd_generate::load_engine(cli, model)?;
-            let guard = LocalGuard::new(engine);
-            let c = guard.classify_blocking(&p)?;
+            let c = if is_embedded_guard(&model.model) {
+                safegate_engine::runtime::init(cli.ort_lib.as_deref())?;
+                let options = EmbeddedOptions {
+                    session: SessionOptions {
+                        device: model.device.parse()?,
+                        intra_threads: model.threads,
+                    },
+                    ..Default::default()
+                };
+                EmbeddedGuard::open(&model.model, &options)?.classify_blocking(&p)?
+            } else {
+                let engine = crate::cmd_generate::load_engine(cli, model)?;
+                LocalGuard::new(engine).classify_blocking(&p)?
+            };
             let mut categories: Vec<(&String, &f64)> = c.verdict.category_scores.iter().collect();
             categories.sort_by(|a, b| b.1.total_cmp(a.1));
             let categories: Vec<serde_json::Value> = categories
@@ -59,6 +75,48 @@ pub fn run(cli: &Cli, cmd: &GuardCommand) -> Result<()> {
                 })
             );
         }
+        GuardCommand::Train {
+            data,
+            encoder,
+            out,
+            seed,
+            window,
+            stride,
+            max_fpr,
+            max_fpr_response,
+            threads,
+        } => crate::cmd_guard_train::train(
+            cli,
+            &TrainArgs {
+                data,
+                encoder,
+                out,
+                seed: *seed,
+                window: *window,
+                stride: *stride,
+                max_fpr: *max_fpr,
+                max_fpr_response: *max_fpr_response,
+                threads: *threads,
+            },
+        )?,
+        GuardCommand::Eval {
+            data,
+            guard,
+            splits,
+            out,
+            clients,
+            threads,
+        } => crate::cmd_guard_train::eval(
+            cli,
+            &EvalArgs {
+                data,
+                guard,
+                splits,
+                out: out.as_deref(),
+                clients: *clients,
+                threads: *threads,
+            },
+        )?,
     }
     Ok(())
 }

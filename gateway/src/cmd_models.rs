@@ -3,7 +3,7 @@
 use std::io::{IsTerminal, Write};
 
 use anyhow::{bail, Result};
-use safegate_gguf::{ImportOptions, WeightFormat};
+use safegate_gguf::{GraphKind, ImportOptions, WeightFormat};
 
 use crate::cli::ModelsCommand;
 
@@ -13,6 +13,7 @@ pub fn run(cmd: &ModelsCommand) -> Result<()> {
         out_dir,
         weights,
         max_context,
+        encoder_layers,
     } = cmd;
     let format = match weights.as_str() {
         "f32" => WeightFormat::F32,
@@ -23,6 +24,12 @@ pub fn run(cmd: &ModelsCommand) -> Result<()> {
     let options = ImportOptions {
         format,
         max_context: *max_context,
+        kind: match encoder_layers {
+            Some(layers) => GraphKind::Encoder {
+                layers: layers.clone(),
+            },
+            None => GraphKind::Decoder,
+        },
     };
     let tty = std::io::stderr().is_terminal();
     let mut last_shown = 0;

@@ -6,8 +6,9 @@ use std::time::Instant;
 
 use serde_json::json;
 
+pub use crate::llama::GraphKind;
 pub use crate::llama::WeightFormat;
-use crate::llama::{build_graph, LlamaParams};
+use crate::llama::{build_graph_of, LlamaParams};
 use crate::onnx::Graph;
 use crate::tokenizer::Vocab;
 use crate::{GgufError, GgufFile, Value};
@@ -18,6 +19,8 @@ pub struct ImportOptions {
     /// Cap on the context (rotary tables and `max_position_embeddings`); the GGUF's own
     /// context length when unset.
     pub max_context: Option<usize>,
+    /// The decoder (chat models) or an encoder of hidden states (guard features).
+    pub kind: GraphKind,
 }
 
 impl Default for ImportOptions {
@@ -25,6 +28,7 @@ impl Default for ImportOptions {
         Self {
             format: WeightFormat::F32,
             max_context: None,
+            kind: GraphKind::Decoder,
         }
     }
 }
@@ -126,7 +130,15 @@ pub fn import(
     let written = (|| {
         let io = |e| GgufError::Io(tmp.clone(), e);
         let graph = Graph::with_external_data(&tmp, "model.onnx.data", 1024).map_err(io)?;
-        let graph = build_graph(&gguf, &params, options.format, context, graph, progress)?;
+        let graph = build_graph_of(
+            &gguf,
+            &params,
+            options.format,
+            context,
+            &options.kind,
+            graph,
+            progress,
+        )?;
         graph
             .write(&tmp, &[("", 18), ("com.microsoft", 1)])
             .map_err(io)?;
@@ -156,6 +168,10 @@ pub fn import(
             "safegate_import": {
                 "source": gguf_path.file_name().map(|f| f.to_string_lossy().into_owned()),
                 "weights": format!("{:?}", options.format).to_lowercase(),
+                "graph": match &options.kind {
+                    GraphKind::Decoder => json!("decoder"),
+                    GraphKind::Encoder { layers } => json!({"encoder": layers}),
+                },
             },
         });
         let tokenizer_config = json!({

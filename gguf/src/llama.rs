@@ -395,6 +395,18 @@ impl Builder<'_> {
     }
 }
 
+/// What the graph computes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum GraphKind {
+    /// The decoder: logits and a KV cache (Optimum layout).
+    #[default]
+    Decoder,
+    /// Hidden states for feature extraction: no KV cache and no output head; one output
+    /// `hidden_states.{n}` `[batch, sequence, hidden]` per listed layer `n` (the residual
+    /// stream after `n` blocks; `n` = the number of layers is the final normed output).
+    Encoder { layers: Vec<usize> },
+}
+
 /// Builds the decoder graph; `progress(done, total)` after each layer.
 pub fn build_graph(
     gguf: &GgufFile,
@@ -402,8 +414,45 @@ pub fn build_graph(
     format: WeightFormat,
     positions: usize,
     graph: Graph,
+    progress: impl FnMut(usize, usize),
+) -> Result<Graph, GgufError> {
+    build_graph_of(
+        gguf,
+        p,
+        format,
+        positions,
+        &GraphKind::Decoder,
+        graph,
+        progress,
+    )
+}
+
+/// Builds the graph of `kind`; `progress(done, total)` after each layer.
+pub fn build_graph_of(
+    gguf: &GgufFile,
+    p: &LlamaParams,
+    format: WeightFormat,
+    positions: usize,
+    kind: &GraphKind,
+    graph: Graph,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Graph, GgufError> {
+    let encoder_layers = match kind {
+        GraphKind::Decoder => None,
+        GraphKind::Encoder { layers } => {
+            if layers.is_empty() || layers.iter().any(|&l| l == 0 || l > p.num_layers) {
+                return Err(GgufError::Metadata {
+                    key: "encoder layers".into(),
+                    message: format!(
+                        "{layers:?}: expected layer numbers from 1 to {}",
+                        p.num_layers
+                    ),
+                });
+            }
+            Some(layers.clone())
+        }
+    };
+    let encoder = encoder_layers.is_some();
     let mut b = Builder {
         gguf,
         p,
@@ -424,7 +473,9 @@ pub fn build_graph(
     // load (no second copy on disk); with 4-bit weights it gets its own 4-bit copy, since
     // reading the f32 head dominates each decode step of a small model.
     let quantized = !matches!(b.format, WeightFormat::F32 | WeightFormat::F16);
-    let head_weights = if !p.tied_embeddings {
+    let head_weights = if encoder {
+        None
+    } else if !p.tied_embeddings {
         Some(b.tensor("output.weight", &[h, p.vocab_size])?)
     } else if quantized {
         Some(emb_values)
@@ -432,7 +483,7 @@ pub fn build_graph(
         drop(emb_values);
         None
     };
-    let tied_head = head_weights.is_none().then(|| {
+    let tied_head = (head_weights.is_none() && !encoder).then(|| {
         b.g.op("Transpose", &[&emb], &[("perm", Attr::Ints(vec![1, 0]))])
     });
     let (cos_t, sin_t) = p.rope_tables(positions);
@@ -487,8 +538,13 @@ pub fn build_graph(
     let flat = g.const_i64(&[0, 0, -1]);
     let ax2 = g.const_i64(&[2]);
 
+    // An encoder stops after the deepest layer it reports.
+    let blocks = encoder_layers
+        .as_ref()
+        .and_then(|l| l.iter().max().copied())
+        .unwrap_or(p.num_layers);
     let mut x = x0;
-    for i in 0..p.num_layers {
+    for i in 0..blocks {
         let blk = |n: &str| format!("blk.{i}.{n}.weight");
         let hf = |n: &str| format!("model.layers.{i}.{n}.weight");
         let w = b.vector(&blk("attn_norm"), &hf("input_layernorm"))?;
@@ -543,19 +599,24 @@ pub fn build_graph(
             format!("past_key_values.{i}.key"),
             format!("past_key_values.{i}.value"),
         );
-        let (present_k, present_v) = (format!("present.{i}.key"), format!("present.{i}.value"));
-        g.node_to(
-            "Concat",
-            &[&past_k, &k],
-            &[&present_k],
-            &[("axis", Attr::Int(2))],
-        );
-        g.node_to(
-            "Concat",
-            &[&past_v, &v],
-            &[&present_v],
-            &[("axis", Attr::Int(2))],
-        );
+        let (present_k, present_v) = if encoder {
+            (k, v)
+        } else {
+            let (present_k, present_v) = (format!("present.{i}.key"), format!("present.{i}.value"));
+            g.node_to(
+                "Concat",
+                &[&past_k, &k],
+                &[&present_k],
+                &[("axis", Attr::Int(2))],
+            );
+            g.node_to(
+                "Concat",
+                &[&past_v, &v],
+                &[&present_v],
+                &[("axis", Attr::Int(2))],
+            );
+            (present_k, present_v)
+        };
         let k_all = g.op("Unsqueeze", &[&present_k, &ax2], &[]);
         let v_all = g.op("Unsqueeze", &[&present_v, &ax2], &[]);
         let k_t = g.op(
@@ -595,7 +656,56 @@ pub fn build_graph(
         let act = g.op("Mul", &[&silu, &up], &[]);
         let down = b.linear(&act, &blk("ffn_down"), &hf("mlp.down_proj"), ffn, h, None)?;
         x = b.g.op("Add", &[&x1, &down], &[]);
+        if let Some(layers) = &encoder_layers {
+            if i + 1 < p.num_layers && layers.contains(&(i + 1)) {
+                b.g.node_to(
+                    "Identity",
+                    &[&x],
+                    &[&format!("hidden_states.{}", i + 1)],
+                    &[],
+                );
+            }
+        }
         progress(i + 2, total);
+    }
+    let sym = Dim::Symbol;
+    let tensor = |name: String, dtype, dims| ValueInfo { name, dtype, dims };
+    if let Some(layers) = encoder_layers {
+        let n = p.num_layers;
+        if layers.contains(&n) {
+            let w = b.vector("output_norm.weight", "model.norm.weight")?;
+            let xn = b.rms_norm(&x, &w);
+            b.g.node_to("Identity", &[&xn], &[&format!("hidden_states.{n}")], &[]);
+        }
+        let mut sorted = layers;
+        sorted.sort_unstable();
+        sorted.dedup();
+        b.g.inputs = ["input_ids", "attention_mask", "position_ids"]
+            .iter()
+            .map(|name| {
+                tensor(
+                    name.to_string(),
+                    DataType::Int64,
+                    vec![sym("batch_size"), sym("sequence_length")],
+                )
+            })
+            .collect();
+        b.g.outputs = sorted
+            .iter()
+            .map(|l| {
+                tensor(
+                    format!("hidden_states.{l}"),
+                    DataType::Float,
+                    vec![
+                        sym("batch_size"),
+                        sym("sequence_length"),
+                        Dim::Fixed(h as i64),
+                    ],
+                )
+            })
+            .collect();
+        progress(total, total);
+        return Ok(b.g);
     }
     let w = b.vector("output_norm.weight", "model.norm.weight")?;
     let xn = b.rms_norm(&x, &w);
@@ -606,8 +716,6 @@ pub fn build_graph(
     };
     b.g.node_to("Identity", &[&logits], &["logits"], &[]);
 
-    let sym = Dim::Symbol;
-    let tensor = |name: String, dtype, dims| ValueInfo { name, dtype, dims };
     let mut inputs = vec![
         tensor(
             "input_ids".into(),

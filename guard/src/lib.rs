@@ -2,15 +2,21 @@
 //!
 //! - [`taxonomy`]: category names and descriptions (data files);
 //! - [`prompt`]: byte-exact Llama Guard prompts, injection-proof tokenization;
-//! - [`classify`]: scores from a local model (P(unsafe), per-category scores).
+//! - [`classify`]: scores from a local model (P(unsafe), per-category scores);
+//! - [`remote`]: the same scores from an OpenAI-compatible server (vLLM);
+//! - [`embedded`], [`train`]: the small classifier that ships with safegate, and how it is
+//!   trained and measured.
 
 pub mod classify;
+pub mod embedded;
 pub mod moderation;
 pub mod prompt;
 pub mod remote;
 pub mod taxonomy;
+pub mod train;
 
 pub use classify::{Classification, LocalGuard};
+pub use embedded::{is_embedded_guard, EmbeddedGuard, EmbeddedOptions};
 pub use prompt::{build_prompt, AgentType, CategorySelection, GuardPrompt};
 pub use remote::{RemoteConfig, RemoteGuard};
 
@@ -18,7 +24,7 @@ pub use remote::{RemoteConfig, RemoteGuard};
 pub trait SafetyClassifier: Send + Sync {
     /// Scores a prompt (blocking: call it from a worker thread, not an async task).
     fn classify(&self, prompt: &GuardPrompt) -> Result<Classification, GuardError>;
-    /// `local` or `remote`, for logs and `/readyz`.
+    /// `local`, `remote` or `embedded`, for logs and `/readyz`.
     fn backend(&self) -> &'static str;
     /// The guard model's name.
     fn model_name(&self) -> String;
@@ -40,6 +46,21 @@ impl SafetyClassifier for LocalGuard {
     }
     fn queue_depth(&self) -> usize {
         self.engine().queue_depth()
+    }
+}
+
+impl SafetyClassifier for EmbeddedGuard {
+    fn classify(&self, prompt: &GuardPrompt) -> Result<Classification, GuardError> {
+        self.classify_blocking(prompt)
+    }
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+    fn model_name(&self) -> String {
+        self.name().to_string()
+    }
+    fn queue_depth(&self) -> usize {
+        EmbeddedGuard::queue_depth(self)
     }
 }
 

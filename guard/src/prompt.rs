@@ -61,6 +61,10 @@ pub struct GuardPrompt {
     /// (code in the prompt, code reported): `("S2", "S3")` when only S1 and S3 are listed;
     /// custom categories are reported under the prompt's code.
     pub codes: Vec<(String, String)>,
+    /// Whose turn is judged, and the conversation as given (for classifiers that read the
+    /// conversation rather than this prompt).
+    pub agent: AgentType,
+    pub messages: Vec<ChatMessage>,
 }
 
 impl GuardPrompt {
@@ -191,5 +195,7 @@ pub fn build_prompt(
         taxonomy,
         segments,
         codes,
+        agent: agent_type,
+        messages: messages.to_vec(),
     })
 }

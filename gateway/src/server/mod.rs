@@ -19,8 +19,12 @@ use std::sync::Arc;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use anyhow::{bail, Context, Result};
+use safegate_engine::session::SessionOptions;
 use safegate_engine::{Engine, EngineOptions};
-use safegate_guard::{LocalGuard, RemoteConfig, RemoteGuard, SafetyClassifier};
+use safegate_guard::{
+    is_embedded_guard, EmbeddedGuard, EmbeddedOptions, LocalGuard, RemoteConfig, RemoteGuard,
+    SafetyClassifier,
+};
 use safegate_policies::{PolicySet, PolicyStore};
 use safegate_shield::Shield;
 use serde_json::json;
@@ -146,7 +150,24 @@ pub fn run(cli: &Cli, serve_args: &ServeArgs) -> Result<()> {
         .transpose()?;
     let mut guard: Option<Arc<dyn SafetyClassifier>> = None;
     if let Some(m) = &args.guard_model {
-        guard = Some(Arc::new(LocalGuard::new(load(cli, m, args)?)));
+        guard = Some(if is_embedded_guard(m) {
+            // The small classifier that ships with safegate (an encoder and guard_head.json).
+            safegate_engine::runtime::init(cli.ort_lib.as_deref())?;
+            let options = EmbeddedOptions {
+                session: SessionOptions {
+                    device: args.device.parse()?,
+                    intra_threads: args.threads,
+                },
+                queue: args.queue,
+                ..Default::default()
+            };
+            Arc::new(
+                EmbeddedGuard::open(m, &options)
+                    .with_context(|| format!("loading the guard {}", m.display()))?,
+            )
+        } else {
+            Arc::new(LocalGuard::new(load(cli, m, args)?))
+        });
     }
     if let Some(r) = &args.guard_remote {
         let tokenizer =

@@ -1,0 +1,146 @@
+//! Feature extraction: an encoder graph (`safegate models import-gguf --encoder-layers`)
+//! returns hidden states; each sequence becomes one vector, the mean of every listed layer's
+//! states over its tokens, the layers side by side.
+//!
+//! The first position is left out of the mean when a sequence has more than one token:
+//! Llama-family models park very large activations on it (an "attention sink"), which would
+//! swamp the average of everything else.
+
+use std::path::Path;
+
+use ort::session::{Session, SessionInputValue};
+use ort::value::Tensor;
+
+use crate::chat::ChatTokenizer;
+use crate::error::{EngineError, Result};
+use crate::model::ModelFiles;
+use crate::session::{open_session, Provider, SessionOptions};
+
+/// One ONNX Runtime session of an encoder graph and its tokenizer.
+pub struct Encoder {
+    session: Session,
+    /// `hidden_states.N` outputs, by layer.
+    outputs: Vec<String>,
+    hidden: usize,
+    tokenizer: ChatTokenizer,
+    pub provider: Provider,
+}
+
+impl Encoder {
+    pub fn open(dir: &Path, opts: &SessionOptions) -> Result<Self> {
+        let files = ModelFiles::locate(dir)?;
+        let tokenizer = ChatTokenizer::load(&files)?;
+        let (session, provider) = open_session(&files.onnx, opts)?;
+        let mut layers: Vec<(usize, String, usize)> = Vec::new();
+        for o in session.outputs() {
+            let Some(n) = o
+                .name()
+                .strip_prefix("hidden_states.")
+                .and_then(|n| n.parse::<usize>().ok())
+            else {
+                continue;
+            };
+            let width = match o.dtype() {
+                ort::value::ValueType::Tensor { shape, .. } => {
+                    shape.last().copied().unwrap_or(-1).max(0) as usize
+                }
+                _ => 0,
+            };
+            layers.push((n, o.name().to_string(), width));
+        }
+        layers.sort();
+        let hidden = layers.first().map_or(0, |l| l.2);
+        if layers.is_empty() || hidden == 0 || layers.iter().any(|l| l.2 != hidden) {
+            return Err(EngineError::UnsupportedLayout {
+                path: dir.to_path_buf(),
+                message: "not an encoder: expected outputs `hidden_states.N` of one fixed width \
+                          (import one with `safegate models import-gguf --encoder-layers ...`)"
+                    .into(),
+            });
+        }
+        Ok(Self {
+            session,
+            outputs: layers.into_iter().map(|l| l.1).collect(),
+            hidden,
+            tokenizer,
+            provider,
+        })
+    }
+
+    pub fn tokenizer(&self) -> &ChatTokenizer {
+        &self.tokenizer
+    }
+
+    /// The length of one feature vector: hidden size times layers.
+    pub fn dim(&self) -> usize {
+        self.hidden * self.outputs.len()
+    }
+
+    /// The layer outputs read, in feature order.
+    pub fn layers(&self) -> &[String] {
+        &self.outputs
+    }
+
+    /// One pooled vector per sequence, computed as one padded batch.
+    pub fn pooled(&mut self, batch: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        if batch.iter().any(Vec::is_empty) {
+            return Err(EngineError::InvalidRequest(
+                "cannot encode an empty sequence".into(),
+            ));
+        }
+        let b = batch.len();
+        let s = batch.iter().map(Vec::len).max().unwrap_or(1);
+        let mut ids = vec![0i64; b * s];
+        let mut mask = vec![0i64; b * s];
+        let mut pos = vec![0i64; b * s];
+        for (r, seq) in batch.iter().enumerate() {
+            for (c, &t) in seq.iter().enumerate() {
+                ids[r * s + c] = t as i64;
+                mask[r * s + c] = 1;
+                pos[r * s + c] = c as i64;
+            }
+        }
+        let inputs: Vec<(std::borrow::Cow<'_, str>, SessionInputValue<'_>)> = vec![
+            (
+                "input_ids".into(),
+                Tensor::<i64>::from_array(([b, s], ids))?.into(),
+            ),
+            (
+                "attention_mask".into(),
+                Tensor::<i64>::from_array(([b, s], mask))?.into(),
+            ),
+            (
+                "position_ids".into(),
+                Tensor::<i64>::from_array(([b, s], pos))?.into(),
+            ),
+        ];
+        let dim = self.dim();
+        let h = self.hidden;
+        let outputs = self.session.run(inputs)?;
+        let mut pooled = vec![vec![0f32; dim]; b];
+        for (k, name) in self.outputs.iter().enumerate() {
+            let value = outputs
+                .get(name.as_str())
+                .ok_or_else(|| EngineError::Ort(format!("the encoder returned no `{name}`")))?;
+            let (_, data) = value.try_extract_tensor::<f32>()?;
+            for (r, seq) in batch.iter().enumerate() {
+                let first = usize::from(seq.len() > 1);
+                let n = (seq.len() - first) as f32;
+                let out = &mut pooled[r][k * h..(k + 1) * h];
+                for c in first..seq.len() {
+                    let row = &data[(r * s + c) * h..(r * s + c + 1) * h];
+                    for (o, v) in out.iter_mut().zip(row) {
+                        *o += v;
+                    }
+                }
+                for o in out.iter_mut() {
+                    *o /= n;
+                }
+            }
+        }
+        Ok(pooled)
+    }
+}

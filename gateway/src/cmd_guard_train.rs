@@ -1,0 +1,558 @@
+//! `safegate guard train | eval`: the embedded guard's head, trained and measured on the
+//! data set `scripts/guard/build_data.py` writes (JSON lines with text, kind, label, codes,
+//! source and split).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use safegate_engine::session::SessionOptions;
+use safegate_engine::Encoder;
+use safegate_guard::embedded::{Head, HEAD_FORMAT};
+use safegate_guard::prompt::AgentType;
+use safegate_guard::train::{
+    category_head, choose_threshold, fit_logistic, fit_softmax, fit_standardizer, linear_head,
+    metrics, Metrics,
+};
+use safegate_guard::{EmbeddedGuard, EmbeddedOptions};
+use safegate_policies::Taxonomy;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::cli::Cli;
+
+/// The Llama Guard 2 codes the head scores, in order.
+const CODES: [&str; 11] = [
+    "S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "S11",
+];
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Row {
+    pub text: String,
+    pub kind: String,
+    pub label: u8,
+    #[serde(default)]
+    pub codes: Vec<String>,
+    pub source: String,
+    pub split: String,
+}
+
+impl Row {
+    fn agent(&self) -> AgentType {
+        if self.kind == "response" {
+            AgentType::Agent
+        } else {
+            AgentType::User
+        }
+    }
+}
+
+pub fn read_rows(path: &Path) -> Result<Vec<Row>> {
+    let file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+    let mut rows = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("{}:{}", path.display(), i + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row: Row = serde_json::from_str(&line).map_err(|e| {
+            anyhow::anyhow!("{}:{}: column {}: {e}", path.display(), i + 1, e.column())
+        })?;
+        if !matches!(row.kind.as_str(), "prompt" | "response") || row.label > 1 {
+            bail!(
+                "{}:{}: field `kind` must be prompt or response and `label` 0 or 1",
+                path.display(),
+                i + 1
+            );
+        }
+        if let Some(c) = row.codes.iter().find(|c| !CODES.contains(&c.as_str())) {
+            bail!(
+                "{}:{}: field `codes`: `{c}` is not a Llama Guard 2 code",
+                path.display(),
+                i + 1
+            );
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Pooled features of the last `window` tokens of each row's text, cached on disk by
+/// (encoder, window, text): extraction is the slow part, training and selection are not.
+struct FeatureCache {
+    path: PathBuf,
+    dim: usize,
+    map: HashMap<[u8; 32], Vec<f32>>,
+}
+
+impl FeatureCache {
+    fn open(dir: &Path, encoder_dir: &Path, layers: &[String], window: usize) -> Result<Self> {
+        let graph = std::fs::read(encoder_dir.join("model.onnx"))
+            .with_context(|| format!("{}", encoder_dir.display()))?;
+        let key = sha256_hex(
+            &[
+                graph,
+                layers.join(",").into_bytes(),
+                window.to_le_bytes().to_vec(),
+            ]
+            .concat(),
+        );
+        let path = dir.join(format!("features-{}.bin", &key[..16]));
+        let mut cache = Self {
+            path,
+            dim: 0,
+            map: HashMap::new(),
+        };
+        if let Ok(bytes) = std::fs::read(&cache.path) {
+            if bytes.len() >= 4 {
+                let dim = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
+                let rec = 32 + 4 * dim;
+                if dim > 0 && (bytes.len() - 4) % rec == 0 {
+                    cache.dim = dim;
+                    for r in bytes[4..].chunks_exact(rec) {
+                        let key: [u8; 32] = r[..32].try_into().expect("32 bytes");
+                        let v = r[32..]
+                            .chunks_exact(4)
+                            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                            .collect();
+                        cache.map.insert(key, v);
+                    }
+                }
+            }
+        }
+        Ok(cache)
+    }
+
+    fn save(&self) -> Result<()> {
+        let mut out = Vec::with_capacity(4 + self.map.len() * (32 + 4 * self.dim));
+        out.extend((self.dim as u32).to_le_bytes());
+        let mut keys: Vec<&[u8; 32]> = self.map.keys().collect();
+        keys.sort();
+        for k in keys {
+            out.extend(k);
+            for v in &self.map[k] {
+                out.extend(v.to_le_bytes());
+            }
+        }
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, out).with_context(|| format!("{}", tmp.display()))?;
+        std::fs::rename(&tmp, &self.path).with_context(|| format!("{}", self.path.display()))?;
+        Ok(())
+    }
+}
+
+fn row_key(row: &Row) -> [u8; 32] {
+    Sha256::digest(format!("{}\u{0}{}", row.kind, row.text).as_bytes()).into()
+}
+
+/// Features for `rows`, extracting what the cache lacks (batched by length).
+fn features(
+    encoder: &mut Encoder,
+    cache: &mut FeatureCache,
+    rows: &[&Row],
+    window: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let mut missing: Vec<(usize, Vec<u32>)> = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        if !cache.map.contains_key(&row_key(r)) {
+            let mut ids = encoder.tokenizer().encode_plain(&r.text)?;
+            if ids.is_empty() {
+                ids = encoder.tokenizer().encode_plain(" ")?;
+            }
+            let start = ids.len().saturating_sub(window);
+            missing.push((i, ids[start..].to_vec()));
+        }
+    }
+    if !missing.is_empty() {
+        missing.sort_by_key(|(_, ids)| ids.len());
+        let tokens: usize = missing.iter().map(|(_, ids)| ids.len()).sum();
+        eprintln!(
+            "extracting features: {} texts, {tokens} tokens",
+            missing.len()
+        );
+        let t0 = Instant::now();
+        let mut done = 0;
+        for chunk in missing.chunks(16) {
+            let batch: Vec<Vec<u32>> = chunk.iter().map(|(_, ids)| ids.clone()).collect();
+            let vectors = encoder.pooled(&batch)?;
+            for ((i, _), v) in chunk.iter().zip(vectors) {
+                cache.dim = v.len();
+                cache.map.insert(row_key(rows[*i]), v);
+            }
+            done += chunk.len();
+            if done % 320 < 16 {
+                let so_far: usize = missing[..done].iter().map(|(_, ids)| ids.len()).sum();
+                eprintln!(
+                    "  {done}/{} ({:.0} tokens/s)",
+                    missing.len(),
+                    so_far as f64 / t0.elapsed().as_secs_f64()
+                );
+                cache.save()?;
+            }
+        }
+        cache.save()?;
+    }
+    Ok(rows
+        .iter()
+        .map(|r| cache.map[&row_key(r)].clone())
+        .collect())
+}
+
+pub struct TrainArgs<'a> {
+    pub data: &'a Path,
+    pub encoder: &'a Path,
+    pub out: &'a Path,
+    pub seed: u64,
+    pub window: usize,
+    pub stride: usize,
+    pub max_fpr: f64,
+    pub max_fpr_response: f64,
+    pub threads: usize,
+}
+
+pub fn train(cli: &Cli, a: &TrainArgs) -> Result<()> {
+    let t0 = Instant::now();
+    safegate_engine::runtime::init(cli.ort_lib.as_deref())?;
+    let data_bytes = std::fs::read(a.data).with_context(|| format!("{}", a.data.display()))?;
+    let rows = read_rows(a.data)?;
+    let mut encoder = Encoder::open(
+        a.encoder,
+        &SessionOptions {
+            intra_threads: a.threads,
+            ..Default::default()
+        },
+    )?;
+    let layers = encoder.layers().to_vec();
+    let cache_dir = a.data.parent().unwrap_or(Path::new("."));
+    let mut cache = FeatureCache::open(cache_dir, a.encoder, &layers, a.window)?;
+    let used: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.split == "train" || r.split == "val")
+        .collect();
+    let feats = features(&mut encoder, &mut cache, &used, a.window)?;
+    let by_id: Vec<(&Row, &Vec<f32>)> = used.iter().copied().zip(feats.iter()).collect();
+    let select = |split: &str, kind: &str| -> (Vec<&[f32]>, Vec<bool>) {
+        by_id
+            .iter()
+            .filter(|(r, _)| r.split == split && r.kind == kind)
+            .map(|(r, f)| (f.as_slice(), r.label == 1))
+            .unzip()
+    };
+
+    let mut report = serde_json::Map::new();
+    let mut heads = Vec::new();
+    for kind in ["prompt", "response"] {
+        let (train_x, train_y) = select("train", kind);
+        let (val_x, val_y) = select("val", kind);
+        if train_x.is_empty() || val_x.is_empty() {
+            bail!(
+                "{}: no {kind} rows in the train or val split",
+                a.data.display()
+            );
+        }
+        let standardizer = fit_standardizer(&train_x);
+        let std_train: Vec<Vec<f32>> = train_x.iter().map(|x| standardizer.apply(x)).collect();
+        let mut best: Option<(f64, f64, (Vec<f32>, f32))> = None;
+        for l2 in [1e-3, 1e-2, 3e-2, 1e-1, 3e-1] {
+            let fitted = fit_logistic(&std_train, &train_y, l2, 300, a.seed);
+            let head = linear_head(standardizer.clone(), fitted.clone(), 0.5);
+            let scores: Vec<f64> = val_x.iter().map(|x| head.p_unsafe(x)).collect();
+            let m = metrics(&scores, &val_y, 0.5);
+            eprintln!(
+                "{kind}: l2 {l2}: val AUPRC {:.4} F1@0.5 {:.4} FPR@0.5 {:.4}",
+                m.auprc, m.f1, m.fpr
+            );
+            if best.as_ref().is_none_or(|b| m.auprc > b.0) {
+                best = Some((m.auprc, l2, fitted));
+            }
+        }
+        let (_, l2, fitted) = best.expect("at least one fit");
+        let head = linear_head(standardizer, fitted, 0.5);
+        let scores: Vec<f64> = val_x.iter().map(|x| head.p_unsafe(x)).collect();
+        let cap = if kind == "prompt" {
+            a.max_fpr
+        } else {
+            a.max_fpr_response
+        };
+        let threshold = choose_threshold(&scores, &val_y, cap);
+        let m = metrics(&scores, &val_y, threshold);
+        eprintln!(
+            "{kind}: chose l2 {l2}, threshold {threshold:.4}: val precision {:.4} recall {:.4} F1 {:.4} FPR {:.4} AUPRC {:.4}",
+            m.precision, m.recall, m.f1, m.fpr, m.auprc
+        );
+        report.insert(
+            kind.into(),
+            json!({"l2": l2, "threshold": threshold, "val": m, "train_rows": train_x.len(), "val_rows": val_x.len()}),
+        );
+        // Shift the bias so that the chosen operating point is P(unsafe) = 0.5: the policies'
+        // usual threshold then means what validation chose, and stricter policies (0.3)
+        // still move it the expected way.
+        let t = threshold.clamp(1e-6, 1.0 - 1e-6);
+        let bias = head.bias - (t / (1.0 - t)).ln() as f32;
+        heads.push(linear_head(head.standardizer, (head.weights, bias), 0.5));
+    }
+
+    // The category given unsafe: every unsafe training row, its first code.
+    let (cat_x, cat_y): (Vec<&[f32]>, Vec<usize>) = by_id
+        .iter()
+        .filter(|(r, _)| r.split == "train" && r.label == 1 && !r.codes.is_empty())
+        .map(|(r, f)| {
+            let c = CODES
+                .iter()
+                .position(|c| *c == r.codes[0])
+                .expect("codes checked on read");
+            (f.as_slice(), c)
+        })
+        .unzip();
+    let cat_std = fit_standardizer(&cat_x);
+    let cat_train: Vec<Vec<f32>> = cat_x.iter().map(|x| cat_std.apply(x)).collect();
+    let cat_fit = fit_softmax(&cat_train, &cat_y, CODES.len(), 3e-2, 200, a.seed);
+    let categories = category_head(
+        cat_std,
+        CODES.iter().map(|c| c.to_string()).collect(),
+        cat_fit,
+    );
+    let (val_cx, val_cy): (Vec<&[f32]>, Vec<&str>) = by_id
+        .iter()
+        .filter(|(r, _)| r.split == "val" && r.label == 1 && !r.codes.is_empty())
+        .map(|(r, f)| (f.as_slice(), r.codes[0].as_str()))
+        .unzip();
+    let correct = val_cx
+        .iter()
+        .zip(&val_cy)
+        .filter(|(x, code)| {
+            categories
+                .given_unsafe(x)
+                .into_iter()
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .is_some_and(|(c, _)| c == **code)
+        })
+        .count();
+    let accuracy = correct as f64 / val_cx.len().max(1) as f64;
+    eprintln!(
+        "categories: val top-1 accuracy {accuracy:.4} on {} unsafe rows",
+        val_cx.len()
+    );
+    report.insert(
+        "categories".into(),
+        json!({"val_top1_accuracy": accuracy, "train_rows": cat_x.len()}),
+    );
+
+    let response = heads.pop().expect("two heads");
+    let prompt = heads.pop().expect("two heads");
+    let head = Head {
+        format: HEAD_FORMAT.into(),
+        taxonomy: Taxonomy::LlamaGuard2,
+        layers,
+        window_tokens: a.window,
+        window_stride: a.stride,
+        prompt,
+        response,
+        categories,
+        training: json!({
+            "command": format!("safegate guard train --data {} --encoder {} --out {} --seed {} --window {} --stride {} --max-fpr {} --max-fpr-response {}",
+                a.data.display(), a.encoder.display(), a.out.display(), a.seed, a.window, a.stride, a.max_fpr, a.max_fpr_response),
+            "seed": a.seed,
+            "data_sha256": sha256_hex(&data_bytes),
+            "report": report,
+        }),
+    };
+    let text = serde_json::to_string(&head)?;
+    let tmp = a.out.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("{}", tmp.display()))?;
+    std::fs::rename(&tmp, a.out).with_context(|| format!("{}", a.out.display()))?;
+    eprintln!(
+        "wrote {} in {:.1} s",
+        a.out.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+pub struct EvalArgs<'a> {
+    pub data: &'a Path,
+    pub guard: &'a Path,
+    pub splits: &'a [String],
+    pub out: Option<&'a Path>,
+    pub clients: usize,
+    pub threads: usize,
+}
+
+/// Scores every row of the chosen splits through the embedded guard exactly as the gateway
+/// does (windows, batching) and prints metrics at the head's thresholds.
+pub fn eval(cli: &Cli, a: &EvalArgs) -> Result<()> {
+    safegate_engine::runtime::init(cli.ort_lib.as_deref())?;
+    let rows = read_rows(a.data)?;
+    let guard = EmbeddedGuard::open(
+        a.guard,
+        &EmbeddedOptions {
+            session: SessionOptions {
+                intra_threads: a.threads,
+                ..Default::default()
+            },
+            queue: 1024,
+            ..Default::default()
+        },
+    )?;
+    let chosen: Vec<&Row> = rows
+        .iter()
+        .filter(|r| a.splits.iter().any(|s| *s == r.split))
+        .collect();
+    if chosen.is_empty() {
+        bail!("{}: no rows in splits {:?}", a.data.display(), a.splits);
+    }
+    eprintln!("scoring {} rows with {} clients", chosen.len(), a.clients);
+    let t0 = Instant::now();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<(f64, Vec<(String, f64)>, usize, f64)>>> =
+        chosen.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let failure: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..a.clients.max(1) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some(row) = chosen.get(i) else { break };
+                let started = Instant::now();
+                match guard.classify_text(&row.text, row.agent()) {
+                    Ok((p, cats, tokens)) => {
+                        *results[i].lock().expect("not poisoned") =
+                            Some((p, cats, tokens, started.elapsed().as_secs_f64() * 1e3));
+                    }
+                    Err(e) => {
+                        *failure.lock().expect("not poisoned") = Some(e.to_string());
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failure.into_inner().expect("not poisoned") {
+        bail!("classification failed: {e}");
+    }
+    let scored: Vec<(f64, Vec<(String, f64)>, usize, f64)> = results
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .expect("not poisoned")
+                .expect("every row scored")
+        })
+        .collect();
+    let seconds = t0.elapsed().as_secs_f64();
+    let head = guard.head();
+    let threshold = |r: &Row| match r.agent() {
+        AgentType::User => head.prompt.threshold,
+        AgentType::Agent => head.response.threshold,
+    };
+
+    let mut groups: BTreeMap<String, (Vec<f64>, Vec<bool>, f64)> = BTreeMap::new();
+    let mut flagged_by_source: BTreeMap<String, (usize, usize, u8)> = BTreeMap::new();
+    let mut per_code: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
+    for (r, (p, cats, _, _)) in chosen.iter().zip(&scored) {
+        let t = threshold(r);
+        for key in [
+            format!("{} {}", r.split, r.kind),
+            format!("{} {} (without hand-written)", r.split, r.kind),
+        ] {
+            if key.ends_with("written)") && r.source == "hard-benign" {
+                continue;
+            }
+            let g = groups.entry(key).or_insert((Vec::new(), Vec::new(), t));
+            g.0.push(*p);
+            g.1.push(r.label == 1);
+        }
+        let f = flagged_by_source
+            .entry(format!("{} {} {}", r.split, r.kind, r.source))
+            .or_insert((0, 0, r.label));
+        f.0 += usize::from(*p >= t);
+        f.1 += 1;
+        if r.label == 1 {
+            if let Some(code) = r.codes.first() {
+                let top = cats
+                    .iter()
+                    .max_by(|a, b| a.1.total_cmp(&b.1))
+                    .map(|c| c.0.as_str());
+                let e = per_code
+                    .entry(format!("{} {code}", r.split))
+                    .or_insert((0, 0, 0));
+                e.0 += 1;
+                e.1 += usize::from(*p >= t);
+                e.2 += usize::from(top == Some(code.as_str()));
+            }
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "| split / kind | rows | unsafe | precision | recall | F1 | FPR | AUPRC |"
+    )?;
+    writeln!(out, "|---|---|---|---|---|---|---|---|")?;
+    let mut summary = serde_json::Map::new();
+    for (key, (scores, labels, t)) in &groups {
+        let m: Metrics = metrics(scores, labels, *t);
+        writeln!(
+            out,
+            "| {key} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            m.n, m.positives, m.precision, m.recall, m.f1, m.fpr, m.auprc
+        )?;
+        summary.insert(key.clone(), json!(m));
+    }
+    writeln!(out, "\n| split / kind / source | label | rows | flagged |")?;
+    writeln!(out, "|---|---|---|---|")?;
+    for (key, (flagged, n, label)) in &flagged_by_source {
+        writeln!(
+            out,
+            "| {key} | {} | {n} | {:.1}% |",
+            if *label == 1 { "unsafe" } else { "safe" },
+            100.0 * *flagged as f64 / *n as f64
+        )?;
+    }
+    writeln!(
+        out,
+        "\n| split / category | unsafe rows | recall | top category right |"
+    )?;
+    writeln!(out, "|---|---|---|---|")?;
+    for (key, (n, hit, top)) in &per_code {
+        writeln!(
+            out,
+            "| {key} | {n} | {:.1}% | {:.1}% |",
+            100.0 * *hit as f64 / *n as f64,
+            100.0 * *top as f64 / *n as f64
+        )?;
+    }
+    let mut lat: Vec<f64> = scored.iter().map(|s| s.3).collect();
+    lat.sort_by(f64::total_cmp);
+    let pct = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
+    writeln!(
+        out,
+        "\n{} rows in {seconds:.1} s ({:.1} rows/s, {} clients); latency p50 {:.1} ms, p99 {:.1} ms",
+        scored.len(),
+        scored.len() as f64 / seconds,
+        a.clients,
+        pct(0.5),
+        pct(0.99)
+    )?;
+    if let Some(path) = a.out {
+        let rows_out: Vec<serde_json::Value> = chosen
+            .iter()
+            .zip(&scored)
+            .map(|(r, (p, _, tokens, ms))| {
+                json!({"split": r.split, "kind": r.kind, "source": r.source, "label": r.label,
+                       "p_unsafe": p, "flagged": *p >= threshold(r), "tokens": tokens, "ms": ms})
+            })
+            .collect();
+        let doc = json!({"summary": summary, "rows": rows_out,
+                         "thresholds": {"prompt": head.prompt.threshold, "response": head.response.threshold}});
+        std::fs::write(path, serde_json::to_string(&doc)?)
+            .with_context(|| format!("{}", path.display()))?;
+    }
+    Ok(())
+}

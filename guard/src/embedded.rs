@@ -1,0 +1,482 @@
+//! The embedded guard: a small classifier that ships with safegate. Features are pooled
+//! hidden states of a small Llama-family model (SmolLM2-135M, the default chat model's
+//! weights, imported as an encoder); light heads on top give P(unsafe), one for prompts and
+//! one for responses, and the category given unsafe, in the Llama Guard 2 taxonomy.
+//!
+//! Long texts are cut into overlapping windows; a conversation is as unsafe as its most
+//! unsafe window (so a harmful turn first or last in a long conversation still counts).
+//! Concurrent classifications share one encoder run: a worker thread takes what is waiting
+//! (bounded queue) and encodes it as one padded batch.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+use safegate_engine::session::SessionOptions;
+use safegate_engine::{ChatMessage, ChatTokenizer, Encoder, EngineError};
+use safegate_policies::{Taxonomy, Verdict};
+
+use crate::classify::Classification;
+use crate::prompt::{AgentType, GuardPrompt};
+use crate::GuardError;
+
+/// The head file inside an embedded guard folder.
+pub const HEAD_FILE: &str = "guard_head.json";
+pub const HEAD_FORMAT: &str = "safegate-guard-head/1";
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Standardizer {
+    pub mean: Vec<f32>,
+    pub scale: Vec<f32>,
+}
+
+impl Standardizer {
+    pub fn apply(&self, x: &[f32]) -> Vec<f32> {
+        x.iter()
+            .zip(&self.mean)
+            .zip(&self.scale)
+            .map(|((v, m), s)| (v - m) / s)
+            .collect()
+    }
+}
+
+/// Logistic regression: P(unsafe) = sigmoid(w . standardized(x) + b).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LinearHead {
+    pub standardizer: Standardizer,
+    pub weights: Vec<f32>,
+    pub bias: f32,
+    /// The decision threshold chosen on the validation split (reported, not enforced: the
+    /// policy's own threshold decides).
+    pub threshold: f64,
+}
+
+impl LinearHead {
+    pub fn p_unsafe(&self, x: &[f32]) -> f64 {
+        let z = self.bias as f64
+            + self
+                .standardizer
+                .apply(x)
+                .iter()
+                .zip(&self.weights)
+                .map(|(a, w)| (a * w) as f64)
+                .sum::<f64>();
+        1.0 / (1.0 + (-z).exp())
+    }
+}
+
+/// Softmax regression: the category given unsafe.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CategoryHead {
+    pub standardizer: Standardizer,
+    pub codes: Vec<String>,
+    pub weights: Vec<Vec<f32>>,
+    pub bias: Vec<f32>,
+}
+
+impl CategoryHead {
+    pub fn given_unsafe(&self, x: &[f32]) -> Vec<(String, f64)> {
+        let z = self.standardizer.apply(x);
+        let mut logits: Vec<f64> = self
+            .weights
+            .iter()
+            .zip(&self.bias)
+            .map(|(w, b)| *b as f64 + z.iter().zip(w).map(|(a, w)| (a * w) as f64).sum::<f64>())
+            .collect();
+        crate::train::softmax_in_place(&mut logits);
+        self.codes.iter().cloned().zip(logits).collect()
+    }
+}
+
+/// Everything the embedded guard needs besides the encoder: `guard_head.json`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Head {
+    pub format: String,
+    pub taxonomy: Taxonomy,
+    /// The encoder outputs the features come from, in order (checked at load).
+    pub layers: Vec<String>,
+    /// Window length and step in tokens.
+    pub window_tokens: usize,
+    pub window_stride: usize,
+    pub prompt: LinearHead,
+    pub response: LinearHead,
+    pub categories: CategoryHead,
+    /// How the head was made (command, seed, data), for the record.
+    #[serde(default)]
+    pub training: serde_json::Value,
+}
+
+impl Head {
+    pub fn load(path: &Path) -> Result<Self, GuardError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| GuardError::Model(format!("{}: {e}", path.display())))?;
+        let head: Head = serde_json::from_str(&text).map_err(|e| {
+            GuardError::Model(format!(
+                "{}: line {}, column {}: {e}",
+                path.display(),
+                e.line(),
+                e.column()
+            ))
+        })?;
+        if head.format != HEAD_FORMAT {
+            return Err(GuardError::Model(format!(
+                "{}: format `{}`, expected `{HEAD_FORMAT}`",
+                path.display(),
+                head.format
+            )));
+        }
+        if head.window_tokens == 0 || head.window_stride == 0 {
+            return Err(GuardError::Model(format!(
+                "{}: window_tokens and window_stride must be positive",
+                path.display()
+            )));
+        }
+        Ok(head)
+    }
+
+    fn check_dim(&self, dim: usize) -> Result<(), GuardError> {
+        let dims = [
+            self.prompt.weights.len(),
+            self.prompt.standardizer.mean.len(),
+            self.response.weights.len(),
+            self.response.standardizer.mean.len(),
+            self.categories.standardizer.mean.len(),
+        ];
+        let cats_ok = self.categories.weights.len() == self.categories.codes.len()
+            && self.categories.bias.len() == self.categories.codes.len()
+            && self.categories.weights.iter().all(|w| w.len() == dim);
+        if dims.iter().any(|&d| d != dim) || !cats_ok {
+            return Err(GuardError::Model(format!(
+                "the head does not fit the encoder: features of width {dim}, head widths {dims:?}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The text the embedded guard judges: for prompts, every turn that is not the assistant's
+/// (system, user, tool: everything the model reads from outside); for responses, the last
+/// assistant turn.
+pub fn judged_text(messages: &[ChatMessage], agent: AgentType) -> String {
+    match agent {
+        AgentType::User => messages
+            .iter()
+            .filter(|m| m.role != "assistant")
+            .map(|m| m.content.as_str())
+            .collect::<Vec<_>>()
+            .join("\n\n"),
+        AgentType::Agent => messages
+            .iter()
+            .rev()
+            .find(|m| m.role == "assistant")
+            .map(|m| m.content.clone())
+            .unwrap_or_default(),
+    }
+}
+
+/// Overlapping windows of at most `len` tokens, `stride` apart, the last one ending at the
+/// end (no token left out).
+pub fn windows(ids: &[u32], len: usize, stride: usize) -> Vec<Vec<u32>> {
+    if ids.len() <= len {
+        return vec![ids.to_vec()];
+    }
+    let mut out = Vec::new();
+    let mut start = 0;
+    loop {
+        let end = (start + len).min(ids.len());
+        out.push(ids[end - len.min(end)..end].to_vec());
+        if end == ids.len() {
+            break;
+        }
+        start += stride;
+    }
+    out
+}
+
+struct Job {
+    windows: Vec<Vec<u32>>,
+    reply: mpsc::Sender<Result<Vec<Vec<f32>>, GuardError>>,
+}
+
+/// The embedded guard backend.
+pub struct EmbeddedGuard {
+    head: Arc<Head>,
+    tokenizer: ChatTokenizer,
+    name: String,
+    jobs: mpsc::SyncSender<Job>,
+    waiting: Arc<AtomicUsize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    pub session: SessionOptions,
+    /// Classifications waiting at most (beyond: `QueueFull`).
+    pub queue: usize,
+    /// Windows encoded together at most.
+    pub max_batch: usize,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        Self {
+            session: SessionOptions::default(),
+            queue: 64,
+            max_batch: 16,
+        }
+    }
+}
+
+/// Whether `dir` is an embedded guard folder (an encoder and its head).
+pub fn is_embedded_guard(dir: &Path) -> bool {
+    dir.join(HEAD_FILE).is_file()
+}
+
+impl EmbeddedGuard {
+    pub fn open(dir: &Path, options: &EmbeddedOptions) -> Result<Self, GuardError> {
+        let head = Head::load(&dir.join(HEAD_FILE))?;
+        let encoder = Encoder::open(dir, &options.session)?;
+        if encoder.layers() != head.layers.as_slice() {
+            return Err(GuardError::Model(format!(
+                "{}: the head reads layers {:?} but the encoder has {:?}",
+                dir.display(),
+                head.layers,
+                encoder.layers()
+            )));
+        }
+        head.check_dim(encoder.dim())?;
+        // The worker owns the encoder; callers tokenize with their own copy.
+        let tokenizer = ChatTokenizer::load_dir(dir)?;
+        let name = model_name(dir);
+        let (jobs, rx) = mpsc::sync_channel::<Job>(options.queue.max(1));
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let counter = waiting.clone();
+        let max_batch = options.max_batch.max(1);
+        std::thread::Builder::new()
+            .name("embedded-guard".into())
+            .spawn(move || worker(encoder, rx, counter, max_batch))
+            .map_err(|e| GuardError::Model(format!("cannot start the guard worker: {e}")))?;
+        Ok(Self {
+            head: Arc::new(head),
+            tokenizer,
+            name,
+            jobs,
+            waiting,
+        })
+    }
+
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+
+    /// Pooled features of each window (blocking).
+    pub fn features(&self, windows: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, GuardError> {
+        let (tx, rx) = mpsc::channel();
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        if let Err(e) = self.jobs.try_send(Job { windows, reply: tx }) {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(match e {
+                mpsc::TrySendError::Full(_) => GuardError::Engine(EngineError::QueueFull),
+                mpsc::TrySendError::Disconnected(_) => GuardError::Engine(EngineError::Stopped),
+            });
+        }
+        rx.recv()
+            .map_err(|_| GuardError::Engine(EngineError::Stopped))?
+    }
+
+    /// Token windows of a text, as the classifier reads it.
+    pub fn windows_of(&self, text: &str) -> Result<Vec<Vec<u32>>, GuardError> {
+        let mut ids = self.tokenizer.encode_plain(text)?;
+        if ids.is_empty() {
+            // An empty text still gets a verdict: the encoder reads one space.
+            ids = self.tokenizer.encode_plain(" ")?;
+        }
+        Ok(windows(
+            &ids,
+            self.head.window_tokens,
+            self.head.window_stride,
+        ))
+    }
+
+    /// Scores a text judged as `agent`'s (blocking).
+    pub fn classify_text(
+        &self,
+        text: &str,
+        agent: AgentType,
+    ) -> Result<(f64, Vec<(String, f64)>, usize), GuardError> {
+        let windows = self.windows_of(text)?;
+        let tokens = windows.iter().map(Vec::len).sum();
+        let features = self.features(windows)?;
+        let head = match agent {
+            AgentType::User => &self.head.prompt,
+            AgentType::Agent => &self.head.response,
+        };
+        let (p, worst) = features
+            .iter()
+            .map(|f| (head.p_unsafe(f), f))
+            .fold(None::<(f64, &Vec<f32>)>, |best, c| match best {
+                Some(b) if b.0 >= c.0 => Some(b),
+                _ => Some(c),
+            })
+            .ok_or_else(|| GuardError::Model("the encoder returned nothing".into()))?;
+        Ok((p, self.head.categories.given_unsafe(worst), tokens))
+    }
+
+    pub fn classify_blocking(&self, prompt: &GuardPrompt) -> Result<Classification, GuardError> {
+        let t0 = Instant::now();
+        let text = judged_text(&prompt.messages, prompt.agent);
+        let (p_unsafe, given, tokens) = self.classify_text(&text, prompt.agent)?;
+        // Report under the prompt's category list: the taxonomy's codes it lists (the head
+        // knows the Llama Guard 2 codes; custom categories get no score from it).
+        let listed: Vec<(String, f64)> = prompt
+            .codes
+            .iter()
+            .filter_map(|(_, reported)| {
+                given
+                    .iter()
+                    .find(|(c, _)| c == reported)
+                    .map(|(c, p)| (c.clone(), *p))
+            })
+            .collect();
+        let top_category = listed
+            .iter()
+            .fold(None::<&(String, f64)>, |best, c| match best {
+                Some(b) if b.1 >= c.1 => Some(b),
+                _ => Some(c),
+            })
+            .map(|(c, _)| c.clone());
+        Ok(Classification {
+            verdict: Verdict {
+                taxonomy: Some(self.head.taxonomy),
+                p_unsafe,
+                category_scores: listed.into_iter().map(|(c, p)| (c, p_unsafe * p)).collect(),
+                codes: Vec::new(),
+            },
+            top_category,
+            prompt_tokens: tokens,
+            latency_ms: t0.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+}
+
+fn model_name(dir: &Path) -> String {
+    let dir: PathBuf = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "embedded-guard".into())
+}
+
+/// Takes the first waiting job, then whatever else waits, up to `max_batch` windows, and
+/// encodes them as one batch; windows of similar length go together to waste less padding.
+fn worker(
+    mut encoder: Encoder,
+    rx: mpsc::Receiver<Job>,
+    waiting: Arc<AtomicUsize>,
+    max_batch: usize,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        let mut count = jobs[0].windows.len();
+        while count < max_batch {
+            match rx.try_recv() {
+                Ok(job) => {
+                    count += job.windows.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        // (job, window) pairs sorted by length, encoded in chunks of at most max_batch.
+        let mut order: Vec<(usize, usize)> = jobs
+            .iter()
+            .enumerate()
+            .flat_map(|(j, job)| (0..job.windows.len()).map(move |w| (j, w)))
+            .collect();
+        order.sort_by_key(|&(j, w)| jobs[j].windows[w].len());
+        let mut results: Vec<Vec<Option<Vec<f32>>>> =
+            jobs.iter().map(|j| vec![None; j.windows.len()]).collect();
+        let mut failed: Option<String> = None;
+        for chunk in order.chunks(max_batch) {
+            let batch: Vec<Vec<u32>> = chunk
+                .iter()
+                .map(|&(j, w)| jobs[j].windows[w].clone())
+                .collect();
+            match encoder.pooled(&batch) {
+                Ok(vectors) => {
+                    for (&(j, w), v) in chunk.iter().zip(vectors) {
+                        results[j][w] = Some(v);
+                    }
+                }
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        for (job, result) in jobs.into_iter().zip(results) {
+            waiting.fetch_sub(1, Ordering::SeqCst);
+            let answer = match &failed {
+                Some(e) => Err(GuardError::Model(e.clone())),
+                None => Ok(result.into_iter().map(Option::unwrap_or_default).collect()),
+            };
+            let _ = job.reply.send(answer);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_cover_every_token_and_end_at_the_end() {
+        let ids: Vec<u32> = (0..10).collect();
+        assert_eq!(windows(&ids, 16, 8), vec![ids.clone()]);
+        let w = windows(&ids, 4, 3);
+        assert_eq!(w.first().unwrap(), &vec![0, 1, 2, 3]);
+        assert_eq!(w.last().unwrap(), &vec![6, 7, 8, 9]);
+        for t in 0..10 {
+            assert!(w.iter().any(|win| win.contains(&t)), "token {t} missing");
+        }
+        assert!(w.iter().all(|win| win.len() == 4));
+    }
+
+    #[test]
+    fn judged_text_takes_the_right_turns() {
+        let m = vec![
+            ChatMessage::new("system", "be nice"),
+            ChatMessage::new("user", "first"),
+            ChatMessage::new("assistant", "reply one"),
+            ChatMessage::new("tool", "tool output"),
+            ChatMessage::new("assistant", "reply two"),
+        ];
+        assert_eq!(
+            judged_text(&m, AgentType::User),
+            "be nice\n\nfirst\n\ntool output"
+        );
+        assert_eq!(judged_text(&m, AgentType::Agent), "reply two");
+    }
+
+    #[test]
+    fn linear_head_is_a_standardized_logistic() {
+        let head = LinearHead {
+            standardizer: Standardizer {
+                mean: vec![1.0, 0.0],
+                scale: vec![2.0, 1.0],
+            },
+            weights: vec![2.0, 0.0],
+            bias: -1.0,
+            threshold: 0.5,
+        };
+        // (3 - 1) / 2 * 2 - 1 = 1
+        assert!((head.p_unsafe(&[3.0, 9.0]) - 1.0 / (1.0 + (-1f64).exp())).abs() < 1e-9);
+    }
+}

