@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up, build and start the safegate gateway on http://127.0.0.1:8080 (override with
 # SAFEGATE_LISTEN). The chat model is SmolLM2-135M-Instruct, imported once from its GGUF
-# (fetched by scripts/setup.sh) into models/smollm2-135m-instruct. Extra arguments go to
-# `safegate serve` (e.g. --guard-model DIR, --policies DIR).
+# (fetched by scripts/setup.sh) into models/smollm2-135m-instruct; the guard is the embedded
+# default classifier in models/safegate-guard. Extra arguments go to `safegate serve`
+# (e.g. --guard-model DIR, --policies DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh >/dev/null
@@ -11,4 +12,8 @@ MODEL=models/smollm2-135m-instruct
 if [ ! -f "$MODEL/model.onnx" ]; then
   target/release/safegate models import-gguf .cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf "$MODEL"
 fi
+# The embedded default guard (a small classifier on SmolLM2-135M features; docs/guard.md).
+# Another guard: pass --guard-model DIR, or set SAFEGATE_GUARD_MODEL.
+scripts/guard/install_default.sh
+export SAFEGATE_GUARD_MODEL=${SAFEGATE_GUARD_MODEL:-models/safegate-guard}
 exec target/release/safegate serve --model "$MODEL" "$@"

@@ -137,6 +137,23 @@ pub enum GuardCommand {
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
+    /// Latency and throughput of an embedded guard on synthetic texts.
+    Bench {
+        /// Embedded guard folder (encoder + guard_head.json).
+        #[arg(long)]
+        guard: PathBuf,
+        /// Text lengths in tokens, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "50,500")]
+        tokens: Vec<usize>,
+        /// Concurrent callers, comma-separated (1: no batching possible).
+        #[arg(long, value_delimiter = ',', default_value = "1,4")]
+        clients: Vec<usize>,
+        /// Classifications per (length, clients) after a warm-up.
+        #[arg(long, default_value_t = 40)]
+        runs: usize,
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
     /// Measure an embedded guard folder on splits of a data set; prints Markdown tables.
     Eval {
         #[arg(long)]

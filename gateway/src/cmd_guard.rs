@@ -99,6 +99,13 @@ pub fn run(cli: &Cli, cmd: &GuardCommand) -> Result<()> {
                 threads: *threads,
             },
         )?,
+        GuardCommand::Bench {
+            guard,
+            tokens,
+            clients,
+            runs,
+            threads,
+        } => crate::cmd_guard_train::bench(cli, guard, tokens, clients, *runs, *threads)?,
         GuardCommand::Eval {
             data,
             guard,

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use safegate_engine::session::SessionOptions;
 use safegate_engine::Encoder;
-use safegate_guard::embedded::{Head, HEAD_FORMAT};
+use safegate_guard::embedded::{Head, TextScore, HEAD_FORMAT};
 use safegate_guard::prompt::AgentType;
 use safegate_guard::train::{
     category_head, choose_threshold, fit_logistic, fit_softmax, fit_standardizer, linear_head,
@@ -405,7 +405,7 @@ pub fn eval(cli: &Cli, a: &EvalArgs) -> Result<()> {
     )?;
     let chosen: Vec<&Row> = rows
         .iter()
-        .filter(|r| a.splits.iter().any(|s| *s == r.split))
+        .filter(|r| a.splits.contains(&r.split))
         .collect();
     if chosen.is_empty() {
         bail!("{}: no rows in splits {:?}", a.data.display(), a.splits);
@@ -413,7 +413,7 @@ pub fn eval(cli: &Cli, a: &EvalArgs) -> Result<()> {
     eprintln!("scoring {} rows with {} clients", chosen.len(), a.clients);
     let t0 = Instant::now();
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<std::sync::Mutex<Option<(f64, Vec<(String, f64)>, usize, f64)>>> =
+    let results: Vec<std::sync::Mutex<Option<(TextScore, f64)>>> =
         chosen.iter().map(|_| std::sync::Mutex::new(None)).collect();
     let failure: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
     std::thread::scope(|s| {
@@ -423,9 +423,9 @@ pub fn eval(cli: &Cli, a: &EvalArgs) -> Result<()> {
                 let Some(row) = chosen.get(i) else { break };
                 let started = Instant::now();
                 match guard.classify_text(&row.text, row.agent()) {
-                    Ok((p, cats, tokens)) => {
+                    Ok(score) => {
                         *results[i].lock().expect("not poisoned") =
-                            Some((p, cats, tokens, started.elapsed().as_secs_f64() * 1e3));
+                            Some((score, started.elapsed().as_secs_f64() * 1e3));
                     }
                     Err(e) => {
                         *failure.lock().expect("not poisoned") = Some(e.to_string());
@@ -438,7 +438,7 @@ pub fn eval(cli: &Cli, a: &EvalArgs) -> Result<()> {
     if let Some(e) = failure.into_inner().expect("not poisoned") {
         bail!("classification failed: {e}");
     }
-    let scored: Vec<(f64, Vec<(String, f64)>, usize, f64)> = results
+    let scored: Vec<(TextScore, f64)> = results
         .into_iter()
         .map(|m| {
             m.into_inner()
@@ -456,7 +456,8 @@ pub fn eval(cli: &Cli, a: &EvalArgs) -> Result<()> {
     let mut groups: BTreeMap<String, (Vec<f64>, Vec<bool>, f64)> = BTreeMap::new();
     let mut flagged_by_source: BTreeMap<String, (usize, usize, u8)> = BTreeMap::new();
     let mut per_code: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
-    for (r, (p, cats, _, _)) in chosen.iter().zip(&scored) {
+    for (r, (score, _)) in chosen.iter().zip(&scored) {
+        let (p, cats) = (&score.p_unsafe, &score.given_unsafe);
         let t = threshold(r);
         for key in [
             format!("{} {}", r.split, r.kind),
@@ -528,7 +529,7 @@ pub fn eval(cli: &Cli, a: &EvalArgs) -> Result<()> {
             100.0 * *top as f64 / *n as f64
         )?;
     }
-    let mut lat: Vec<f64> = scored.iter().map(|s| s.3).collect();
+    let mut lat: Vec<f64> = scored.iter().map(|s| s.1).collect();
     lat.sort_by(f64::total_cmp);
     let pct = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
     writeln!(
@@ -544,15 +545,89 @@ pub fn eval(cli: &Cli, a: &EvalArgs) -> Result<()> {
         let rows_out: Vec<serde_json::Value> = chosen
             .iter()
             .zip(&scored)
-            .map(|(r, (p, _, tokens, ms))| {
+            .map(|(r, (score, ms))| {
                 json!({"split": r.split, "kind": r.kind, "source": r.source, "label": r.label,
-                       "p_unsafe": p, "flagged": *p >= threshold(r), "tokens": tokens, "ms": ms})
+                       "p_unsafe": score.p_unsafe, "flagged": score.p_unsafe >= threshold(r),
+                       "tokens": score.tokens, "ms": ms})
             })
             .collect();
         let doc = json!({"summary": summary, "rows": rows_out,
                          "thresholds": {"prompt": head.prompt.threshold, "response": head.response.threshold}});
         std::fs::write(path, serde_json::to_string(&doc)?)
             .with_context(|| format!("{}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// `safegate guard bench`: per-classification latency (p50/p99) and throughput for texts of
+/// each length, one caller at a time and several at once (batched by the worker).
+pub fn bench(
+    cli: &Cli,
+    dir: &Path,
+    lengths: &[usize],
+    clients: &[usize],
+    runs: usize,
+    threads: usize,
+) -> Result<()> {
+    safegate_engine::runtime::init(cli.ort_lib.as_deref())?;
+    let guard = EmbeddedGuard::open(
+        dir,
+        &EmbeddedOptions {
+            session: SessionOptions {
+                intra_threads: threads,
+                ..Default::default()
+            },
+            queue: 1024,
+            ..Default::default()
+        },
+    )?;
+    let window = guard.head().window_tokens;
+    let stride = guard.head().window_stride;
+    println!("| tokens | windows | clients | p50 ms | p99 ms | classifications/s |");
+    println!("|---|---|---|---|---|---|");
+    for &len in lengths {
+        let ids = crate::cmd_bench::synthetic_prompt(len, 49_152);
+        let windows = safegate_guard::embedded::windows(&ids, window, stride);
+        for &c in clients {
+            let c = c.max(1);
+            // Warm-up: one round of every caller.
+            for _ in 0..c {
+                guard.score_windows(windows.clone(), AgentType::User)?;
+            }
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let latencies = std::sync::Mutex::new(Vec::with_capacity(runs));
+            let t0 = Instant::now();
+            std::thread::scope(|s| {
+                for _ in 0..c {
+                    s.spawn(|| {
+                        while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < runs {
+                            let started = Instant::now();
+                            if guard
+                                .score_windows(windows.clone(), AgentType::User)
+                                .is_ok()
+                            {
+                                latencies
+                                    .lock()
+                                    .expect("not poisoned")
+                                    .push(started.elapsed().as_secs_f64() * 1e3);
+                            }
+                        }
+                    });
+                }
+            });
+            let seconds = t0.elapsed().as_secs_f64();
+            let mut lat = latencies.into_inner().expect("not poisoned");
+            anyhow::ensure!(lat.len() == runs, "some classifications failed");
+            lat.sort_by(f64::total_cmp);
+            let pct = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
+            println!(
+                "| {len} | {} | {c} | {:.1} | {:.1} | {:.1} |",
+                windows.len(),
+                pct(0.5),
+                pct(0.99),
+                runs as f64 / seconds
+            );
+        }
     }
     Ok(())
 }

@@ -170,6 +170,7 @@ fn an_imported_gguf_reproduces_the_reference_model() {
     let options = ImportOptions {
         format: WeightFormat::F16,
         max_context: Some(256),
+        ..Default::default()
     };
     import(
         &fixture("gguf/tiny-chatml.gguf"),
@@ -205,6 +206,7 @@ fn an_imported_gguf_reproduces_the_reference_model() {
         let options = ImportOptions {
             format,
             max_context: None,
+            ..Default::default()
         };
         import(&fixture("gguf/tiny-chatml.gguf"), &dir, &options, |_, _| {}).unwrap();
         dir
@@ -299,4 +301,60 @@ fn a_llama3_vocabulary_rebuilds_into_the_same_tokenizer() {
     };
     let e = unsupported.to_tokenizer_json().unwrap_err().to_string();
     assert!(e.contains("tokenizer.ggml.pre `qwen2`"), "{e}");
+}
+
+#[test]
+fn encoders_stop_early_exactly_and_pool_padded_batches_like_single_sequences() {
+    safegate_engine::runtime::init(None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let encoder = |layers: Vec<usize>, name: &str| {
+        let out = dir.path().join(name);
+        let options = ImportOptions {
+            kind: safegate_gguf::GraphKind::Encoder { layers },
+            ..Default::default()
+        };
+        import(&fixture("gguf/tiny-chatml.gguf"), &out, &options, |_, _| {}).unwrap();
+        safegate_engine::Encoder::open(&out, &Default::default()).unwrap()
+    };
+    let mut both = encoder(vec![1, 2], "both");
+    let mut first = encoder(vec![1], "first");
+    assert_eq!(both.layers(), ["hidden_states.1", "hidden_states.2"]);
+    assert_eq!(both.dim(), 2 * first.dim());
+    let seqs = vec![vec![5, 9, 13, 2, 7, 30], vec![4, 8], vec![11]];
+    let batched = both.pooled(&seqs).unwrap();
+    let h = first.dim();
+    for (seq, pooled) in seqs.iter().zip(&batched) {
+        let alone = both.pooled(std::slice::from_ref(seq)).unwrap().remove(0);
+        for (a, b) in alone.iter().zip(pooled) {
+            assert!((a - b).abs() < 1e-4, "padding changed a vector: {a} vs {b}");
+        }
+        // The graph that stops after layer 1 computes layer 1 as the full one does.
+        let early = first.pooled(std::slice::from_ref(seq)).unwrap().remove(0);
+        for (a, b) in early.iter().zip(&pooled[..h]) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
+        // Layers differ (the second output is not a copy of the first).
+        assert!(pooled[..h]
+            .iter()
+            .zip(&pooled[h..])
+            .any(|(a, b)| (a - b).abs() > 1e-3));
+    }
+
+    // Layer numbers outside the model are refused with a clear error.
+    let options = ImportOptions {
+        kind: safegate_gguf::GraphKind::Encoder { layers: vec![3] },
+        ..Default::default()
+    };
+    let e = import(
+        &fixture("gguf/tiny-chatml.gguf"),
+        &dir.path().join("bad"),
+        &options,
+        |_, _| {},
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("expected layer numbers from 1 to 2"),
+        "{e}"
+    );
+    assert!(!dir.path().join("bad").exists());
 }

@@ -194,6 +194,17 @@ pub fn windows(ids: &[u32], len: usize, stride: usize) -> Vec<Vec<u32>> {
     out
 }
 
+/// A text's verdict from the embedded guard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextScore {
+    /// P(unsafe) of the most unsafe window.
+    pub p_unsafe: f64,
+    /// The category distribution given unsafe, of that window (Llama Guard 2 codes).
+    pub given_unsafe: Vec<(String, f64)>,
+    /// Tokens read (windows overlap, so a long text counts some twice).
+    pub tokens: usize,
+}
+
 struct Job {
     windows: Vec<Vec<u32>>,
     reply: mpsc::Sender<Result<Vec<Vec<f32>>, GuardError>>,
@@ -299,12 +310,17 @@ impl EmbeddedGuard {
     }
 
     /// Scores a text judged as `agent`'s (blocking).
-    pub fn classify_text(
+    pub fn classify_text(&self, text: &str, agent: AgentType) -> Result<TextScore, GuardError> {
+        self.score_windows(self.windows_of(text)?, agent)
+    }
+
+    /// Scores token windows (what `classify_text` does after tokenizing; benchmarks call it
+    /// with synthetic ids).
+    pub fn score_windows(
         &self,
-        text: &str,
+        windows: Vec<Vec<u32>>,
         agent: AgentType,
-    ) -> Result<(f64, Vec<(String, f64)>, usize), GuardError> {
-        let windows = self.windows_of(text)?;
+    ) -> Result<TextScore, GuardError> {
         let tokens = windows.iter().map(Vec::len).sum();
         let features = self.features(windows)?;
         let head = match agent {
@@ -319,13 +335,21 @@ impl EmbeddedGuard {
                 _ => Some(c),
             })
             .ok_or_else(|| GuardError::Model("the encoder returned nothing".into()))?;
-        Ok((p, self.head.categories.given_unsafe(worst), tokens))
+        Ok(TextScore {
+            p_unsafe: p,
+            given_unsafe: self.head.categories.given_unsafe(worst),
+            tokens,
+        })
     }
 
     pub fn classify_blocking(&self, prompt: &GuardPrompt) -> Result<Classification, GuardError> {
         let t0 = Instant::now();
         let text = judged_text(&prompt.messages, prompt.agent);
-        let (p_unsafe, given, tokens) = self.classify_text(&text, prompt.agent)?;
+        let TextScore {
+            p_unsafe,
+            given_unsafe: given,
+            tokens,
+        } = self.classify_text(&text, prompt.agent)?;
         // Report under the prompt's category list: the taxonomy's codes it lists (the head
         // knows the Llama Guard 2 codes; custom categories get no score from it).
         let listed: Vec<(String, f64)> = prompt

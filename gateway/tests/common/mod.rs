@@ -26,6 +26,11 @@ impl Drop for Server {
 }
 
 pub fn start(extra: &[&str]) -> Server {
+    start_with_env(extra, &[])
+}
+
+/// `start` with environment variables set for the server.
+pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -43,6 +48,7 @@ pub fn start(extra: &[&str]) -> Server {
             "1",
         ])
         .args(extra)
+        .envs(env.iter().copied())
         .env_remove("ORT_DYLIB_PATH")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
