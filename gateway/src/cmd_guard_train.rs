@@ -471,7 +471,7 @@ pub fn eval(cli: &Cli, a: &EvalArgs) -> Result<()> {
             g.1.push(r.label == 1);
         }
         let f = flagged_by_source
-            .entry(format!("{} {} {}", r.split, r.kind, r.source))
+            .entry(format!("{} {} {} {}", r.split, r.kind, r.source, r.label))
             .or_insert((0, 0, r.label));
         f.0 += usize::from(*p >= t);
         f.1 += 1;
@@ -509,6 +509,7 @@ pub fn eval(cli: &Cli, a: &EvalArgs) -> Result<()> {
     writeln!(out, "\n| split / kind / source | label | rows | flagged |")?;
     writeln!(out, "|---|---|---|---|")?;
     for (key, (flagged, n, label)) in &flagged_by_source {
+        let key = key.rsplit_once(' ').map_or(key.as_str(), |k| k.0);
         writeln!(
             out,
             "| {key} | {} | {n} | {:.1}% |",

@@ -1,31 +1,11 @@
-//! Reading an OpenAI-style messages file, with errors that name the file, line and field.
+//! Reading an OpenAI-style messages file, with errors that name the file, line and field
+//! (the parsing itself is `safegate_api::parse_messages`, shared with the HTTP API).
 
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use safegate_engine::ChatMessage;
 use serde_json::Value;
-
-const ROLES: &[&str] = &["system", "user", "assistant", "tool", "developer"];
-
-/// Content is a string or an array of `{type: "text", text}` parts (joined).
-fn content_text(v: &Value, at: &str) -> Result<String> {
-    match v {
-        Value::String(s) => Ok(s.clone()),
-        Value::Array(parts) => {
-            let mut out = String::new();
-            for (j, p) in parts.iter().enumerate() {
-                match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
-                    (Some("text"), Some(t)) => out.push_str(t),
-                    _ => bail!("{at}.content[{j}]: only {{\"type\": \"text\", \"text\": ...}} parts are supported"),
-                }
-            }
-            Ok(out)
-        }
-        Value::Null => Ok(String::new()),
-        _ => bail!("{at}.content: expected a string or an array of text parts"),
-    }
-}
 
 pub fn parse_messages(text: &str, origin: &str) -> Result<Vec<ChatMessage>> {
     let v: Value = serde_json::from_str(text).map_err(|e| {
@@ -40,27 +20,10 @@ pub fn parse_messages(text: &str, origin: &str) -> Result<Vec<ChatMessage>> {
 
 /// Messages from an already-parsed JSON value (an array of `{role, content}`).
 pub fn parse_message_values(v: &Value, origin: &str) -> Result<Vec<ChatMessage>> {
-    let list = v
-        .as_array()
-        .ok_or_else(|| anyhow!("{origin}: expected a JSON array of {{role, content}} objects"))?;
-    if list.is_empty() {
-        bail!("{origin}: the array of messages is empty");
-    }
-    list.iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let at = format!("{origin}: messages[{i}]");
-            let role = m
-                .get("role")
-                .and_then(Value::as_str)
-                .ok_or_else(|| anyhow!("{at}.role: missing or not a string"))?;
-            if !ROLES.contains(&role) {
-                bail!("{at}.role: `{role}` is not one of {}", ROLES.join(", "));
-            }
-            let content = content_text(m.get("content").unwrap_or(&Value::Null), &at)?;
-            Ok(ChatMessage::new(role, content))
-        })
-        .collect()
+    Ok(safegate_api::parse_messages(v, origin)?
+        .into_iter()
+        .map(|m| ChatMessage::new(m.role, m.content))
+        .collect())
 }
 
 pub fn read_messages(path: &Path) -> Result<Vec<ChatMessage>> {

