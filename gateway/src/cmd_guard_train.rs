@@ -315,36 +315,46 @@ pub fn train(cli: &Cli, a: &TrainArgs) -> Result<()> {
         .unzip();
     let cat_std = fit_standardizer(&cat_x);
     let cat_train: Vec<Vec<f32>> = cat_x.iter().map(|x| cat_std.apply(x)).collect();
-    let cat_fit = fit_softmax(&cat_train, &cat_y, CODES.len(), 3e-2, 200, a.seed);
-    let categories = category_head(
-        cat_std,
-        CODES.iter().map(|c| c.to_string()).collect(),
-        cat_fit,
-    );
     let (val_cx, val_cy): (Vec<&[f32]>, Vec<&str>) = by_id
         .iter()
         .filter(|(r, _)| r.split == "val" && r.label == 1 && !r.codes.is_empty())
         .map(|(r, f)| (f.as_slice(), r.codes[0].as_str()))
         .unzip();
-    let correct = val_cx
-        .iter()
-        .zip(&val_cy)
-        .filter(|(x, code)| {
-            categories
-                .given_unsafe(x)
-                .into_iter()
-                .max_by(|a, b| a.1.total_cmp(&b.1))
-                .is_some_and(|(c, _)| c == **code)
-        })
-        .count();
-    let accuracy = correct as f64 / val_cx.len().max(1) as f64;
-    eprintln!(
-        "categories: val top-1 accuracy {accuracy:.4} on {} unsafe rows",
-        val_cx.len()
-    );
+    let mut best_categories = None;
+    for l2 in [1e-3, 1e-2, 3e-2, 1e-1] {
+        let fitted = fit_softmax(&cat_train, &cat_y, CODES.len(), l2, 300, a.seed);
+        let head = category_head(
+            cat_std.clone(),
+            CODES.iter().map(|c| c.to_string()).collect(),
+            fitted,
+        );
+        let correct = val_cx
+            .iter()
+            .zip(&val_cy)
+            .filter(|(x, code)| {
+                head.given_unsafe(x)
+                    .into_iter()
+                    .max_by(|a, b| a.1.total_cmp(&b.1))
+                    .is_some_and(|(c, _)| c == **code)
+            })
+            .count();
+        let accuracy = correct as f64 / val_cx.len().max(1) as f64;
+        eprintln!(
+            "categories: l2 {l2}: val top-1 accuracy {accuracy:.4} on {} unsafe rows",
+            val_cx.len()
+        );
+        if best_categories
+            .as_ref()
+            .is_none_or(|(acc, _, _)| accuracy > *acc)
+        {
+            best_categories = Some((accuracy, l2, head));
+        }
+    }
+    let (accuracy, cat_l2, categories) = best_categories.expect("at least one fit");
+    eprintln!("categories: chose l2 {cat_l2}");
     report.insert(
         "categories".into(),
-        json!({"val_top1_accuracy": accuracy, "train_rows": cat_x.len()}),
+        json!({"l2": cat_l2, "val_top1_accuracy": accuracy, "train_rows": cat_x.len()}),
     );
 
     let response = heads.pop().expect("two heads");

@@ -155,23 +155,34 @@ impl Head {
     }
 }
 
-/// The text the embedded guard judges: for prompts, every turn that is not the assistant's
-/// (system, user, tool: everything the model reads from outside); for responses, the last
-/// assistant turn.
-pub fn judged_text(messages: &[ChatMessage], agent: AgentType) -> String {
+/// The texts the embedded guard judges. For prompts: every turn that is not the
+/// assistant's (system, user, tool: everything the model reads from outside), each on its
+/// own, and, when there are several, all of them together (for harm that needs the context
+/// of earlier turns). Each turn on its own keeps a harmful turn from being averaged away by
+/// long harmless ones around it. For responses: the last assistant turn.
+pub fn judged_texts(messages: &[ChatMessage], agent: AgentType) -> Vec<String> {
     match agent {
-        AgentType::User => messages
-            .iter()
-            .filter(|m| m.role != "assistant")
-            .map(|m| m.content.as_str())
-            .collect::<Vec<_>>()
-            .join("\n\n"),
-        AgentType::Agent => messages
+        AgentType::User => {
+            let turns: Vec<&str> = messages
+                .iter()
+                .filter(|m| m.role != "assistant")
+                .map(|m| m.content.as_str())
+                .collect();
+            let mut texts: Vec<String> = turns.iter().map(|t| t.to_string()).collect();
+            if turns.len() > 1 {
+                texts.push(turns.join("\n\n"));
+            }
+            if texts.is_empty() {
+                texts.push(String::new());
+            }
+            texts
+        }
+        AgentType::Agent => vec![messages
             .iter()
             .rev()
             .find(|m| m.role == "assistant")
             .map(|m| m.content.clone())
-            .unwrap_or_default(),
+            .unwrap_or_default()],
     }
 }
 
@@ -344,12 +355,15 @@ impl EmbeddedGuard {
 
     pub fn classify_blocking(&self, prompt: &GuardPrompt) -> Result<Classification, GuardError> {
         let t0 = Instant::now();
-        let text = judged_text(&prompt.messages, prompt.agent);
+        let mut windows = Vec::new();
+        for text in judged_texts(&prompt.messages, prompt.agent) {
+            windows.extend(self.windows_of(&text)?);
+        }
         let TextScore {
             p_unsafe,
             given_unsafe: given,
             tokens,
-        } = self.classify_text(&text, prompt.agent)?;
+        } = self.score_windows(windows, prompt.agent)?;
         // Report under the prompt's category list: the taxonomy's codes it lists (the head
         // knows the Llama Guard 2 codes; custom categories get no score from it).
         let listed: Vec<(String, f64)> = prompt
@@ -474,7 +488,7 @@ mod tests {
     }
 
     #[test]
-    fn judged_text_takes_the_right_turns() {
+    fn judged_texts_take_the_right_turns() {
         let m = vec![
             ChatMessage::new("system", "be nice"),
             ChatMessage::new("user", "first"),
@@ -483,10 +497,16 @@ mod tests {
             ChatMessage::new("assistant", "reply two"),
         ];
         assert_eq!(
-            judged_text(&m, AgentType::User),
-            "be nice\n\nfirst\n\ntool output"
+            judged_texts(&m, AgentType::User),
+            vec![
+                "be nice",
+                "first",
+                "tool output",
+                "be nice\n\nfirst\n\ntool output"
+            ]
         );
-        assert_eq!(judged_text(&m, AgentType::Agent), "reply two");
+        assert_eq!(judged_texts(&m, AgentType::Agent), vec!["reply two"]);
+        assert_eq!(judged_texts(&m[1..2], AgentType::User), vec!["first"]);
     }
 
     #[test]
