@@ -15,5 +15,9 @@ fi
 # The embedded default guard (a small classifier on SmolLM2-135M features; docs/guard.md).
 # Another guard: pass --guard-model DIR, or set SAFEGATE_GUARD_MODEL.
 scripts/guard/install_default.sh
-export SAFEGATE_GUARD_MODEL=${SAFEGATE_GUARD_MODEL:-models/safegate-guard}
+# Not when a config file is given: it names its own guard (guard_model or guard_remote).
+case " $* " in
+  *" --config "*|*" --config="*) ;;
+  *) [ -n "${SAFEGATE_CONFIG:-}" ] || export SAFEGATE_GUARD_MODEL=${SAFEGATE_GUARD_MODEL:-models/safegate-guard} ;;
+esac
 exec target/release/safegate serve --model "$MODEL" "$@"
