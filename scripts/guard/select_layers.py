@@ -1,8 +1,22 @@
-import json, hashlib, struct, sys, numpy as np, glob
+#!/usr/bin/env python3
+"""Layer choice for the embedded guard, on the validation split only: logistic regression
+(scikit-learn) on cached pooled features of an encoder with layers 8, 16, 24 and 30
+(`safegate guard train` writes the cache), for ten subsets of those layers.
+
+Run: .cache/venv/bin/python scripts/guard/select_layers.py .cache/guard-data/features-<key>.bin
+"""
+import hashlib
+import json
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from sklearn.metrics import average_precision_score, f1_score
-rows=[json.loads(l) for l in open('/work/main/.cache/guard-data/data.jsonl')]
+ROOT = Path(__file__).resolve().parents[2]
+rows=[json.loads(l) for l in open(ROOT / '.cache/guard-data/data.jsonl')]
 path=sys.argv[1]
 b=open(path,'rb').read(); dim=struct.unpack('<I',b[:4])[0]; rec=32+4*dim
 cache={}
