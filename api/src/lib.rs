@@ -122,6 +122,12 @@ pub fn parse_messages(v: &Value, origin: &str) -> Result<Vec<Message>, RequestEr
         .collect()
 }
 
+/// A request body's `messages` parameter; errors name it as the parameter.
+pub fn messages_param(body: &Value) -> Result<Vec<Message>, RequestError> {
+    parse_messages(body.get("messages").unwrap_or(&Value::Null), "request")
+        .map_err(|e| RequestError::param("messages", e.message.replacen("request: ", "", 1)))
+}
+
 /// What one server accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChatLimits {
@@ -151,8 +157,7 @@ pub fn parse_chat(v: &Value, limits: &ChatLimits) -> Result<ChatParams, RequestE
             return Err(RequestError::param("n", "only n = 1 is supported"));
         }
     }
-    let messages = parse_messages(v.get("messages").unwrap_or(&Value::Null), "request")
-        .map_err(|e| RequestError::param("messages", e.message.replacen("request: ", "", 1)))?;
+    let messages = messages_param(v)?;
     let num = |key: &str| -> Result<Option<f64>, RequestError> {
         match v.get(key) {
             None | Some(Value::Null) => Ok(None),

@@ -388,6 +388,23 @@ pub fn train(cli: &Cli, a: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// An embedded guard for `eval` and `bench`: a deep queue, so that many callers measure
+/// the guard rather than its refusals.
+fn open_for_measuring(cli: &Cli, dir: &Path, threads: usize) -> Result<EmbeddedGuard> {
+    safegate_engine::runtime::init(cli.ort_lib.as_deref())?;
+    Ok(EmbeddedGuard::open(
+        dir,
+        &EmbeddedOptions {
+            session: SessionOptions {
+                intra_threads: threads,
+                ..Default::default()
+            },
+            queue: 1024,
+            ..Default::default()
+        },
+    )?)
+}
+
 pub struct EvalArgs<'a> {
     pub data: &'a Path,
     pub guard: &'a Path,
@@ -400,19 +417,8 @@ pub struct EvalArgs<'a> {
 /// Scores every row of the chosen splits through the embedded guard exactly as the gateway
 /// does (windows, batching) and prints metrics at the head's thresholds.
 pub fn eval(cli: &Cli, a: &EvalArgs) -> Result<()> {
-    safegate_engine::runtime::init(cli.ort_lib.as_deref())?;
     let rows = read_rows(a.data)?;
-    let guard = EmbeddedGuard::open(
-        a.guard,
-        &EmbeddedOptions {
-            session: SessionOptions {
-                intra_threads: a.threads,
-                ..Default::default()
-            },
-            queue: 1024,
-            ..Default::default()
-        },
-    )?;
+    let guard = open_for_measuring(cli, a.guard, a.threads)?;
     let chosen: Vec<&Row> = rows
         .iter()
         .filter(|r| a.splits.contains(&r.split))
@@ -580,18 +586,7 @@ pub fn bench(
     runs: usize,
     threads: usize,
 ) -> Result<()> {
-    safegate_engine::runtime::init(cli.ort_lib.as_deref())?;
-    let guard = EmbeddedGuard::open(
-        dir,
-        &EmbeddedOptions {
-            session: SessionOptions {
-                intra_threads: threads,
-                ..Default::default()
-            },
-            queue: 1024,
-            ..Default::default()
-        },
-    )?;
+    let guard = open_for_measuring(cli, dir, threads)?;
     let window = guard.head().window_tokens;
     let stride = guard.head().window_stride;
     println!("| tokens | windows | clients | p50 ms | p99 ms | classifications/s |");

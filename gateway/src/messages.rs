@@ -20,10 +20,14 @@ pub fn parse_messages(text: &str, origin: &str) -> Result<Vec<ChatMessage>> {
 
 /// Messages from an already-parsed JSON value (an array of `{role, content}`).
 pub fn parse_message_values(v: &Value, origin: &str) -> Result<Vec<ChatMessage>> {
-    Ok(safegate_api::parse_messages(v, origin)?
-        .into_iter()
+    Ok(to_chat_messages(safegate_api::parse_messages(v, origin)?))
+}
+
+/// The engine's messages from the API crate's.
+pub fn to_chat_messages(list: Vec<safegate_api::Message>) -> Vec<ChatMessage> {
+    list.into_iter()
         .map(|m| ChatMessage::new(m.role, m.content))
-        .collect())
+        .collect()
 }
 
 pub fn read_messages(path: &Path) -> Result<Vec<ChatMessage>> {

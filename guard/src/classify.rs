@@ -156,13 +156,7 @@ impl Classification {
         prompt_tokens: usize,
         started: Instant,
     ) -> Self {
-        let top_category = given_unsafe
-            .iter()
-            .fold(None::<&(String, f64)>, |best, c| match best {
-                Some(b) if b.1 >= c.1 => Some(b),
-                _ => Some(c),
-            })
-            .map(|(c, _)| c.clone());
+        let top_category = top_category(&given_unsafe);
         Classification {
             verdict: Verdict {
                 taxonomy: Some(prompt.taxonomy),
@@ -178,6 +172,17 @@ impl Classification {
             latency_ms: started.elapsed().as_secs_f64() * 1e3,
         }
     }
+}
+
+/// The code with the highest score (the first of equals), if any.
+pub(crate) fn top_category(scores: &[(String, f64)]) -> Option<String> {
+    scores
+        .iter()
+        .fold(None::<&(String, f64)>, |best, c| match best {
+            Some(b) if b.1 >= c.1 => Some(b),
+            _ => Some(c),
+        })
+        .map(|(c, _)| c.clone())
 }
 
 fn common_prefix(seqs: &[Vec<u32>]) -> usize {

@@ -376,13 +376,7 @@ impl EmbeddedGuard {
                     .map(|(c, p)| (c.clone(), *p))
             })
             .collect();
-        let top_category = listed
-            .iter()
-            .fold(None::<&(String, f64)>, |best, c| match best {
-                Some(b) if b.1 >= c.1 => Some(b),
-                _ => Some(c),
-            })
-            .map(|(c, _)| c.clone());
+        let top_category = crate::classify::top_category(&listed);
         Ok(Classification {
             verdict: Verdict {
                 taxonomy: Some(self.head.taxonomy),

@@ -150,13 +150,9 @@ pub(super) struct ChatRequest {
 
 /// The request's `messages` (OpenAI schema), errors naming the field.
 fn messages_param(v: &Value) -> Result<Vec<ChatMessage>, ApiError> {
-    safegate_api::parse_messages(v.get("messages").unwrap_or(&Value::Null), "request")
-        .map(|list| {
-            list.into_iter()
-                .map(|m| ChatMessage::new(m.role, m.content))
-                .collect()
-        })
-        .map_err(|e| ApiError::invalid_param("messages", e.message.replacen("request: ", "", 1)))
+    safegate_api::messages_param(v)
+        .map(crate::messages::to_chat_messages)
+        .map_err(api_error)
 }
 
 /// SHA-256 of a conversation (role and content of each message), for the audit log.
@@ -187,11 +183,7 @@ fn parse_chat(v: &Value, limits: &crate::config::Limits) -> Result<ChatRequest, 
         .validate()
         .map_err(|e| ApiError::invalid(e.to_string()))?;
     Ok(ChatRequest {
-        messages: params
-            .messages
-            .into_iter()
-            .map(|m| ChatMessage::new(m.role, m.content))
-            .collect(),
+        messages: crate::messages::to_chat_messages(params.messages),
         max_tokens: params.max_tokens,
         sampling,
         stop: params.stop,
