@@ -5,8 +5,9 @@
 //! tokens it would get alone.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -31,6 +32,15 @@ pub struct EngineOptions {
     pub queue_capacity: usize,
     /// Sequences a worker interleaves at once.
     pub max_active_per_worker: usize,
+    /// Scoring requests (guard classifications) waiting together are run as one padded
+    /// prefill of at most this many sequences; 1 runs them one at a time; 0 chooses by
+    /// provider: 8 on CUDA, 1 on the CPU, where batching was measured to give no more
+    /// throughput and a worse p99 (docs/benchmarks.md).
+    pub score_batch: usize,
+    /// ... and at most this many positions in all (rows times the longest row): the logits
+    /// of every position come back, vocabulary-wide, so this bounds the memory of a batch.
+    /// A longer sequence still runs, alone.
+    pub score_batch_tokens: usize,
 }
 
 impl Default for EngineOptions {
@@ -41,6 +51,8 @@ impl Default for EngineOptions {
             workers: 1,
             queue_capacity: 64,
             max_active_per_worker: 8,
+            score_batch: 0,
+            score_batch_tokens: 4096,
         }
     }
 }
@@ -137,16 +149,33 @@ enum Job {
         cancel: Arc<AtomicBool>,
         submitted: Instant,
     },
-    Score {
-        prompt_ids: Vec<u32>,
-        continuation: Vec<u32>,
-        reply: oneshot::Sender<Result<Vec<Vec<f32>>>>,
-    },
+    Score(ScoreJob),
 }
+
+/// Sequences to score, each a prompt and a continuation: the logits after the prompt and
+/// after each continuation token.
+struct ScoreJob {
+    rows: Vec<(Vec<u32>, Vec<u32>)>,
+    reply: oneshot::Sender<Result<Vec<Vec<Vec<f32>>>>>,
+}
+
+/// Logits after the prompt and after each continuation token.
+type Steps = Vec<Vec<f32>>;
+type ScoreRows = Result<Vec<Steps>>;
 
 struct Shared {
     tokenizer: Arc<ChatTokenizer>,
     queued: AtomicUsize,
+    score_prefills: AtomicU64,
+    score_rows: AtomicU64,
+}
+
+/// What the scoring path has done so far: rows scored and the prefills they took (rows per
+/// prefill above 1 means concurrent requests were batched).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ScoreStats {
+    pub prefills: u64,
+    pub rows: u64,
 }
 
 /// A loaded model with its workers. Cheap to clone; the workers stop when the last clone is
@@ -204,7 +233,14 @@ impl Engine {
         let shared = Arc::new(Shared {
             tokenizer,
             queued: AtomicUsize::new(0),
+            score_prefills: AtomicU64::new(0),
+            score_rows: AtomicU64::new(0),
         });
+        let score_batch = match (opts.score_batch, info.provider) {
+            (0, Provider::Cuda) => 8,
+            (0, _) => 1,
+            (n, _) => n,
+        };
         let mut handles = Vec::new();
         for (i, session) in sessions.into_iter().enumerate() {
             let worker = Worker {
@@ -213,6 +249,9 @@ impl Engine {
                 shared: shared.clone(),
                 info: info.clone(),
                 max_active: opts.max_active_per_worker.max(1),
+                score_batch,
+                score_batch_tokens: opts.score_batch_tokens.max(1),
+                per_position_logits: true,
             };
             let handle = std::thread::Builder::new()
                 .name(format!("safegate-engine-{i}"))
@@ -246,6 +285,14 @@ impl Engine {
     /// Requests waiting for a worker.
     pub fn queue_depth(&self) -> usize {
         self.shared.queued.load(Ordering::Relaxed)
+    }
+
+    /// Scoring work done since the model was loaded.
+    pub fn score_stats(&self) -> ScoreStats {
+        ScoreStats {
+            prefills: self.shared.score_prefills.load(Ordering::Relaxed),
+            rows: self.shared.score_rows.load(Ordering::Relaxed),
+        }
     }
 
     fn check_request(&self, req: &GenerateRequest) -> Result<()> {
@@ -302,28 +349,28 @@ impl Engine {
 
     fn submit_score(
         &self,
-        prompt_ids: Vec<u32>,
-        continuation: Vec<u32>,
-    ) -> Result<oneshot::Receiver<Result<Vec<Vec<f32>>>>> {
-        self.check_request(&GenerateRequest {
-            prompt_ids: prompt_ids.clone(),
-            max_tokens: continuation.len().max(1),
-            sampling: SamplingParams::default(),
-            stop: Vec::new(),
-            ignore_eos: false,
-        })?;
+        rows: Vec<(Vec<u32>, Vec<u32>)>,
+    ) -> Result<oneshot::Receiver<ScoreRows>> {
+        if rows.is_empty() {
+            return Err(EngineError::InvalidRequest("nothing to score".into()));
+        }
         let vocab = self.info.config.vocab_size as u32;
-        if let Some(bad) = continuation.iter().find(|&&id| id >= vocab) {
-            return Err(EngineError::InvalidRequest(format!(
-                "token id {bad} is outside the model's vocabulary of {vocab}"
-            )));
+        for (prompt_ids, continuation) in &rows {
+            self.check_request(&GenerateRequest {
+                prompt_ids: prompt_ids.clone(),
+                max_tokens: continuation.len().max(1),
+                sampling: SamplingParams::default(),
+                stop: Vec::new(),
+                ignore_eos: false,
+            })?;
+            if let Some(bad) = continuation.iter().find(|&&id| id >= vocab) {
+                return Err(EngineError::InvalidRequest(format!(
+                    "token id {bad} is outside the model's vocabulary of {vocab}"
+                )));
+            }
         }
         let (reply, rx) = oneshot::channel();
-        self.submit(Job::Score {
-            prompt_ids,
-            continuation,
-            reply,
-        })?;
+        self.submit(Job::Score(ScoreJob { rows, reply }))?;
         Ok(rx)
     }
 
@@ -340,16 +387,19 @@ impl Engine {
     }
 
     /// Next-token logits after `prompt_ids`, then after each token of `continuation` in
-    /// turn: one prefill and one decode step per continuation token, on one KV cache
-    /// (`continuation.len() + 1` results). For scoring a given continuation.
+    /// turn (`continuation.len() + 1` results): the logits of a given continuation, read
+    /// from one forward pass over prompt and continuation together. Concurrent calls are
+    /// batched into one padded prefill (see [`EngineOptions::score_batch`]).
     pub async fn score_steps(
         &self,
         prompt_ids: Vec<u32>,
         continuation: Vec<u32>,
     ) -> Result<Vec<Vec<f32>>> {
-        self.submit_score(prompt_ids, continuation)?
+        let mut rows = self
+            .submit_score(vec![(prompt_ids, continuation)])?
             .await
-            .map_err(|_| EngineError::Stopped)?
+            .map_err(|_| EngineError::Stopped)??;
+        Ok(rows.swap_remove(0))
     }
 
     /// [`Self::score_steps`] for synchronous callers (not inside an async runtime).
@@ -358,7 +408,17 @@ impl Engine {
         prompt_ids: Vec<u32>,
         continuation: Vec<u32>,
     ) -> Result<Vec<Vec<f32>>> {
-        self.submit_score(prompt_ids, continuation)?
+        let mut rows = self.score_many_blocking(vec![(prompt_ids, continuation)])?;
+        Ok(rows.swap_remove(0))
+    }
+
+    /// [`Self::score_steps_blocking`] for several (prompt, continuation) pairs at once: they
+    /// go to one worker together and share a padded prefill (within the batch limits).
+    pub fn score_many_blocking(
+        &self,
+        rows: Vec<(Vec<u32>, Vec<u32>)>,
+    ) -> Result<Vec<Vec<Vec<f32>>>> {
+        self.submit_score(rows)?
             .blocking_recv()
             .map_err(|_| EngineError::Stopped)?
     }
@@ -394,6 +454,11 @@ struct Worker {
     shared: Arc<Shared>,
     info: Arc<ModelInfo>,
     max_active: usize,
+    score_batch: usize,
+    score_batch_tokens: usize,
+    /// False once the graph is seen to return last-position logits only: scoring then
+    /// takes the step-by-step path.
+    per_position_logits: bool,
 }
 
 enum StepOutcome {
@@ -404,18 +469,26 @@ enum StepOutcome {
 impl Worker {
     fn run(mut self) {
         let mut active: VecDeque<Active> = VecDeque::new();
+        let mut scores: Vec<ScoreJob> = Vec::new();
         loop {
             if active.is_empty() {
                 match self.rx.recv() {
-                    Ok(job) => self.admit(job, &mut active),
+                    Ok(job) => self.admit(job, &mut active, &mut scores),
                     Err(_) => return,
                 }
             }
-            while active.len() < self.max_active {
+            // Take what is waiting: sequences up to the interleaving limit, scoring requests
+            // up to one batch.
+            while active.len() < self.max_active
+                && scores.iter().map(|j| j.rows.len()).sum::<usize>() < self.score_batch
+            {
                 match self.rx.try_recv() {
-                    Ok(job) => self.admit(job, &mut active),
+                    Ok(job) => self.admit(job, &mut active, &mut scores),
                     Err(_) => break,
                 }
+            }
+            if !scores.is_empty() {
+                self.run_scores(std::mem::take(&mut scores));
             }
             for _ in 0..active.len() {
                 let Some(mut seq) = active.pop_front() else {
@@ -432,32 +505,10 @@ impl Worker {
         }
     }
 
-    fn admit(&mut self, job: Job, active: &mut VecDeque<Active>) {
+    fn admit(&mut self, job: Job, active: &mut VecDeque<Active>, scores: &mut Vec<ScoreJob>) {
         self.shared.queued.fetch_sub(1, Ordering::Relaxed);
         match job {
-            Job::Score {
-                prompt_ids,
-                continuation,
-                reply,
-            } => {
-                let mut run = || -> Result<Vec<Vec<f32>>> {
-                    let mut out = Vec::with_capacity(continuation.len() + 1);
-                    let (mut cache, logits) = self.session.forward_with(
-                        &prompt_ids,
-                        self.session.empty_cache()?,
-                        |l| l.to_vec(),
-                    )?;
-                    out.push(logits);
-                    for &t in &continuation {
-                        let (next, logits) =
-                            self.session.forward_with(&[t], cache, |l| l.to_vec())?;
-                        cache = next;
-                        out.push(logits);
-                    }
-                    Ok(out)
-                };
-                let _ = reply.send(run());
-            }
+            Job::Score(job) => scores.push(job),
             Job::Generate {
                 request,
                 events,
@@ -490,6 +541,112 @@ impl Worker {
                 });
             }
         }
+    }
+
+    /// Scores every row of `jobs`: rows sorted by length and cut into padded batches within
+    /// the limits, so that similar lengths share a batch and padding stays small.
+    fn run_scores(&mut self, jobs: Vec<ScoreJob>) {
+        let mut flat: Vec<(usize, usize, Vec<u32>, Range<usize>)> = Vec::new();
+        let mut results: Vec<Vec<Option<Result<Steps>>>> = Vec::with_capacity(jobs.len());
+        for (j, job) in jobs.iter().enumerate() {
+            results.push((0..job.rows.len()).map(|_| None).collect());
+            for (r, (prompt, continuation)) in job.rows.iter().enumerate() {
+                let mut seq = prompt.clone();
+                seq.extend(continuation);
+                let wanted = prompt.len() - 1..seq.len();
+                flat.push((j, r, seq, wanted));
+            }
+        }
+        flat.sort_by_key(|row| row.2.len());
+        let mut start = 0;
+        while start < flat.len() {
+            let mut end = start + 1;
+            while end < flat.len()
+                && end - start < self.score_batch
+                && (end - start + 1) * flat[end].2.len() <= self.score_batch_tokens
+            {
+                end += 1;
+            }
+            let group = &flat[start..end];
+            let batched = if self.per_position_logits && group.len() > 1 {
+                let rows: Vec<Vec<u32>> = group.iter().map(|g| g.2.clone()).collect();
+                let wanted: Vec<Range<usize>> = group.iter().map(|g| g.3.clone()).collect();
+                match self.session.prefill_batch(&rows, &wanted) {
+                    Ok(Some(out)) => Some(out),
+                    Ok(None) => {
+                        self.per_position_logits = false;
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, rows = group.len(), "batched scoring failed; scoring the rows one at a time");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            match batched {
+                Some(out) => {
+                    self.count_prefill(group.len());
+                    for (g, logits) in group.iter().zip(out) {
+                        results[g.0][g.1] = Some(Ok(logits));
+                    }
+                }
+                None => {
+                    for g in group {
+                        let one = self.score_one(&jobs[g.0].rows[g.1]);
+                        results[g.0][g.1] = Some(one);
+                    }
+                }
+            }
+            start = end;
+        }
+        for (job, rows) in jobs.into_iter().zip(results) {
+            let collected: Result<Vec<Vec<Vec<f32>>>> = rows
+                .into_iter()
+                .map(|r| r.expect("every row was scored"))
+                .collect();
+            let _ = job.reply.send(collected);
+        }
+    }
+
+    /// One row alone: one pass over prompt and continuation when the graph gives the logits
+    /// of every position, else a prefill and one decode step per continuation token.
+    fn score_one(
+        &mut self,
+        (prompt, continuation): &(Vec<u32>, Vec<u32>),
+    ) -> Result<Vec<Vec<f32>>> {
+        if self.per_position_logits {
+            let mut seq = prompt.clone();
+            seq.extend(continuation);
+            let wanted = prompt.len() - 1..seq.len();
+            match self.session.prefill_batch(&[seq], &[wanted])? {
+                Some(mut out) => {
+                    self.count_prefill(1);
+                    return Ok(out.swap_remove(0));
+                }
+                None => self.per_position_logits = false,
+            }
+        }
+        self.count_prefill(1);
+        let mut out = Vec::with_capacity(continuation.len() + 1);
+        let (mut cache, logits) =
+            self.session
+                .forward_with(prompt, self.session.empty_cache()?, |l| l.to_vec())?;
+        out.push(logits);
+        for &t in continuation {
+            let (next, logits) = self.session.forward_with(&[t], cache, |l| l.to_vec())?;
+            cache = next;
+            out.push(logits);
+        }
+        Ok(out)
+    }
+
+    fn count_prefill(&self, rows: usize) {
+        self.shared.score_prefills.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .score_rows
+            .fetch_add(rows as u64, Ordering::Relaxed);
     }
 
     /// Ends a sequence. Text still held back (an incomplete character, a possible start of a

@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
 use std::path::Path;
 use std::str::FromStr;
 
@@ -214,7 +215,11 @@ impl DecoderSession {
     }
 
     pub fn empty_cache(&self) -> Result<KvCache> {
-        let shape = [1usize, self.num_kv_heads, 0, self.head_dim];
+        self.empty_cache_for(1)
+    }
+
+    fn empty_cache_for(&self, batch: usize) -> Result<KvCache> {
+        let shape = [batch, self.num_kv_heads, 0, self.head_dim];
         let mut values = Vec::with_capacity(self.signature.kv_inputs.len() * 2);
         for _ in 0..self.signature.kv_inputs.len() * 2 {
             let v: DynValue = match self.kv_type {
@@ -226,6 +231,126 @@ impl DecoderSession {
             values.push(v);
         }
         Ok(KvCache { values, len: 0 })
+    }
+
+    /// Runs several sequences from an empty cache as one right-padded batch and copies the
+    /// logits at the wanted positions of each row: `wanted[r]` indexes into `rows[r]`.
+    /// Right padding keeps every real position's attention what it is alone: causal
+    /// attention never looks ahead at the padding, and padding positions still see their
+    /// row's real tokens (no empty softmax). The mask marks the padding all the same.
+    ///
+    /// Returns `Ok(None)` when the graph gives logits for the last position only (some
+    /// exports do): the caller then needs the step-by-step path.
+    pub fn prefill_batch(
+        &mut self,
+        rows: &[Vec<u32>],
+        wanted: &[Range<usize>],
+    ) -> Result<Option<Vec<Vec<Vec<f32>>>>> {
+        let b = rows.len();
+        let s = rows.iter().map(Vec::len).max().unwrap_or(0);
+        if b == 0 || s == 0 || rows.iter().any(Vec::is_empty) || wanted.len() != b {
+            return Err(EngineError::InvalidRequest(
+                "cannot score an empty sequence".into(),
+            ));
+        }
+        if let Some((r, _)) = wanted
+            .iter()
+            .enumerate()
+            .find(|(r, w)| w.is_empty() || w.end > rows[*r].len())
+        {
+            return Err(EngineError::InvalidRequest(format!(
+                "row {r}: the positions asked for are outside the sequence"
+            )));
+        }
+        let mut ids = vec![0i64; b * s];
+        let mut mask = vec![0i64; b * s];
+        let mut pos = vec![0i64; b * s];
+        for (r, row) in rows.iter().enumerate() {
+            for c in 0..s {
+                pos[r * s + c] = c as i64;
+            }
+            for (c, &t) in row.iter().enumerate() {
+                ids[r * s + c] = t as i64;
+                mask[r * s + c] = 1;
+            }
+        }
+        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
+            Vec::with_capacity(3 + self.signature.kv_inputs.len() * 2);
+        inputs.push((
+            "input_ids".into(),
+            Tensor::<i64>::from_array(([b, s], ids))?.into(),
+        ));
+        inputs.push((
+            "attention_mask".into(),
+            Tensor::<i64>::from_array(([b, s], mask))?.into(),
+        ));
+        if self.signature.layout == Layout::Optimum {
+            inputs.push((
+                "position_ids".into(),
+                Tensor::<i64>::from_array(([b, s], pos))?.into(),
+            ));
+        }
+        let mut values = self.empty_cache_for(b)?.values.into_iter();
+        for (k, v) in &self.signature.kv_inputs {
+            let kt = values.next().expect("cache has one tensor per input");
+            let vt = values.next().expect("cache has one tensor per input");
+            inputs.push((k.as_str().into(), kt.into()));
+            inputs.push((v.as_str().into(), vt.into()));
+        }
+        let outputs = self.session.run(inputs)?;
+        let logits = outputs
+            .get("logits")
+            .ok_or_else(|| EngineError::Ort("the model returned no logits".into()))?;
+        // Logits of every position, [batch, sequence, vocabulary], or nothing to read here.
+        let per_position = |shape: &[i64], len: usize| -> Option<usize> {
+            let vocab = *shape.last()? as usize;
+            let full = shape.len() == 3
+                && shape[0] as usize == b
+                && shape[1] as usize == s
+                && len == b * s * vocab;
+            full.then_some(vocab)
+        };
+        fn gather<T: Copy>(
+            data: &[T],
+            s: usize,
+            vocab: usize,
+            wanted: &[Range<usize>],
+            convert: impl Fn(T) -> f32,
+        ) -> Vec<Vec<Vec<f32>>> {
+            wanted
+                .iter()
+                .enumerate()
+                .map(|(r, range)| {
+                    range
+                        .clone()
+                        .map(|c| {
+                            let at = (r * s + c) * vocab;
+                            data[at..at + vocab].iter().map(|&v| convert(v)).collect()
+                        })
+                        .collect()
+                })
+                .collect()
+        }
+        let out = match logits.dtype() {
+            ValueType::Tensor {
+                ty: TensorElementType::Float16,
+                ..
+            } => {
+                let (shape, data) = logits.try_extract_tensor::<half::f16>()?;
+                let Some(vocab) = per_position(shape, data.len()) else {
+                    return Ok(None);
+                };
+                gather(data, s, vocab, wanted, half::f16::to_f32)
+            }
+            _ => {
+                let (shape, data) = logits.try_extract_tensor::<f32>()?;
+                let Some(vocab) = per_position(shape, data.len()) else {
+                    return Ok(None);
+                };
+                gather(data, s, vocab, wanted, |v| v)
+            }
+        };
+        Ok(Some(out))
     }
 
     /// Runs `ids` (batch of one) after the cached positions. Copies the logits of the last

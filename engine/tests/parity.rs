@@ -149,6 +149,63 @@ fn interleaved_requests_get_the_same_tokens_as_alone() {
 }
 
 #[test]
+fn batched_scoring_matches_the_python_loop_within_1e_4() {
+    for name in FIXTURES {
+        let engine = engine(name);
+        let exp = expected(name);
+        // Every case's prompt followed by its greedy tokens, all in one padded batch of rows
+        // of different lengths: the logits at each step are the reference's.
+        let rows: Vec<(Vec<u32>, Vec<u32>)> = exp
+            .cases
+            .iter()
+            .map(|c| {
+                (
+                    c.prompt_ids.clone(),
+                    c.greedy_ids[..c.logits.len() - 1].to_vec(),
+                )
+            })
+            .collect();
+        let lengths: std::collections::BTreeSet<usize> = rows.iter().map(|r| r.0.len()).collect();
+        assert!(lengths.len() > 1, "{name}: the batch needs padding");
+        let before = engine.score_stats();
+        let scored = engine.score_many_blocking(rows.clone()).unwrap();
+        assert_eq!(scored.len(), rows.len());
+        let after = engine.score_stats();
+        assert_eq!(
+            (after.prefills - before.prefills, after.rows - before.rows),
+            (1, rows.len() as u64),
+            "{name}: one prefill for all rows"
+        );
+        for (case, steps) in exp.cases.iter().zip(&scored) {
+            assert_eq!(steps.len(), case.logits.len());
+            for (step, sample) in case.logits.iter().enumerate() {
+                for (&i, &want) in sample.indices.iter().zip(&sample.values) {
+                    let got = steps[step][i];
+                    assert!(
+                        (got - want).abs() <= 1e-4,
+                        "{name} step {step} logit {i}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+        // The same rows one at a time give the same logits.
+        for (row, together) in rows.iter().zip(&scored) {
+            let alone = engine
+                .score_steps_blocking(row.0.clone(), row.1.clone())
+                .unwrap();
+            for (a, b) in alone.iter().zip(together) {
+                let max_diff = a
+                    .iter()
+                    .zip(b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(max_diff < 1e-4, "{name}: {max_diff}");
+            }
+        }
+    }
+}
+
+#[test]
 fn score_steps_equal_separate_prefills() {
     let engine = engine("tiny-llama3");
     let case = &expected("tiny-llama3").cases[0];

@@ -1,6 +1,7 @@
-//! Scoring a Llama Guard prompt with a local model: one prefill gives P(unsafe) (the
-//! probability that the first generated token is `unsafe`); one more, conditioned on
-//! `unsafe\n`, gives the category distribution.
+//! Scoring a Llama Guard prompt with a local model: one prefill of the prompt followed by
+//! `unsafe\n` gives P(unsafe) (the probability that the first generated token is `unsafe`)
+//! and, at the later positions, the category distribution given `unsafe`. Concurrent
+//! classifications share padded prefills (the engine batches them).
 
 use std::time::Instant;
 
@@ -86,9 +87,10 @@ impl LocalGuard {
         };
         let unsafe_id = first("unsafe")?;
 
-        // Categories: the code tokens after "unsafe\n". One prefill of the prompt and one
-        // decode step per token of "unsafe\n" and of the prefix every code shares (the `S`),
-        // on one KV cache; codes of several tokens beyond the prefix take one more call.
+        // Categories: the code tokens after "unsafe\n". One forward pass over the prompt
+        // followed by "unsafe\n" and the prefix every code shares (the `S`) gives P(unsafe)
+        // and the distribution of the code's next token (teacher forcing: each position
+        // sees only what precedes it).
         let head = tok.encode_plain("unsafe\n").map_err(GuardError::Engine)?;
         let mut code_tokens = Vec::with_capacity(prompt.codes.len());
         for (prompt_code, _) in &prompt.codes {
@@ -104,10 +106,30 @@ impl LocalGuard {
         let common = common_prefix(&code_tokens);
         let mut continuation = head.clone();
         continuation.extend(&code_tokens[0][..common]);
-        let steps = self
+        // Codes of several tokens beyond the shared prefix need the positions after their
+        // own tokens: one more row each (identical rows once), scored in the same batch.
+        let mut context = ids.clone();
+        context.extend(&continuation);
+        let mut rows = vec![(ids.clone(), continuation.clone())];
+        let mut row_of_code = Vec::with_capacity(code_tokens.len());
+        for tokens in &code_tokens {
+            let rest = &tokens[common..];
+            if rest.len() > 1 {
+                let row = (context.clone(), rest[..rest.len() - 1].to_vec());
+                let at = rows.iter().position(|r| *r == row).unwrap_or_else(|| {
+                    rows.push(row);
+                    rows.len() - 1
+                });
+                row_of_code.push(Some(at));
+            } else {
+                row_of_code.push(None);
+            }
+        }
+        let scored = self
             .engine
-            .score_steps_blocking(ids.clone(), continuation.clone())
+            .score_many_blocking(rows)
             .map_err(GuardError::Engine)?;
+        let steps = &scored[0];
         let p_unsafe = softmax_at(&steps[0], &[unsafe_id])[0];
         // P(the shared prefix | unsafe\n): the same factor for every code.
         let mut p_common = 1.0;
@@ -115,21 +137,18 @@ impl LocalGuard {
             p_common *= softmax_at(&steps[k], &[t])[0];
         }
         let base = &steps[continuation.len()];
-        let mut context = ids.clone();
-        context.extend(&continuation);
         let mut given_unsafe = Vec::with_capacity(prompt.codes.len());
-        for ((_, reported), tokens) in prompt.codes.iter().zip(&code_tokens) {
+        for (((_, reported), tokens), row) in
+            prompt.codes.iter().zip(&code_tokens).zip(&row_of_code)
+        {
             let rest = &tokens[common..];
             let mut p = p_common
                 * match rest.first() {
                     Some(&t) => softmax_at(base, &[t])[0],
                     None => 1.0,
                 };
-            if rest.len() > 1 {
-                let more = self
-                    .engine
-                    .score_steps_blocking(context.clone(), rest[..rest.len() - 1].to_vec())
-                    .map_err(GuardError::Engine)?;
+            if let Some(row) = row {
+                let more = &scored[*row];
                 for (k, &t) in rest.iter().enumerate().skip(1) {
                     p *= softmax_at(&more[k], &[t])[0];
                 }

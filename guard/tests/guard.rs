@@ -77,6 +77,7 @@ fn engine() -> Engine {
         &EngineOptions {
             device: Device::Cpu,
             intra_threads: 1,
+            score_batch: 8,
             ..Default::default()
         },
     )
@@ -264,4 +265,49 @@ fn hostile_conversations_are_judged_on_exactly_what_the_model_reads() {
         .collect();
     let e = guard.classify_blocking(&judge(&huge)).unwrap_err();
     assert!(e.to_string().contains("context"), "{e}");
+}
+
+#[test]
+fn concurrent_classifications_equal_one_at_a_time() {
+    let engine = engine();
+    let guard = LocalGuard::new(engine.clone());
+    // The cases that fit the fixture's 512-token context (those with descriptions do not).
+    let (prompts, alone): (Vec<_>, Vec<_>) = cases()
+        .iter()
+        .map(prompt_of)
+        .filter_map(|p| guard.classify_blocking(&p).ok().map(|c| (p, c)))
+        .unzip();
+    assert!(prompts.len() >= 10, "{} prompts fit", prompts.len());
+    // All at once: the engine batches whatever is waiting into padded prefills.
+    let together: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = prompts
+            .iter()
+            .map(|p| scope.spawn(|| guard.classify_blocking(p).unwrap()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for ((a, t), p) in alone.iter().zip(&together).zip(&prompts) {
+        let close = |x: f64, y: f64| (x.ln() - y.ln()).abs() < 1e-3;
+        assert!(
+            close(a.verdict.p_unsafe, t.verdict.p_unsafe),
+            "{}: {} vs {}",
+            p.text().len(),
+            a.verdict.p_unsafe,
+            t.verdict.p_unsafe
+        );
+        assert_eq!(
+            a.verdict.category_scores.len(),
+            t.verdict.category_scores.len()
+        );
+        for (code, score) in &a.verdict.category_scores {
+            assert!(close(*score, t.verdict.category_scores[code]), "{code}");
+        }
+        assert_eq!(a.top_category, t.top_category);
+    }
+    let stats = engine.score_stats();
+    eprintln!(
+        "scoring: {} rows in {} prefills",
+        stats.rows, stats.prefills
+    );
+    assert!(stats.rows >= 2 * prompts.len() as u64);
 }

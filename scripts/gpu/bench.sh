@@ -24,6 +24,12 @@ for model in tests/fixtures/tiny-llama3 bench-out/llama-100m; do
       2>>"$OUT/safegate.log" | tee -a "$OUT/results.jsonl"
   done
 done
+# Guard classification, one at a time and batched (cargo build --release --features
+# safegate-engine/cuda -p safegate-guard --examples; copied as ./guard-bench or in target/).
+GB=./guard-bench; [ -x "$GB" ] || GB=target/release/examples/bench
+if [ -x "$GB" ]; then
+  "$GB" bench-out/llama-100m 10 1,4,8,16 cuda 2>>"$OUT/safegate.log" | tee "$OUT/guard-batching.md"
+fi
 python3 -c "
 import json
 print('| model | device | first token ms | ms/token | tokens/s |'); print('|---|---|---|---|---|')

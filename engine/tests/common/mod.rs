@@ -23,6 +23,8 @@ pub fn engine(name: &str) -> Engine {
     let opts = EngineOptions {
         device: safegate_engine::Device::Cpu,
         intra_threads: 1,
+        // Batched scoring on, as on CUDA (the CPU default scores one row at a time).
+        score_batch: 8,
         ..Default::default()
     };
     Engine::load(&fixture(name), &opts).expect("fixture loads")
