@@ -205,6 +205,7 @@ type Ranges = Vec<(usize, usize)>;
 
 fn literal_ranges(tree: &tree_sitter::Tree) -> (Ranges, Ranges) {
     let (mut comments, mut strings) = (Vec::new(), Vec::new());
+    let tree_has_error = tree.root_node().has_error();
     let mut cursor = tree.walk();
     let mut descend = true;
     loop {
@@ -215,7 +216,12 @@ fn literal_ranges(tree: &tree_sitter::Tree) -> (Ranges, Ranges) {
                 comments.push((node.start_byte(), node.end_byte()));
                 descend = false;
             } else if STRING_KINDS.contains(&kind) {
-                strings.push((node.start_byte(), node.end_byte()));
+                // A fragment that starts inside a string (a snippet cut mid-literal) flips
+                // every quote after it: the "strings" the parser then finds hold the code.
+                // A literal over several lines in a tree with parse errors is not trusted.
+                if !(tree_has_error && node.start_position().row != node.end_position().row) {
+                    strings.push((node.start_byte(), node.end_byte()));
+                }
                 descend = false;
             }
         }
@@ -397,7 +403,7 @@ impl Shield {
                         if outside_code(start, &rule.spec) {
                             continue;
                         }
-                        if !rules::conditions_hold(&rule.spec, code, name.as_deref()) {
+                        if !rules::conditions_hold(&rule.spec, code, start, name.as_deref()) {
                             continue;
                         }
                         out.push(RawFinding::new(
@@ -425,7 +431,7 @@ impl Shield {
                                 .capture_index_for_name("name")
                                 .and_then(|ci| m.captures().iter().find(|c| c.index == ci))
                                 .and_then(|c| c.node.utf8_text(source.as_bytes()).ok());
-                            if !rules::conditions_hold(&rule.spec, code, name) {
+                            if !rules::conditions_hold(&rule.spec, code, node.start_byte(), name) {
                                 continue;
                             }
                             out.push(RawFinding::new(

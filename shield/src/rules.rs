@@ -65,6 +65,10 @@ pub struct RuleSpec {
     /// e.g. an anti-forgery attribute that makes a POST handler safe.
     #[serde(default)]
     pub unless: Option<String>,
+    /// A regex that must not match just above the match: on its own line before it or on
+    /// the three lines above (a justification comment such as Rust's `// SAFETY:`).
+    #[serde(default)]
+    pub unless_above: Option<String>,
     /// For language-agnostic packs: the languages a rule applies to (empty: all text).
     #[serde(default)]
     pub languages: Vec<Language>,
@@ -275,7 +279,11 @@ pub fn compile_pack(
                 )))
             }
         };
-        for (what, pattern) in [("requires", &spec.requires), ("unless", &spec.unless)] {
+        for (what, pattern) in [
+            ("requires", &spec.requires),
+            ("unless", &spec.unless),
+            ("unless_above", &spec.unless_above),
+        ] {
             if let Some(p) = pattern {
                 fancy_regex::Regex::new(&p.replace("{name}", "x"))
                     .map_err(|e| ShieldError::Rules(format!("{at}: bad `{what}` regex: {e}")))?;
@@ -362,8 +370,12 @@ pub fn regex_matches(
     out
 }
 
-/// Checks a rule's `requires` / `unless` conditions for one match in `code`.
-pub fn conditions_hold(spec: &RuleSpec, code: &str, name: Option<&str>) -> bool {
+/// Lines above a match that `unless_above` looks at.
+const LINES_ABOVE: usize = 3;
+
+/// Checks a rule's `requires` / `unless` / `unless_above` conditions for one match in
+/// `code` starting at byte `at`.
+pub fn conditions_hold(spec: &RuleSpec, code: &str, at: usize, name: Option<&str>) -> bool {
     // A pattern that fails to run (backtracking limit) counts as not matching: `requires`
     // then drops the finding, `unless` keeps it (fail towards reporting).
     let matches = |p: &str| {
@@ -376,6 +388,16 @@ pub fn conditions_hold(spec: &RuleSpec, code: &str, name: Option<&str>) -> bool 
     };
     if spec.requires.as_deref().is_some_and(|r| !matches(r)) {
         return false;
+    }
+    if let Some(above) = spec.unless_above.as_deref() {
+        let before = code.get(..at).unwrap_or_default();
+        let from = before
+            .rmatch_indices('\n')
+            .nth(LINES_ABOVE)
+            .map_or(0, |(i, _)| i + 1);
+        if cached_regex(above).is_some_and(|re| re.is_match(&before[from..]).unwrap_or(false)) {
+            return false;
+        }
     }
     !spec.unless.as_deref().is_some_and(matches)
 }

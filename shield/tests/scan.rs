@@ -295,3 +295,27 @@ fn evasions_are_still_scanned() {
         .iter()
         .all(|f| f.language == Some(Language::Javascript)));
 }
+
+#[test]
+fn a_fragment_cut_inside_a_string_is_still_scanned() {
+    // The fragment opens mid-literal: every quote after it pairs the wrong way, and the
+    // parser sees the code below as the inside of strings (with parse errors).
+    let fragment = "9704}}\"#, test_pool_ip);\n\nfn write_file(name: &str) -> String {\n    let out = std::process::Command::new(\"sh\").arg(\"-c\").arg(format!(\"cat {}\", name)).output().unwrap();\n    String::from_utf8(out.stdout).unwrap()\n}\n";
+    let options = ScanOptions {
+        language: Some(Language::Rust),
+        ..Default::default()
+    };
+    let report = Shield::embedded().scan(fragment, &options).unwrap();
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.rule == "rust.command-from-input" && f.line == 4),
+        "{:?}",
+        report.findings
+    );
+    // A well-formed file keeps the rule: text inside a real string literal is not code.
+    let quoted = "fn main() {\n    let doc = \"\n    Command::new(\\\"sh\\\").arg(\\\"-c\\\").arg(format!(\\\"x {}\\\", y))\n    \";\n    println!(\"{doc}\");\n}\n";
+    let report = Shield::embedded().scan(quoted, &options).unwrap();
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+}
