@@ -443,6 +443,19 @@ fn moderations_follow_openai_schema_with_s_codes_alongside() {
         metrics.contains(r#"safegate_queue_depth{model="guard"} 0"#),
         "{metrics}"
     );
+    // Four classifications above (two moderation inputs, two classify calls; the unknown
+    // policy is refused first), each at least one guard model run of at least one sequence.
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing: {metrics}"))
+    };
+    let (runs, rows) = (
+        value("safegate_guard_batches_total"),
+        value("safegate_guard_batch_rows_total"),
+    );
+    assert!(runs >= 4 && rows >= runs, "{runs} runs, {rows} rows");
 }
 
 /// POSTs a streaming request; the `data:` payloads in order.

@@ -9,12 +9,12 @@
 //! (bounded queue) and encodes it as one padded batch.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use safegate_engine::session::SessionOptions;
-use safegate_engine::{ChatMessage, ChatTokenizer, Encoder, EngineError};
+use safegate_engine::{ChatMessage, ChatTokenizer, Encoder, EngineError, ScoreStats};
 use safegate_policies::{Taxonomy, Verdict};
 
 use crate::classify::Classification;
@@ -228,6 +228,14 @@ pub struct EmbeddedGuard {
     name: String,
     jobs: mpsc::SyncSender<Job>,
     waiting: Arc<AtomicUsize>,
+    batches: Arc<BatchCounters>,
+}
+
+/// Encoder runs and the windows they carried, since start.
+#[derive(Default)]
+struct BatchCounters {
+    runs: AtomicU64,
+    rows: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
@@ -274,9 +282,11 @@ impl EmbeddedGuard {
         let waiting = Arc::new(AtomicUsize::new(0));
         let counter = waiting.clone();
         let max_batch = options.max_batch.max(1);
+        let batches = Arc::new(BatchCounters::default());
+        let worker_batches = batches.clone();
         std::thread::Builder::new()
             .name("embedded-guard".into())
-            .spawn(move || worker(encoder, rx, counter, max_batch))
+            .spawn(move || worker(encoder, rx, counter, worker_batches, max_batch))
             .map_err(|e| GuardError::Model(format!("cannot start the guard worker: {e}")))?;
         Ok(Self {
             head: Arc::new(head),
@@ -284,7 +294,16 @@ impl EmbeddedGuard {
             name,
             jobs,
             waiting,
+            batches,
         })
+    }
+
+    /// Encoder runs so far and the windows they carried (above one per run: batching).
+    pub fn batch_stats(&self) -> ScoreStats {
+        ScoreStats {
+            prefills: self.batches.runs.load(Ordering::Relaxed),
+            rows: self.batches.rows.load(Ordering::Relaxed),
+        }
     }
 
     pub fn head(&self) -> &Head {
@@ -412,6 +431,7 @@ fn worker(
     mut encoder: Encoder,
     rx: mpsc::Receiver<Job>,
     waiting: Arc<AtomicUsize>,
+    batches: Arc<BatchCounters>,
     max_batch: usize,
 ) {
     while let Ok(first) = rx.recv() {
@@ -443,6 +463,10 @@ fn worker(
                 .collect();
             match encoder.pooled(&batch) {
                 Ok(vectors) => {
+                    batches.runs.fetch_add(1, Ordering::Relaxed);
+                    batches
+                        .rows
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
                     for (&(j, w), v) in chunk.iter().zip(vectors) {
                         results[j][w] = Some(v);
                     }

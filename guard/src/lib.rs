@@ -32,6 +32,11 @@ pub trait SafetyClassifier: Send + Sync {
     fn queue_depth(&self) -> usize {
         0
     }
+    /// Model runs so far and the sequences they carried (local and embedded backends):
+    /// more sequences than runs means concurrent classifications were batched.
+    fn batch_stats(&self) -> Option<safegate_engine::ScoreStats> {
+        None
+    }
 }
 
 impl SafetyClassifier for LocalGuard {
@@ -47,6 +52,9 @@ impl SafetyClassifier for LocalGuard {
     fn queue_depth(&self) -> usize {
         self.engine().queue_depth()
     }
+    fn batch_stats(&self) -> Option<safegate_engine::ScoreStats> {
+        Some(self.engine().score_stats())
+    }
 }
 
 impl SafetyClassifier for EmbeddedGuard {
@@ -61,6 +69,9 @@ impl SafetyClassifier for EmbeddedGuard {
     }
     fn queue_depth(&self) -> usize {
         EmbeddedGuard::queue_depth(self)
+    }
+    fn batch_stats(&self) -> Option<safegate_engine::ScoreStats> {
+        Some(EmbeddedGuard::batch_stats(self))
     }
 }
 

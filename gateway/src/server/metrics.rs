@@ -21,6 +21,10 @@ pub struct Metrics {
     pub check_errors: IntCounterVec,
     pub decisions: IntCounterVec,
     pub queue_depth: IntGaugeVec,
+    pub guard_batches: prometheus::IntCounter,
+    pub guard_batch_rows: prometheus::IntCounter,
+    /// Serialises the catch-up of the guard counters between concurrent scrapes.
+    guard_sync: std::sync::Mutex<()>,
 }
 
 impl Metrics {
@@ -117,6 +121,16 @@ impl Metrics {
             &["model"],
         )?;
         registry.register(Box::new(queue_depth.clone()))?;
+        let guard_batches = prometheus::IntCounter::new(
+            "safegate_guard_batches_total",
+            "Guard model runs (local and embedded backends)",
+        )?;
+        registry.register(Box::new(guard_batches.clone()))?;
+        let guard_batch_rows = prometheus::IntCounter::new(
+            "safegate_guard_batch_rows_total",
+            "Sequences those guard model runs carried (rows / batches = mean batch size)",
+        )?;
+        registry.register(Box::new(guard_batch_rows.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(stage_duration.clone()))?;
@@ -138,6 +152,9 @@ impl Metrics {
             check_errors,
             decisions,
             queue_depth,
+            guard_batches,
+            guard_batch_rows,
+            guard_sync: std::sync::Mutex::new(()),
         })
     }
 }
@@ -153,6 +170,15 @@ pub async fn scrape(state: web::Data<AppState>) -> HttpResponse {
         depth
             .with_label_values(&["guard"])
             .set(g.queue_depth() as i64);
+        if let Some(stats) = g.batch_stats() {
+            // The backend keeps the totals; the counters catch up to them at each scrape.
+            let m = &state.metrics;
+            let _one_at_a_time = m.guard_sync.lock();
+            m.guard_batches
+                .inc_by(stats.prefills.saturating_sub(m.guard_batches.get()));
+            m.guard_batch_rows
+                .inc_by(stats.rows.saturating_sub(m.guard_batch_rows.get()));
+        }
     }
     let mut buf = Vec::new();
     let families = state.metrics.registry.gather();
