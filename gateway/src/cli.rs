@@ -127,11 +127,12 @@ pub enum GuardCommand {
         #[arg(long, default_value_t = 192)]
         stride: usize,
         /// The decision threshold is the best F1 on the validation split among those with
-        /// at most this false positive rate there.
-        #[arg(long, default_value_t = 0.03)]
+        /// at most this false positive rate there, averaged over the benign sources (each
+        /// source's own rate; sources under 10 rows count as one).
+        #[arg(long, default_value_t = 0.05)]
         max_fpr: f64,
         /// The same for the response head.
-        #[arg(long, default_value_t = 0.05)]
+        #[arg(long, default_value_t = 0.08)]
         max_fpr_response: f64,
         /// ONNX Runtime intra-op threads (0: ONNX Runtime's choice).
         #[arg(long, default_value_t = 0)]

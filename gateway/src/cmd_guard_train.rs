@@ -14,7 +14,7 @@ use safegate_guard::embedded::{Head, TextScore, HEAD_FORMAT};
 use safegate_guard::prompt::AgentType;
 use safegate_guard::train::{
     category_head, choose_threshold, fit_logistic, fit_softmax, fit_standardizer, linear_head,
-    metrics, Metrics,
+    macro_fpr, metrics, Metrics,
 };
 use safegate_guard::{EmbeddedGuard, EmbeddedOptions};
 use safegate_policies::Taxonomy;
@@ -247,6 +247,20 @@ pub fn train(cli: &Cli, a: &TrainArgs) -> Result<()> {
             .map(|(r, f)| (f.as_slice(), r.label == 1))
             .unzip()
     };
+    // Each row's source as a number, for the per-source false positive budget.
+    let sources: Vec<&str> = {
+        let mut s: Vec<&str> = by_id.iter().map(|(r, _)| r.source.as_str()).collect();
+        s.sort_unstable();
+        s.dedup();
+        s
+    };
+    let source_ids = |split: &str, kind: &str| -> Vec<usize> {
+        by_id
+            .iter()
+            .filter(|(r, _)| r.split == split && r.kind == kind)
+            .map(|(r, _)| sources.binary_search(&r.source.as_str()).unwrap_or(0))
+            .collect()
+    };
 
     let mut report = serde_json::Map::new();
     let mut heads = Vec::new();
@@ -283,11 +297,12 @@ pub fn train(cli: &Cli, a: &TrainArgs) -> Result<()> {
         } else {
             a.max_fpr_response
         };
-        let threshold = choose_threshold(&scores, &val_y, cap);
+        let val_sources = source_ids("val", kind);
+        let threshold = choose_threshold(&scores, &val_y, &val_sources, cap);
         let m = metrics(&scores, &val_y, threshold);
         eprintln!(
-            "{kind}: chose l2 {l2}, threshold {threshold:.4}: val precision {:.4} recall {:.4} F1 {:.4} FPR {:.4} AUPRC {:.4}",
-            m.precision, m.recall, m.f1, m.fpr, m.auprc
+            "{kind}: chose l2 {l2}, threshold {threshold:.4}: val precision {:.4} recall {:.4} F1 {:.4} FPR {:.4} (per-source mean {:.4}) AUPRC {:.4}",
+            m.precision, m.recall, m.f1, m.fpr, macro_fpr(&scores, &val_y, &val_sources, threshold), m.auprc
         );
         report.insert(
             kind.into(),

