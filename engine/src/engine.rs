@@ -166,16 +166,37 @@ type ScoreRows = Result<Vec<Steps>>;
 struct Shared {
     tokenizer: Arc<ChatTokenizer>,
     queued: AtomicUsize,
-    score_prefills: AtomicU64,
-    score_rows: AtomicU64,
+    scoring: BatchCounter,
 }
 
-/// What the scoring path has done so far: rows scored and the prefills they took (rows per
-/// prefill above 1 means concurrent requests were batched).
+/// What a batching model runner has done so far: model runs and the sequences they carried
+/// (more rows than runs means concurrent requests were batched).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ScoreStats {
     pub prefills: u64,
     pub rows: u64,
+}
+
+/// Counts model runs and their rows; shared between a runner thread and its readers.
+#[derive(Debug, Default)]
+pub struct BatchCounter {
+    runs: AtomicU64,
+    rows: AtomicU64,
+}
+
+impl BatchCounter {
+    /// One model run carrying `rows` sequences.
+    pub fn record(&self, rows: usize) {
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        self.rows.fetch_add(rows as u64, Ordering::Relaxed);
+    }
+
+    pub fn stats(&self) -> ScoreStats {
+        ScoreStats {
+            prefills: self.runs.load(Ordering::Relaxed),
+            rows: self.rows.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// A loaded model with its workers. Cheap to clone; the workers stop when the last clone is
@@ -233,8 +254,7 @@ impl Engine {
         let shared = Arc::new(Shared {
             tokenizer,
             queued: AtomicUsize::new(0),
-            score_prefills: AtomicU64::new(0),
-            score_rows: AtomicU64::new(0),
+            scoring: BatchCounter::default(),
         });
         let score_batch = match (opts.score_batch, info.provider) {
             (0, Provider::Cuda) => 8,
@@ -289,10 +309,7 @@ impl Engine {
 
     /// Scoring work done since the model was loaded.
     pub fn score_stats(&self) -> ScoreStats {
-        ScoreStats {
-            prefills: self.shared.score_prefills.load(Ordering::Relaxed),
-            rows: self.shared.score_rows.load(Ordering::Relaxed),
-        }
+        self.shared.scoring.stats()
     }
 
     fn check_request(&self, req: &GenerateRequest) -> Result<()> {
@@ -424,6 +441,16 @@ impl Engine {
     }
 }
 
+/// A (prompt, continuation) row as one sequence, and the positions whose logits score it:
+/// the prompt's last position, then each continuation token's.
+fn teacher_forced((prompt, continuation): &(Vec<u32>, Vec<u32>)) -> (Vec<u32>, Range<usize>) {
+    let mut seq = Vec::with_capacity(prompt.len() + continuation.len());
+    seq.extend(prompt);
+    seq.extend(continuation);
+    let wanted = prompt.len() - 1..seq.len();
+    (seq, wanted)
+}
+
 struct Active {
     cache: Option<KvCache>,
     next_input: Vec<u32>,
@@ -550,10 +577,8 @@ impl Worker {
         let mut results: Vec<Vec<Option<Result<Steps>>>> = Vec::with_capacity(jobs.len());
         for (j, job) in jobs.iter().enumerate() {
             results.push((0..job.rows.len()).map(|_| None).collect());
-            for (r, (prompt, continuation)) in job.rows.iter().enumerate() {
-                let mut seq = prompt.clone();
-                seq.extend(continuation);
-                let wanted = prompt.len() - 1..seq.len();
+            for (r, row) in job.rows.iter().enumerate() {
+                let (seq, wanted) = teacher_forced(row);
                 flat.push((j, r, seq, wanted));
             }
         }
@@ -569,7 +594,7 @@ impl Worker {
             }
             let group = &flat[start..end];
             let batched = if self.per_position_logits && group.len() > 1 {
-                let rows: Vec<Vec<u32>> = group.iter().map(|g| g.2.clone()).collect();
+                let rows: Vec<&[u32]> = group.iter().map(|g| g.2.as_slice()).collect();
                 let wanted: Vec<Range<usize>> = group.iter().map(|g| g.3.clone()).collect();
                 match self.session.prefill_batch(&rows, &wanted) {
                     Ok(Some(out)) => Some(out),
@@ -587,7 +612,7 @@ impl Worker {
             };
             match batched {
                 Some(out) => {
-                    self.count_prefill(group.len());
+                    self.shared.scoring.record(group.len());
                     for (g, logits) in group.iter().zip(out) {
                         results[g.0][g.1] = Some(Ok(logits));
                     }
@@ -612,23 +637,19 @@ impl Worker {
 
     /// One row alone: one pass over prompt and continuation when the graph gives the logits
     /// of every position, else a prefill and one decode step per continuation token.
-    fn score_one(
-        &mut self,
-        (prompt, continuation): &(Vec<u32>, Vec<u32>),
-    ) -> Result<Vec<Vec<f32>>> {
+    fn score_one(&mut self, row: &(Vec<u32>, Vec<u32>)) -> Result<Vec<Vec<f32>>> {
         if self.per_position_logits {
-            let mut seq = prompt.clone();
-            seq.extend(continuation);
-            let wanted = prompt.len() - 1..seq.len();
-            match self.session.prefill_batch(&[seq], &[wanted])? {
+            let (seq, wanted) = teacher_forced(row);
+            match self.session.prefill_batch(&[&seq], &[wanted])? {
                 Some(mut out) => {
-                    self.count_prefill(1);
+                    self.shared.scoring.record(1);
                     return Ok(out.swap_remove(0));
                 }
                 None => self.per_position_logits = false,
             }
         }
-        self.count_prefill(1);
+        let (prompt, continuation) = row;
+        self.shared.scoring.record(1);
         let mut out = Vec::with_capacity(continuation.len() + 1);
         let (mut cache, logits) =
             self.session
@@ -640,13 +661,6 @@ impl Worker {
             out.push(logits);
         }
         Ok(out)
-    }
-
-    fn count_prefill(&self, rows: usize) {
-        self.shared.score_prefills.fetch_add(1, Ordering::Relaxed);
-        self.shared
-            .score_rows
-            .fetch_add(rows as u64, Ordering::Relaxed);
     }
 
     /// Ends a sequence. Text still held back (an incomplete character, a possible start of a

@@ -22,8 +22,8 @@ pub mod text;
 pub use chat::{ChatMessage, ChatTokenizer};
 pub use encoder::Encoder;
 pub use engine::{
-    Completion, Engine, EngineOptions, FinishReason, GenerateRequest, GenerationEvent, ScoreStats,
-    TokenStream, Usage,
+    BatchCounter, Completion, Engine, EngineOptions, FinishReason, GenerateRequest,
+    GenerationEvent, ScoreStats, TokenStream, Usage,
 };
 pub use error::{EngineError, Result};
 pub use model::{Layout, ModelConfig};

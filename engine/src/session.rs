@@ -243,12 +243,12 @@ impl DecoderSession {
     /// exports do): the caller then needs the step-by-step path.
     pub fn prefill_batch(
         &mut self,
-        rows: &[Vec<u32>],
+        rows: &[&[u32]],
         wanted: &[Range<usize>],
     ) -> Result<Option<Vec<Vec<Vec<f32>>>>> {
         let b = rows.len();
-        let s = rows.iter().map(Vec::len).max().unwrap_or(0);
-        if b == 0 || s == 0 || rows.iter().any(Vec::is_empty) || wanted.len() != b {
+        let s = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        if b == 0 || s == 0 || rows.iter().any(|r| r.is_empty()) || wanted.len() != b {
             return Err(EngineError::InvalidRequest(
                 "cannot score an empty sequence".into(),
             ));

@@ -240,13 +240,6 @@ pub fn train(cli: &Cli, a: &TrainArgs) -> Result<()> {
         .collect();
     let feats = features(&mut encoder, &mut cache, &used, a.window)?;
     let by_id: Vec<(&Row, &Vec<f32>)> = used.iter().copied().zip(feats.iter()).collect();
-    let select = |split: &str, kind: &str| -> (Vec<&[f32]>, Vec<bool>) {
-        by_id
-            .iter()
-            .filter(|(r, _)| r.split == split && r.kind == kind)
-            .map(|(r, f)| (f.as_slice(), r.label == 1))
-            .unzip()
-    };
     // Each row's source as a number, for the per-source false positive budget.
     let sources: Vec<&str> = {
         let mut s: Vec<&str> = by_id.iter().map(|(r, _)| r.source.as_str()).collect();
@@ -254,19 +247,26 @@ pub fn train(cli: &Cli, a: &TrainArgs) -> Result<()> {
         s.dedup();
         s
     };
-    let source_ids = |split: &str, kind: &str| -> Vec<usize> {
-        by_id
+    // Features, labels and source numbers of one split and kind.
+    let select = |split: &str, kind: &str| -> (Vec<&[f32]>, Vec<bool>, Vec<usize>) {
+        let mut out = (Vec::new(), Vec::new(), Vec::new());
+        for (r, f) in by_id
             .iter()
             .filter(|(r, _)| r.split == split && r.kind == kind)
-            .map(|(r, _)| sources.binary_search(&r.source.as_str()).unwrap_or(0))
-            .collect()
+        {
+            out.0.push(f.as_slice());
+            out.1.push(r.label == 1);
+            out.2
+                .push(sources.binary_search(&r.source.as_str()).unwrap_or(0));
+        }
+        out
     };
 
     let mut report = serde_json::Map::new();
     let mut heads = Vec::new();
     for kind in ["prompt", "response"] {
-        let (train_x, train_y) = select("train", kind);
-        let (val_x, val_y) = select("val", kind);
+        let (train_x, train_y, _) = select("train", kind);
+        let (val_x, val_y, val_sources) = select("val", kind);
         if train_x.is_empty() || val_x.is_empty() {
             bail!(
                 "{}: no {kind} rows in the train or val split",
@@ -297,7 +297,6 @@ pub fn train(cli: &Cli, a: &TrainArgs) -> Result<()> {
         } else {
             a.max_fpr_response
         };
-        let val_sources = source_ids("val", kind);
         let threshold = choose_threshold(&scores, &val_y, &val_sources, cap);
         let m = metrics(&scores, &val_y, threshold);
         eprintln!(

@@ -9,12 +9,12 @@
 //! (bounded queue) and encodes it as one padded batch.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use safegate_engine::session::SessionOptions;
-use safegate_engine::{ChatMessage, ChatTokenizer, Encoder, EngineError, ScoreStats};
+use safegate_engine::{BatchCounter, ChatMessage, ChatTokenizer, Encoder, EngineError, ScoreStats};
 use safegate_policies::{Taxonomy, Verdict};
 
 use crate::classify::Classification;
@@ -228,14 +228,8 @@ pub struct EmbeddedGuard {
     name: String,
     jobs: mpsc::SyncSender<Job>,
     waiting: Arc<AtomicUsize>,
-    batches: Arc<BatchCounters>,
-}
-
-/// Encoder runs and the windows they carried, since start.
-#[derive(Default)]
-struct BatchCounters {
-    runs: AtomicU64,
-    rows: AtomicU64,
+    /// Encoder runs and the windows they carried, since start.
+    batches: Arc<BatchCounter>,
 }
 
 #[derive(Debug, Clone)]
@@ -282,7 +276,7 @@ impl EmbeddedGuard {
         let waiting = Arc::new(AtomicUsize::new(0));
         let counter = waiting.clone();
         let max_batch = options.max_batch.max(1);
-        let batches = Arc::new(BatchCounters::default());
+        let batches = Arc::new(BatchCounter::default());
         let worker_batches = batches.clone();
         std::thread::Builder::new()
             .name("embedded-guard".into())
@@ -300,10 +294,7 @@ impl EmbeddedGuard {
 
     /// Encoder runs so far and the windows they carried (above one per run: batching).
     pub fn batch_stats(&self) -> ScoreStats {
-        ScoreStats {
-            prefills: self.batches.runs.load(Ordering::Relaxed),
-            rows: self.batches.rows.load(Ordering::Relaxed),
-        }
+        self.batches.stats()
     }
 
     pub fn head(&self) -> &Head {
@@ -431,7 +422,7 @@ fn worker(
     mut encoder: Encoder,
     rx: mpsc::Receiver<Job>,
     waiting: Arc<AtomicUsize>,
-    batches: Arc<BatchCounters>,
+    batches: Arc<BatchCounter>,
     max_batch: usize,
 ) {
     while let Ok(first) = rx.recv() {
@@ -463,10 +454,7 @@ fn worker(
                 .collect();
             match encoder.pooled(&batch) {
                 Ok(vectors) => {
-                    batches.runs.fetch_add(1, Ordering::Relaxed);
-                    batches
-                        .rows
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    batches.record(batch.len());
                     for (&(j, w), v) in chunk.iter().zip(vectors) {
                         results[j][w] = Some(v);
                     }
