@@ -244,6 +244,94 @@ fn literal_ranges(tree: &tree_sitter::Tree) -> (Ranges, Ranges) {
     }
 }
 
+/// How many lines above a match its statement may start and still be where the finding
+/// starts: enough for a call whose receiver chain, attributes or opening tag are on earlier
+/// lines; a statement that starts further up (a long builder chain, a JSX tree) keeps the
+/// finding at the match.
+const STATEMENT_LINES_UP: usize = 5;
+
+/// Whether a tree-sitter node kind is a statement, declaration or element: the unit a
+/// reviewer reads a finding in. Blocks are not (they hold statements).
+fn is_statement_kind(kind: &str) -> bool {
+    (kind.ends_with("_statement")
+        || kind.ends_with("_declaration")
+        || kind.ends_with("_definition")
+        || kind.ends_with("_item")
+        || matches!(
+            kind,
+            "declaration" | "jsx_opening_element" | "jsx_self_closing_element"
+        ))
+        && !matches!(
+            kind,
+            "compound_statement" | "statement_block" | "attribute_item" | "inner_attribute_item"
+        )
+}
+
+/// Where a finding whose match starts at `at` starts: the start of the statement holding the
+/// match when that is at most [`STATEMENT_LINES_UP`] lines above (`cursor.execute(` with the
+/// formatted SQL on the next line, an action's first attribute above `[HttpPost]`, the `<div`
+/// that carries `dangerouslySetInnerHTML`), else the match itself. Semgrep-based tools report
+/// the statement's first line too, so findings line up with theirs.
+fn statement_start(tree: &tree_sitter::Tree, code: &str, at: usize) -> usize {
+    let Some(mut node) = tree
+        .root_node()
+        .descendant_for_byte_range(at, (at + 1).min(code.len()))
+    else {
+        return at;
+    };
+    loop {
+        if is_statement_kind(node.kind()) {
+            break;
+        }
+        match node.parent() {
+            Some(parent) => node = parent,
+            None => return at,
+        }
+    }
+    let start = node.start_byte();
+    if start < at && code[start..at].matches('\n').count() <= STATEMENT_LINES_UP {
+        start
+    } else {
+        at
+    }
+}
+
+/// Attributes and annotations belong to the declaration under them: a finding on one
+/// (`[HttpPost]`, `@RequestMapping`) starts at the first of the run of attribute lines it is
+/// in. Textual, because code cut out of a class often parses as an error and the tree then
+/// no longer links the attributes to their method.
+fn attribute_run_start(language: Language, code: &str, at: usize) -> usize {
+    let marker = match language {
+        Language::Csharp => "[",
+        Language::Java | Language::Kotlin | Language::Typescript | Language::Python => "@",
+        Language::Rust => "#[",
+        _ => return at,
+    };
+    let is_attribute_line = |line: &str| {
+        let line = line.trim();
+        line.starts_with(marker) && (marker != "[" || line.ends_with(']'))
+    };
+    let mut line_start = code[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = code[at..].find('\n').map_or(code.len(), |i| at + i);
+    if !is_attribute_line(&code[line_start..line_end]) {
+        return at;
+    }
+    let mut start = at;
+    for _ in 0..STATEMENT_LINES_UP {
+        if line_start == 0 {
+            break;
+        }
+        let previous_start = code[..line_start - 1].rfind('\n').map_or(0, |i| i + 1);
+        let previous = &code[previous_start..line_start - 1];
+        if !is_attribute_line(previous) {
+            break;
+        }
+        start = previous_start + (previous.len() - previous.trim_start().len());
+        line_start = previous_start;
+    }
+    start
+}
+
 /// Whether the line holding `at` starts like a comment (`#`, `//`, `*`, `/*`, `--`, `;`):
 /// the language-agnostic rules run on text whose language may be unknown.
 fn on_comment_line(text: &str, at: usize) -> bool {
@@ -406,6 +494,10 @@ impl Shield {
                         if !rules::conditions_hold(&rule.spec, code, start, name.as_deref()) {
                             continue;
                         }
+                        let start = tree
+                            .as_ref()
+                            .map_or(start, |t| statement_start(t, code, start));
+                        let start = attribute_run_start(language, code, start);
                         out.push(RawFinding::new(
                             rule,
                             Some(language),
@@ -437,7 +529,11 @@ impl Shield {
                             out.push(RawFinding::new(
                                 rule,
                                 Some(language),
-                                to_text(node.start_byte()),
+                                to_text(attribute_run_start(
+                                    language,
+                                    code,
+                                    statement_start(tree, code, node.start_byte()),
+                                )),
                                 to_text(node.end_byte()),
                             ));
                         }
@@ -672,11 +768,14 @@ impl<'s> StreamScanner<'s> {
         }
         let index = LineIndex::new(&self.text);
         for r in raw {
+            // The same match seen in two scans of the same code (an indented part, then the
+            // whole file) ends at the same byte; its start may differ, as the statement it
+            // extends to can be cut off in the part.
             let dup = self
                 .report
                 .findings
                 .iter()
-                .any(|f| f.rule == r.rule && f.start_byte == r.start && f.end_byte == r.end);
+                .any(|f| f.rule == r.rule && f.end_byte == r.end);
             if dup {
                 continue;
             }

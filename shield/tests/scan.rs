@@ -216,7 +216,10 @@ fn indented_blocks_after_prose_are_code() {
         .iter()
         .find(|f| f.rule == "py.yaml-load")
         .expect("found");
-    assert_eq!((f.line, f.column), (4, 11));
+    // The finding starts at its statement (`cfg = ...`), in the text's columns: the block
+    // was dedented for parsing.
+    assert_eq!((f.line, f.column), (4, 5));
+    assert_eq!((f.end_line, f.end_column), (4, 20));
 }
 
 #[test]
@@ -318,4 +321,46 @@ fn a_fragment_cut_inside_a_string_is_still_scanned() {
     let quoted = "fn main() {\n    let doc = \"\n    Command::new(\\\"sh\\\").arg(\\\"-c\\\").arg(format!(\\\"x {}\\\", y))\n    \";\n    println!(\"{doc}\");\n}\n";
     let report = Shield::embedded().scan(quoted, &options).unwrap();
     assert!(report.findings.is_empty(), "{:?}", report.findings);
+}
+
+#[test]
+fn findings_start_at_their_statement_or_attribute_run() {
+    let scan = |text: &str, language: &str| {
+        Shield::embedded()
+            .scan(
+                text,
+                &ScanOptions {
+                    language: Some(language.parse().unwrap()),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .findings
+    };
+    // The formatted SQL is on the line after the call: the finding starts at the call.
+    let py = "def save(cur, book):\n    cur.execute(\n        'DELETE FROM t WHERE id = %d' % book.id)\n";
+    let f = scan(py, "python");
+    let sql = f
+        .iter()
+        .find(|f| f.rule == "py.sql-injection")
+        .expect("found");
+    assert_eq!((sql.line, sql.column), (2, 5));
+    assert_eq!(sql.end_line, 3);
+    // An action's attributes are one unit: the finding on [HttpPost] starts at the first.
+    let cs = "        [AllowAnonymous]\n        [Route(\"Register\")]\n        [HttpPost]\n        public IActionResult Register(UserModel m)\n        {\n";
+    let f = scan(cs, "csharp");
+    let csrf = f
+        .iter()
+        .find(|f| f.rule == "cs.csrf-missing-antiforgery")
+        .expect("found");
+    assert_eq!((csrf.line, csrf.column, csrf.end_line), (1, 9, 3));
+    // A statement that starts far above the match (a long chain) keeps the finding on the
+    // match's own line.
+    let long = format!(
+        "x = (builder\n{}     .run(eval(data)))\n",
+        "     .step()\n".repeat(8)
+    );
+    let f = scan(&long, "python");
+    let eval = f.iter().find(|f| f.rule == "py.eval-exec").expect("found");
+    assert_eq!(eval.line, 10);
 }
