@@ -8,7 +8,7 @@
 #   c          SQLite (npm better-sqlite3 ships its amalgamation)
 #   cpp        LevelDB and Snappy (npm leveldown), node-addon-api, better-sqlite3's bindings
 #   java       OpenJDK 17 class library sources (Debian openjdk-17-source): java.util, java.net, java.io
-#   csharp     Edge.js's .NET bridge (npm edge-js)
+#   csharp     Edge.js's .NET bridge (npm edge-js) and Python.NET's runtime (PyPI pythonnet sdist)
 #   php        Symfony Console, Twig, Monolog (Debian php-* packages)
 #   go         golang.org/x/net (Debian golang-golang-x-net-dev)
 #   ruby       Rack (Debian ruby-rack) and Ruby's standard library
@@ -61,6 +61,16 @@ find "$DL/native" -name '*.tar.gz' -exec sh -c 'tar -xzf "$1" -C "$(dirname "$1"
 keep c "$DL/native" c
 keep cpp "$DL/native" cpp cc hpp h
 keep csharp "$DL/native" cs
+}
+
+# More C#: Python.NET's runtime (the PyPI sdist carries its C# sources; pip cannot build
+# its metadata here, so the file is taken from PyPI's simple index directly)
+[ -f "$DL/pythonnet-3.2.1.tar.gz" ] || {
+url=$(curl -fsS https://pypi.org/simple/pythonnet/ | grep -o 'https://files.pythonhosted.org[^"#]*pythonnet-3\.2\.1\.tar\.gz' | head -n1)
+curl -fsS -o "$DL/pythonnet-3.2.1.tar.gz" "$url"
+mkdir -p "$DL/pythonnet" && tar -xzf "$DL/pythonnet-3.2.1.tar.gz" -C "$DL/pythonnet"
+find "$DL/pythonnet" -type d -name '*tests*' -prune -exec rm -rf {} +
+keep csharp "$DL/pythonnet" cs
 }
 
 # Java, PHP, Go, Ruby from Debian
