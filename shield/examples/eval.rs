@@ -1,6 +1,6 @@
 //! Shield evaluation on a CyberSecEval-style JSONL file (language, line_text, origin_code).
 //!
-//!     cargo run --release -p safegate-shield --example eval -- ../shared/eval/shield-dev.jsonl [--auto] [--misses N]
+//!     cargo run --release -p safegate-shield --example eval -- ../shared/eval/shield-dev.jsonl [--auto] [--misses N] [--slowest]
 //!
 //! Per language: share of snippets flagged, and labelled-line recall (a finding's line span
 //! covers the first line of origin_code equal, after trimming, to line_text); latency per
@@ -43,6 +43,7 @@ fn main() {
     }
     let mut per_lang: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
     let mut times = Vec::new();
+    let mut slowest: Vec<(f64, String, usize)> = Vec::new();
     let mut missed: Vec<(String, String, String)> = Vec::new();
     let mut detections: BTreeMap<(String, String), usize> = BTreeMap::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -62,6 +63,11 @@ fn main() {
         let t0 = Instant::now();
         let report = shield.scan(code, &options).expect("scan");
         times.push(t0.elapsed().as_secs_f64() * 1e3);
+        slowest.push((
+            *times.last().expect("pushed"),
+            lang_name.clone(),
+            code.len(),
+        ));
         if auto {
             let detected = report
                 .blocks
@@ -124,6 +130,12 @@ fn main() {
         println!("\nlanguage detection (given -> detected: count):");
         for ((given, detected), n) in &detections {
             println!("  {given} -> {detected}: {n}");
+        }
+    }
+    if args.iter().any(|a| a == "--slowest") {
+        slowest.sort_by(|a, b| b.0.total_cmp(&a.0));
+        for (ms, lang, bytes) in slowest.iter().take(12) {
+            println!("SLOW {ms:8.3} ms {lang:10} {bytes} bytes");
         }
     }
     for (lang, desc, line) in missed.iter().take(misses) {
