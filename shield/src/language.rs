@@ -164,7 +164,7 @@ fn signals() -> &'static [(Language, regex::Regex, i32)] {
             (Language::Javascript, r"\bfunction\s*\w*\s*\(|\bconst\s+\w+\s*=|\blet\s+\w+\s*=|\bvar\s+\w+\s*=|=>|\brequire\(|\bconsole\.log\(|\bmodule\.exports\b|\bdocument\.|\bwindow\.|===|!==|\bthis\.\w+\s*=|\bundefined\b|\.prototype\.", 2),
             (Language::Typescript, r":\s*(string|number|boolean|any|void|unknown)\b|\binterface\s+\w+\s*\{|\bimport\s+.*\s+from\s+['\x22]|\btype\s+\w+\s*=|\bexport\s+(default\s+)?(class|function|const|interface)|\bprivate\s+\w+\s*:|\bas\s+(string|number|any)\b", 2),
             (Language::C, r"(?m)^\s*#\s*(include|define|ifdef|ifndef|endif|if|else|elif|pragma)\b|\b(malloc|calloc|free|printf|fprintf|sprintf|snprintf|strcpy|strcat|strlen|memcpy|memset|sizeof)\s*\(|\bint\s+main\s*\(|\b(char|int|void|unsigned|long|short|double|float|size_t|uint\d+_t|int\d+_t|struct\s+\w+)\s*\*+\s*\w|->\w+|\bNULL\b|\bstatic\s+(int|void|char|const)\b|\bstruct\s+\w+\s*\{|\btypedef\b", 2),
-            (Language::Cpp, r"\bstd::|\btemplate\s*<|\bnamespace\s+\w+\s*\{|#include\s*<(iostream|vector|string|memory|map|algorithm|cstring|cstdio|cstdlib)>|\bcout\s*<<|\bnullptr\b|\bclass\s+\w+\s*(:\s*(public|private)\s+\w+)?\s*\{|\w::\w+\s*\(|\bauto\s+\w+\s*=|\bconst\s+\w+\s*&|\bvirtual\s|\boverride\b|\bdelete\s*\[?\]?\s*\w|\bpublic:|\bprivate:|\bthis->", 3),
+            (Language::Cpp, r"\bstd::|\btemplate\s*<|\bnamespace\s+\w+\s*\{|#include\s*<(iostream|vector|string|memory|map|algorithm|cstring|cstdio|cstdlib)>|\bcout\s*<<|\bnullptr\b|\bclass\s+\w+\s*(:\s*(public|private)\s+\w+)?\s*\{|\w::\w+\s*\(|\bauto\s+\w+\s*=|\bconst\s+\w+\s*&|\bvirtual\s|\boverride\b|\bdelete\s*\[?\]?\s*\w|\bpublic:|\bprivate:|\bthis->|\bnew\s+(unsigned\s+)?(char|short|int|long|float|double|bool|u?int\d+_t|u?int\d+|size_t|byte|uint8|int8|[A-Z]\w*)\s*\[|\b(static|reinterpret|const|dynamic)_cast<|\busing\s+namespace\b|\btypename\b|\b(unique_ptr|shared_ptr)<|\)\s*const\s*[{;]", 3),
             (Language::Ruby, r"(?m)^\s*(def\s+\w+[?!]?(\(.*\))?\s*$|end\s*$|require\s+['\x22]|puts\s|module\s+[A-Z]\w*\s*$)|\bdo\s*\|\w+(,\s*\w+)*\||\.each\s+do\b|\battr_(accessor|reader)\b|\belsif\b|@\w+\s*=", 3),
             (Language::Swift, r"\bfunc\s+\w+\s*\(.*\)\s*(->\s*\w+)?\s*\{|\blet\s+\w+\s*:\s*[A-Z]\w*|\bimport\s+(Foundation|UIKit|SwiftUI)\b|\bguard\s+let\b|\bvar\s+\w+\s*:\s*[A-Z]\w*|\bif\s+let\b|@IBOutlet|@objc", 3),
             (Language::Bash, r"(?m)^#!.*\b(ba|z|k)?sh\b|^\s*(echo|export|sudo|apt-get|apt|curl|wget|chmod|chown|cd|rm|mkdir|cp|mv|source|pip|npm|git|docker)\s|^\s*fi\s*$|^\s*done\s*$|\bthen\s*$|\$\(\w|\$\{\w+\}|\[\[\s", 2),
@@ -185,6 +185,18 @@ fn signal_scores(code: &str) -> Vec<(Language, i32)> {
                 .find(|(l, _)| l == lang)
                 .expect("every language");
             slot.1 += weight * hits;
+        }
+    }
+    // C constructs are C++ too: C++ scores its own signals on top of C's, so that C++ wins
+    // whenever it shows any sign of its own and both grammars parse about as well (ties keep
+    // C, which comes first).
+    let c = scores
+        .iter()
+        .find(|(l, _)| *l == Language::C)
+        .map_or(0, |(_, s)| *s);
+    if let Some(cpp) = scores.iter_mut().find(|(l, _)| *l == Language::Cpp) {
+        if cpp.1 > 0 {
+            cpp.1 += c;
         }
     }
     scores.sort_by_key(|&(_, score)| std::cmp::Reverse(score));
@@ -353,6 +365,10 @@ mod tests {
             ("const fs = require('fs');\nfunction f(x) {\n  return fs.readFileSync(x);\n}\n", Language::Javascript),
             ("<?php\n$name = $_GET['name'];\necho $name;\n", Language::Php),
             ("using System;\nnamespace A {\n  class B {\n    public static void Main() { Console.WriteLine(1); }\n  }\n}\n", Language::Csharp),
+            // A C++ fragment written mostly in C's vocabulary: one `new T[...]` decides.
+            ("    if (w > 0 && h > 0) {\n        memset(src, 0, sizeof(double) * n);\n        *dest = new double[w * h];\n        if (dest == NULL) return -1;\n    }\n", Language::Cpp),
+            // The same fragment in C stays C.
+            ("    if (w > 0 && h > 0) {\n        memset(src, 0, sizeof(double) * n);\n        *dest = malloc(sizeof(double) * w * h);\n        if (dest == NULL) return -1;\n    }\n", Language::C),
         ];
         for (code, want) in cases {
             assert_eq!(detect(code), Some(want), "{code}");
