@@ -203,6 +203,25 @@ fn signal_scores(code: &str) -> Vec<(Language, i32)> {
     scores
 }
 
+/// A fragment cut from inside a docstring has an odd number of triple quotes: every quote
+/// after the first then pairs the wrong way, and no grammar parses it. Detection starts
+/// after the line that closes the docstring.
+fn after_open_docstring(code: &str) -> &str {
+    for quotes in ["\"\"\"", "'''"] {
+        if code.matches(quotes).count() % 2 == 1 {
+            if let Some(at) = code.find(quotes) {
+                let rest = &code[at + 3..];
+                let next_line = rest.find('\n').map_or(rest.len(), |i| i + 1);
+                let rest = &rest[next_line..];
+                if !rest.trim().is_empty() {
+                    return rest;
+                }
+            }
+        }
+    }
+    code
+}
+
 /// The first `max` bytes of `s`, cut at a line end when possible.
 fn prefix(s: &str, max: usize) -> &str {
     if s.len() <= max {
@@ -280,7 +299,7 @@ pub fn mislabelled(parser: &mut Parser, tagged: Language, code: &str) -> Option<
 pub fn detect(code: &str) -> Option<Language> {
     // Fragments cut from the middle of a file keep their indentation, which alone makes
     // indentation-sensitive grammars fail; a prefix is enough to decide.
-    let sample = dedent(prefix(code, 1536));
+    let sample = dedent(prefix(after_open_docstring(code), 1536));
     let code = sample.as_str();
     let scores = signal_scores(code);
     let score_of = |l: Language| scores.iter().find(|(x, _)| *x == l).map_or(0, |(_, s)| *s);
@@ -367,6 +386,8 @@ mod tests {
             ("using System;\nnamespace A {\n  class B {\n    public static void Main() { Console.WriteLine(1); }\n  }\n}\n", Language::Csharp),
             // A C++ fragment written mostly in C's vocabulary: one `new T[...]` decides.
             ("    if (w > 0 && h > 0) {\n        memset(src, 0, sizeof(double) * n);\n        *dest = new double[w * h];\n        if (dest == NULL) return -1;\n    }\n", Language::Cpp),
+            // A Python fragment cut from inside a docstring.
+            ("    Perform a curl to etcd, returning the JSON decoded response. It doesn't retry:\n    a caller that wants retries (and most do) wraps it.\n    :param path:  The key path to query\n    :param options:  Additional options to include in the curl\n    :param recursive:  Whether we want a recursive query or not\n    :return:  The JSON decoded response.\n    \"\"\"\n    url = BASE + path\n    out = check_output(['curl', '-s', url])\n    return json.loads(out)\n", Language::Python),
             // The same fragment in C stays C.
             ("    if (w > 0 && h > 0) {\n        memset(src, 0, sizeof(double) * n);\n        *dest = malloc(sizeof(double) * w * h);\n        if (dest == NULL) return -1;\n    }\n", Language::C),
         ];
