@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use tree_sitter::{Node, Parser};
+use tree_sitter::{Node, Parser, Tree};
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -255,12 +255,17 @@ pub fn dedent(s: &str) -> String {
 /// ERROR node, and MISSING tokens). Counting tokens rather than bytes keeps one stray brace
 /// at the start of a fragment from condemning everything that follows it.
 pub fn error_rate(parser: &mut Parser, lang: Language, code: &str) -> f64 {
+    parse_and_rate(parser, lang, code).0
+}
+
+/// [`error_rate`], with the tree it was measured on.
+fn parse_and_rate(parser: &mut Parser, lang: Language, code: &str) -> (f64, Option<Tree>) {
     let code = &*lang.prepare_source(code);
     if parser.set_language(&lang.grammar()).is_err() || code.is_empty() {
-        return 1.0;
+        return (1.0, None);
     }
     let Some(tree) = parser.parse(code, None) else {
-        return 1.0;
+        return (1.0, None);
     };
     let (mut leaves, mut bad) = (0usize, 0usize);
     let mut stack: Vec<(Node, bool)> = vec![(tree.root_node(), false)];
@@ -277,9 +282,9 @@ pub fn error_rate(parser: &mut Parser, lang: Language, code: &str) -> f64 {
         stack.extend(node.children(&mut cursor).map(|c| (c, is_error)));
     }
     if leaves == 0 {
-        return 1.0;
+        return (1.0, Some(tree));
     }
-    bad as f64 / leaves as f64
+    (bad as f64 / leaves as f64, Some(tree))
 }
 
 /// For a block whose fence names `tagged`: the language it really is when the tagged
@@ -297,9 +302,17 @@ pub fn mislabelled(parser: &mut Parser, tagged: Language, code: &str) -> Option<
 /// Language of unlabelled code, or None when it does not look like code. The textual
 /// signals shortlist up to three candidates; tree-sitter decides by error rate.
 pub fn detect(code: &str) -> Option<Language> {
+    detect_with_tree(code).map(|(l, _)| l)
+}
+
+/// [`detect`], and when the parsed sample was the whole code (short, not indented, not cut
+/// from a docstring), the winning grammar's tree of it, so that the scan need not parse the
+/// same text again. The tree is of `code` without its trailing newlines.
+pub fn detect_with_tree(code: &str) -> Option<(Language, Option<Tree>)> {
     // Fragments cut from the middle of a file keep their indentation, which alone makes
     // indentation-sensitive grammars fail; a prefix is enough to decide.
     let sample = dedent(prefix(after_open_docstring(code), 1536));
+    let whole = sample == code.trim_end_matches('\n');
     let code = sample.as_str();
     let scores = signal_scores(code);
     let score_of = |l: Language| scores.iter().find(|(x, _)| *x == l).map_or(0, |(_, s)| *s);
@@ -333,6 +346,7 @@ pub fn detect(code: &str) -> Option<Language> {
     }
     let mut parser = Parser::new();
     let mut best: Option<(Language, f64, f64)> = None;
+    let mut best_tree: Option<Tree> = None;
     for lang in candidates {
         let score = score_of(lang);
         // A grammar that placed every token would score `-0.02 * score`: when that cannot
@@ -342,16 +356,17 @@ pub fn detect(code: &str) -> Option<Language> {
         if best.is_some_and(|(_, p, _)| p <= best_possible) {
             continue;
         }
-        let rate = error_rate(&mut parser, lang, code);
+        let (rate, tree) = parse_and_rate(&mut parser, lang, code);
         // Signals lower the penalty: among grammars that parse about as well, the one the
         // text looks like wins.
         let penalty = rate - 0.02 * f64::from(score.min(40));
         if best.is_none_or(|(_, p, _)| penalty < p) {
             best = Some((lang, penalty, rate));
+            best_tree = tree;
         }
     }
     best.filter(|&(l, _, rate)| rate < 0.5 && (score_of(l) >= 2 || rate < 0.05))
-        .map(|(l, _, _)| l)
+        .map(|(l, _, _)| (l, best_tree.filter(|_| whole)))
 }
 
 #[cfg(test)]

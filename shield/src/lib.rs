@@ -429,13 +429,17 @@ impl Shield {
         language: Language,
         options: &ScanOptions,
         parser: &mut Parser,
+        parsed: Option<tree_sitter::Tree>,
         out: &mut Vec<RawFinding>,
     ) -> bool {
         let Some(rules) = self.by_language.get(&language) else {
             return false;
         };
         let source = language.prepare_source(code);
-        let tree = if parser.set_language(&language.grammar()).is_ok() {
+        let tree = if parsed.is_some() {
+            // Detection already parsed this very text with this grammar.
+            parsed
+        } else if parser.set_language(&language.grammar()).is_ok() {
             let deadline = Instant::now() + options.parse_timeout;
             let mut progress = |_: &tree_sitter::ParseState| {
                 if Instant::now() > deadline {
@@ -695,7 +699,7 @@ impl<'s> StreamScanner<'s> {
             self.options.language,
             block.tag.as_deref().and_then(Language::from_alias),
         ) {
-            (None, None) => language::detect(&block.code),
+            (None, None) => language::detect_with_tree(&block.code),
             _ => None,
         };
         self.scan_block_as(block, detected, raw);
@@ -706,9 +710,13 @@ impl<'s> StreamScanner<'s> {
     fn scan_block_as(
         &mut self,
         block: CodeBlock,
-        detected: Option<Language>,
+        detected: Option<(Language, Option<tree_sitter::Tree>)>,
         raw: &mut Vec<RawFinding>,
     ) {
+        let (detected, mut parsed) = match detected {
+            Some((l, tree)) => (Some(l), tree),
+            None => (None, None),
+        };
         let (language, source) = match (
             self.options.language,
             block.tag.as_deref().and_then(Language::from_alias),
@@ -730,6 +738,7 @@ impl<'s> StreamScanner<'s> {
                 lang,
                 &self.options,
                 &mut self.parser,
+                parsed.take().filter(|_| source == LanguageSource::Detected),
                 raw,
             );
         }
@@ -744,6 +753,7 @@ impl<'s> StreamScanner<'s> {
                     real,
                     &self.options,
                     &mut self.parser,
+                    None,
                     raw,
                 );
             }
@@ -835,7 +845,7 @@ impl<'s> StreamScanner<'s> {
             };
             let detected = match self.options.language {
                 Some(_) => None,
-                None => language::detect(&whole.code),
+                None => language::detect_with_tree(&whole.code),
             };
             if self.options.language.is_some() || detected.is_some() {
                 self.scan_block_as(whole, detected, &mut raw);

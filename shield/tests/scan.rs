@@ -364,3 +364,32 @@ fn findings_start_at_their_statement_or_attribute_run() {
     let eval = f.iter().find(|f| f.rule == "py.eval-exec").expect("found");
     assert_eq!(eval.line, 10);
 }
+
+#[test]
+fn detected_language_scans_find_what_forced_ones_do() {
+    // Detection's parse is reused for short unindented code; indented code is parsed again.
+    let samples = [
+        ("import os, subprocess\n\ndef run(cmd):\n    os.system(cmd)\n    subprocess.call(cmd, shell=True)\n", "python"),
+        ("    import yaml\n    cfg = yaml.load(open(p))\n    eval(cfg['expr'])\n", "python"),
+        ("#include <string.h>\nvoid f(const char *s) {\n  char buf[16];\n  strcpy(buf, s);\n  printf(s);\n}\n", "c"),
+    ];
+    for (code, language) in samples {
+        let positions = |options: &ScanOptions| {
+            let report = Shield::embedded().scan(code, options).unwrap();
+            let mut found: Vec<(String, usize, usize, usize, usize)> = report
+                .findings
+                .iter()
+                .map(|f| (f.rule.clone(), f.line, f.column, f.end_line, f.end_column))
+                .collect();
+            found.sort();
+            found
+        };
+        let detected = positions(&ScanOptions::default());
+        let forced = positions(&ScanOptions {
+            language: Some(language.parse().unwrap()),
+            ..Default::default()
+        });
+        assert!(!forced.is_empty(), "{code}");
+        assert_eq!(detected, forced, "{code}");
+    }
+}
