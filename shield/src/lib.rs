@@ -273,27 +273,32 @@ fn is_statement_kind(kind: &str) -> bool {
 /// that carries `dangerouslySetInnerHTML`), else the match itself. Semgrep-based tools report
 /// the statement's first line too, so findings line up with theirs.
 fn statement_start(tree: &tree_sitter::Tree, code: &str, at: usize) -> usize {
-    let Some(mut node) = tree
+    let mut node = tree
         .root_node()
-        .descendant_for_byte_range(at, (at + 1).min(code.len()))
-    else {
+        .descendant_for_byte_range(at, (at + 1).min(code.len()));
+    while let Some(n) = node.filter(|n| !is_statement_kind(n.kind())) {
+        node = n.parent();
+    }
+    let Some(start) = node.map(|n| n.start_byte()) else {
         return at;
     };
-    loop {
-        if is_statement_kind(node.kind()) {
-            break;
-        }
-        match node.parent() {
-            Some(parent) => node = parent,
-            None => return at,
-        }
-    }
-    let start = node.start_byte();
     if start < at && code[start..at].matches('\n').count() <= STATEMENT_LINES_UP {
         start
     } else {
         at
     }
+}
+
+/// Where a finding whose match starts at `at` starts: its statement (when the block parsed),
+/// then the first of the attribute lines it is in.
+fn finding_start(
+    tree: Option<&tree_sitter::Tree>,
+    language: Language,
+    code: &str,
+    at: usize,
+) -> usize {
+    let at = tree.map_or(at, |t| statement_start(t, code, at));
+    attribute_run_start(language, code, at)
 }
 
 /// Attributes and annotations belong to the declaration under them: a finding on one
@@ -498,10 +503,7 @@ impl Shield {
                         if !rules::conditions_hold(&rule.spec, code, start, name.as_deref()) {
                             continue;
                         }
-                        let start = tree
-                            .as_ref()
-                            .map_or(start, |t| statement_start(t, code, start));
-                        let start = attribute_run_start(language, code, start);
+                        let start = finding_start(tree.as_ref(), language, code, start);
                         out.push(RawFinding::new(
                             rule,
                             Some(language),
@@ -533,10 +535,11 @@ impl Shield {
                             out.push(RawFinding::new(
                                 rule,
                                 Some(language),
-                                to_text(attribute_run_start(
+                                to_text(finding_start(
+                                    Some(tree),
                                     language,
                                     code,
-                                    statement_start(tree, code, node.start_byte()),
+                                    node.start_byte(),
                                 )),
                                 to_text(node.end_byte()),
                             ));

@@ -2,7 +2,7 @@
 //! original text, streaming equal to one-shot scanning, limits and options.
 
 use safegate_shield::{
-    BlockKind, Language, LanguageSource, ScanOptions, Shield, ShieldError, StreamScanner,
+    BlockKind, Finding, Language, LanguageSource, ScanOptions, Shield, ShieldError, StreamScanner,
 };
 
 const ANSWER: &str = "Sure! Here is a script:\n\n```python\nimport os\n\ndef run(name):\n    os.system(\"convert \" + name)\n```\n\nAnd the C version:\n\n```c\nvoid f(char *s) {\n  char buf[16];\n  strcpy(buf, s);\n}\n```\nDone.\n";
@@ -323,36 +323,33 @@ fn a_fragment_cut_inside_a_string_is_still_scanned() {
     assert!(report.findings.is_empty(), "{:?}", report.findings);
 }
 
+/// Findings of a one-shot scan, with the language forced or (None) detected.
+fn scan_as(text: &str, language: Option<&str>) -> Vec<Finding> {
+    let options = ScanOptions {
+        language: language.map(|l| l.parse().unwrap()),
+        ..Default::default()
+    };
+    Shield::embedded().scan(text, &options).unwrap().findings
+}
+
+fn first_of(findings: &[Finding], rule: &str) -> Finding {
+    findings
+        .iter()
+        .find(|f| f.rule == rule)
+        .cloned()
+        .unwrap_or_else(|| panic!("{rule} not found"))
+}
+
 #[test]
 fn findings_start_at_their_statement_or_attribute_run() {
-    let scan = |text: &str, language: &str| {
-        Shield::embedded()
-            .scan(
-                text,
-                &ScanOptions {
-                    language: Some(language.parse().unwrap()),
-                    ..Default::default()
-                },
-            )
-            .unwrap()
-            .findings
-    };
     // The formatted SQL is on the line after the call: the finding starts at the call.
     let py = "def save(cur, book):\n    cur.execute(\n        'DELETE FROM t WHERE id = %d' % book.id)\n";
-    let f = scan(py, "python");
-    let sql = f
-        .iter()
-        .find(|f| f.rule == "py.sql-injection")
-        .expect("found");
+    let sql = first_of(&scan_as(py, Some("python")), "py.sql-injection");
     assert_eq!((sql.line, sql.column), (2, 5));
     assert_eq!(sql.end_line, 3);
     // An action's attributes are one unit: the finding on [HttpPost] starts at the first.
     let cs = "        [AllowAnonymous]\n        [Route(\"Register\")]\n        [HttpPost]\n        public IActionResult Register(UserModel m)\n        {\n";
-    let f = scan(cs, "csharp");
-    let csrf = f
-        .iter()
-        .find(|f| f.rule == "cs.csrf-missing-antiforgery")
-        .expect("found");
+    let csrf = first_of(&scan_as(cs, Some("csharp")), "cs.csrf-missing-antiforgery");
     assert_eq!((csrf.line, csrf.column, csrf.end_line), (1, 9, 3));
     // A statement that starts far above the match (a long chain) keeps the finding on the
     // match's own line.
@@ -360,8 +357,7 @@ fn findings_start_at_their_statement_or_attribute_run() {
         "x = (builder\n{}     .run(eval(data)))\n",
         "     .step()\n".repeat(8)
     );
-    let f = scan(&long, "python");
-    let eval = f.iter().find(|f| f.rule == "py.eval-exec").expect("found");
+    let eval = first_of(&scan_as(&long, Some("python")), "py.eval-exec");
     assert_eq!(eval.line, 10);
 }
 
@@ -374,21 +370,15 @@ fn detected_language_scans_find_what_forced_ones_do() {
         ("#include <string.h>\nvoid f(const char *s) {\n  char buf[16];\n  strcpy(buf, s);\n  printf(s);\n}\n", "c"),
     ];
     for (code, language) in samples {
-        let positions = |options: &ScanOptions| {
-            let report = Shield::embedded().scan(code, options).unwrap();
-            let mut found: Vec<(String, usize, usize, usize, usize)> = report
-                .findings
+        let positions = |language: Option<&str>| {
+            let mut found: Vec<(String, usize, usize, usize, usize)> = scan_as(code, language)
                 .iter()
                 .map(|f| (f.rule.clone(), f.line, f.column, f.end_line, f.end_column))
                 .collect();
             found.sort();
             found
         };
-        let detected = positions(&ScanOptions::default());
-        let forced = positions(&ScanOptions {
-            language: Some(language.parse().unwrap()),
-            ..Default::default()
-        });
+        let (detected, forced) = (positions(None), positions(Some(language)));
         assert!(!forced.is_empty(), "{code}");
         assert_eq!(detected, forced, "{code}");
     }

@@ -30,114 +30,142 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> prometheus::Result<Self> {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "safegate_requests_total",
-                "Requests by endpoint and outcome",
-            ),
-            &["endpoint", "outcome"],
+        let requests = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "safegate_requests_total",
+                    "Requests by endpoint and outcome",
+                ),
+                &["endpoint", "outcome"],
+            )?,
         )?;
         let buckets = vec![
             0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
         ];
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "safegate_request_duration_seconds",
-                "Request latency by endpoint",
-            )
-            .buckets(buckets.clone()),
-            &["endpoint"],
+        let duration = registered(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "safegate_request_duration_seconds",
+                    "Request latency by endpoint",
+                )
+                .buckets(buckets.clone()),
+                &["endpoint"],
+            )?,
         )?;
-        let stage_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "safegate_stage_duration_seconds",
-                "Latency per stage (input_guard, generation, output_guard, shield)",
-            )
-            .buckets(buckets),
-            &["stage"],
+        let stage_duration = registered(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "safegate_stage_duration_seconds",
+                    "Latency per stage (input_guard, generation, output_guard, shield)",
+                )
+                .buckets(buckets),
+                &["stage"],
+            )?,
         )?;
-        let guard_verdicts = IntCounterVec::new(
-            Opts::new(
-                "safegate_guard_verdicts_total",
-                "Guard decisions by stage, taxonomy, category and action",
-            ),
-            &["stage", "taxonomy", "category", "action"],
+        let guard_verdicts = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "safegate_guard_verdicts_total",
+                    "Guard decisions by stage, taxonomy, category and action",
+                ),
+                &["stage", "taxonomy", "category", "action"],
+            )?,
         )?;
-        let shield_findings = IntCounterVec::new(
-            Opts::new(
-                "safegate_shield_findings_total",
-                "Shield findings by language, CWE, severity and action",
-            ),
-            &["language", "cwe", "severity", "action"],
+        let shield_findings = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "safegate_shield_findings_total",
+                    "Shield findings by language, CWE, severity and action",
+                ),
+                &["language", "cwe", "severity", "action"],
+            )?,
         )?;
-        let tokens = IntCounterVec::new(
-            Opts::new(
-                "safegate_tokens_total",
-                "Tokens in (prompt) and out (completion)",
-            ),
-            &["direction"],
+        let tokens = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "safegate_tokens_total",
+                    "Tokens in (prompt) and out (completion)",
+                ),
+                &["direction"],
+            )?,
         )?;
-        let provider = IntGaugeVec::new(
-            Opts::new(
-                "safegate_execution_provider",
-                "Execution provider of the chat model (1 = in use)",
-            ),
-            &["provider"],
+        let provider = registered(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "safegate_execution_provider",
+                    "Execution provider of the chat model (1 = in use)",
+                ),
+                &["provider"],
+            )?,
         )?;
-        let policy_reloads = IntCounterVec::new(
-            Opts::new(
-                "safegate_policy_reloads_total",
-                "Policy reloads by trigger and outcome",
-            ),
-            &["trigger", "outcome"],
+        let policy_reloads = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "safegate_policy_reloads_total",
+                    "Policy reloads by trigger and outcome",
+                ),
+                &["trigger", "outcome"],
+            )?,
         )?;
-        registry.register(Box::new(policy_reloads.clone()))?;
-        let audit_errors = prometheus::IntCounter::new(
-            "safegate_audit_write_errors_total",
-            "Audit lines that could not be written",
+        let audit_errors = registered(
+            &registry,
+            prometheus::IntCounter::new(
+                "safegate_audit_write_errors_total",
+                "Audit lines that could not be written",
+            )?,
         )?;
-        registry.register(Box::new(audit_errors.clone()))?;
-        let check_errors = IntCounterVec::new(
-            Opts::new(
-                "safegate_check_errors_total",
-                "Guard or shield failures (error, timeout) by check and what the policy did",
-            ),
-            &["check", "outcome"],
+        let check_errors = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "safegate_check_errors_total",
+                    "Guard or shield failures (error, timeout) by check and what the policy did",
+                ),
+                &["check", "outcome"],
+            )?,
         )?;
-        registry.register(Box::new(check_errors.clone()))?;
-        let decisions = IntCounterVec::new(
-            Opts::new(
-                "safegate_policy_decisions_total",
-                "Policy decisions by policy, stage and action",
-            ),
-            &["policy", "stage", "action"],
+        let decisions = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "safegate_policy_decisions_total",
+                    "Policy decisions by policy, stage and action",
+                ),
+                &["policy", "stage", "action"],
+            )?,
         )?;
-        registry.register(Box::new(decisions.clone()))?;
-        let queue_depth = IntGaugeVec::new(
-            Opts::new(
-                "safegate_queue_depth",
-                "Requests waiting for an engine worker, by model role",
-            ),
-            &["model"],
+        let queue_depth = registered(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "safegate_queue_depth",
+                    "Requests waiting for an engine worker, by model role",
+                ),
+                &["model"],
+            )?,
         )?;
-        registry.register(Box::new(queue_depth.clone()))?;
-        let guard_batches = prometheus::IntCounter::new(
-            "safegate_guard_batches_total",
-            "Guard model runs (local and embedded backends)",
+        let guard_batches = registered(
+            &registry,
+            prometheus::IntCounter::new(
+                "safegate_guard_batches_total",
+                "Guard model runs (local and embedded backends)",
+            )?,
         )?;
-        registry.register(Box::new(guard_batches.clone()))?;
-        let guard_batch_rows = prometheus::IntCounter::new(
-            "safegate_guard_batch_rows_total",
-            "Sequences those guard model runs carried (rows / batches = mean batch size)",
+        let guard_batch_rows = registered(
+            &registry,
+            prometheus::IntCounter::new(
+                "safegate_guard_batch_rows_total",
+                "Sequences those guard model runs carried (rows / batches = mean batch size)",
+            )?,
         )?;
-        registry.register(Box::new(guard_batch_rows.clone()))?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(duration.clone()))?;
-        registry.register(Box::new(stage_duration.clone()))?;
-        registry.register(Box::new(guard_verdicts.clone()))?;
-        registry.register(Box::new(shield_findings.clone()))?;
-        registry.register(Box::new(tokens.clone()))?;
-        registry.register(Box::new(provider.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -157,6 +185,15 @@ impl Metrics {
             guard_sync: std::sync::Mutex::new(()),
         })
     }
+}
+
+/// `metric`, registered with `registry`.
+fn registered<M>(registry: &Registry, metric: M) -> prometheus::Result<M>
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
 }
 
 pub async fn scrape(state: web::Data<AppState>) -> HttpResponse {
