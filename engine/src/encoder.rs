@@ -5,6 +5,11 @@
 //! The first position is left out of the mean when a sequence has more than one token:
 //! Llama-family models park very large activations on it (an "attention sink"), which would
 //! swamp the average of everything else.
+//!
+//! [`Pooling::MeanAndLast`] adds each layer's state at the last position: in a causal model
+//! only that position has read the whole sequence, and when the sequence ends where the
+//! assistant's reply would start (a chat-template wrapper), it holds what the model is
+//! about to do with the request, not only which words it contains.
 
 use std::path::Path;
 
@@ -15,6 +20,38 @@ use crate::chat::ChatTokenizer;
 use crate::error::{EngineError, Result};
 use crate::model::ModelFiles;
 use crate::session::{open_session, Provider, SessionOptions};
+
+/// How a sequence's hidden states become one vector.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pooling {
+    /// The mean over positions (the first left out), per layer.
+    #[default]
+    Mean,
+    /// The mean per layer, then the last position's state per layer.
+    MeanAndLast,
+}
+
+impl Pooling {
+    /// Feature width for `hidden` times `layers`.
+    pub fn width(self, per_position: usize) -> usize {
+        match self {
+            Pooling::Mean => per_position,
+            Pooling::MeanAndLast => 2 * per_position,
+        }
+    }
+}
+
+impl std::str::FromStr for Pooling {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "mean" => Ok(Pooling::Mean),
+            "mean-and-last" => Ok(Pooling::MeanAndLast),
+            other => Err(format!("unknown pooling `{other}` (mean, mean-and-last)")),
+        }
+    }
+}
 
 /// One ONNX Runtime session of an encoder graph and its tokenizer.
 pub struct Encoder {
@@ -71,9 +108,14 @@ impl Encoder {
         &self.tokenizer
     }
 
-    /// The length of one feature vector: hidden size times layers.
+    /// The length of one mean-pooled feature vector: hidden size times layers.
     pub fn dim(&self) -> usize {
         self.hidden * self.outputs.len()
+    }
+
+    /// The length of one feature vector pooled by `pooling`.
+    pub fn dim_for(&self, pooling: Pooling) -> usize {
+        pooling.width(self.dim())
     }
 
     /// The layer outputs read, in feature order.
@@ -81,8 +123,13 @@ impl Encoder {
         &self.outputs
     }
 
-    /// One pooled vector per sequence, computed as one padded batch.
+    /// One mean-pooled vector per sequence, computed as one padded batch.
     pub fn pooled(&mut self, batch: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        self.pooled_by(batch, Pooling::Mean)
+    }
+
+    /// One vector per sequence, pooled by `pooling`, computed as one padded batch.
+    pub fn pooled_by(&mut self, batch: &[Vec<u32>], pooling: Pooling) -> Result<Vec<Vec<f32>>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -120,7 +167,7 @@ impl Encoder {
         let dim = self.dim();
         let h = self.hidden;
         let outputs = self.session.run(inputs)?;
-        let mut pooled = vec![vec![0f32; dim]; b];
+        let mut pooled = vec![vec![0f32; pooling.width(dim)]; b];
         for (k, name) in self.outputs.iter().enumerate() {
             let value = outputs
                 .get(name.as_str())
@@ -138,6 +185,11 @@ impl Encoder {
                 }
                 for o in out.iter_mut() {
                     *o /= n;
+                }
+                if pooling == Pooling::MeanAndLast {
+                    let c = seq.len() - 1;
+                    pooled[r][dim + k * h..dim + (k + 1) * h]
+                        .copy_from_slice(&data[(r * s + c) * h..(r * s + c + 1) * h]);
                 }
             }
         }

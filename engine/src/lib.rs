@@ -20,7 +20,7 @@ pub mod session;
 pub mod text;
 
 pub use chat::{ChatMessage, ChatTokenizer};
-pub use encoder::Encoder;
+pub use encoder::{Encoder, Pooling};
 pub use engine::{
     BatchCounter, Completion, Engine, EngineOptions, FinishReason, GenerateRequest,
     GenerationEvent, ScoreStats, TokenStream, Usage,

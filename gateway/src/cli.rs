@@ -134,6 +134,14 @@ pub enum GuardCommand {
         /// The same for the response head.
         #[arg(long, default_value_t = 0.08)]
         max_fpr_response: f64,
+        /// How hidden states become features: `mean` (over positions) or `mean-and-last`
+        /// (plus the last position's state, which has read the whole window).
+        #[arg(long, default_value = "mean")]
+        pooling: safegate_engine::Pooling,
+        /// Text written around every window, `{text}` marking the window (special tokens
+        /// recognised), e.g. the encoder's chat template around a user turn.
+        #[arg(long)]
+        wrap: Option<String>,
         /// ONNX Runtime intra-op threads (0: ONNX Runtime's choice).
         #[arg(long, default_value_t = 0)]
         threads: usize,

@@ -84,6 +84,8 @@ pub fn run(cli: &Cli, cmd: &GuardCommand) -> Result<()> {
             stride,
             max_fpr,
             max_fpr_response,
+            pooling,
+            wrap,
             threads,
         } => crate::cmd_guard_train::train(
             cli,
@@ -96,6 +98,12 @@ pub fn run(cli: &Cli, cmd: &GuardCommand) -> Result<()> {
                 stride: *stride,
                 max_fpr: *max_fpr,
                 max_fpr_response: *max_fpr_response,
+                pooling: *pooling,
+                wrap: wrap
+                    .as_deref()
+                    .map(safegate_guard::embedded::Wrap::parse)
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("--wrap: {e}"))?,
                 threads: *threads,
             },
         )?,

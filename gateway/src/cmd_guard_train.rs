@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use safegate_engine::session::SessionOptions;
-use safegate_engine::Encoder;
-use safegate_guard::embedded::{Head, TextScore, HEAD_FORMAT};
+use safegate_engine::{Encoder, Pooling};
+use safegate_guard::embedded::{wrapped, Head, TextScore, Wrap, HEAD_FORMAT};
 use safegate_guard::prompt::AgentType;
 use safegate_guard::train::{
     category_head, choose_threshold, fit_logistic, fit_softmax, fit_standardizer, linear_head,
@@ -95,17 +95,27 @@ struct FeatureCache {
 }
 
 impl FeatureCache {
-    fn open(dir: &Path, encoder_dir: &Path, layers: &[String], window: usize) -> Result<Self> {
+    fn open(
+        dir: &Path,
+        encoder_dir: &Path,
+        layers: &[String],
+        extraction: &Extraction,
+    ) -> Result<Self> {
         let graph = std::fs::read(encoder_dir.join("model.onnx"))
             .with_context(|| format!("{}", encoder_dir.display()))?;
-        let key = sha256_hex(
-            &[
-                graph,
-                layers.join(",").into_bytes(),
-                window.to_le_bytes().to_vec(),
-            ]
-            .concat(),
-        );
+        let mut parts = vec![
+            graph,
+            layers.join(",").into_bytes(),
+            extraction.window.to_le_bytes().to_vec(),
+        ];
+        // Mean pooling without a wrapper keeps the key it always had (existing caches stay).
+        if extraction.pooling != Pooling::Mean
+            || !extraction.sides.0.is_empty()
+            || !extraction.sides.1.is_empty()
+        {
+            parts.push(format!("{:?}{:?}", extraction.pooling, extraction.sides).into_bytes());
+        }
+        let key = sha256_hex(&parts.concat());
         let path = dir.join(format!("features-{}.bin", &key[..16]));
         let mut cache = Self {
             path,
@@ -154,12 +164,19 @@ fn row_key(row: &Row) -> [u8; 32] {
     Sha256::digest(format!("{}\u{0}{}", row.kind, row.text).as_bytes()).into()
 }
 
+/// How features are read off the encoder: the window, the pooling and the wrapper's ids.
+struct Extraction {
+    window: usize,
+    pooling: Pooling,
+    sides: (Vec<u32>, Vec<u32>),
+}
+
 /// Features for `rows`, extracting what the cache lacks (batched by length).
 fn features(
     encoder: &mut Encoder,
     cache: &mut FeatureCache,
     rows: &[&Row],
-    window: usize,
+    extraction: &Extraction,
 ) -> Result<Vec<Vec<f32>>> {
     let mut missing: Vec<(usize, Vec<u32>)> = Vec::new();
     for (i, r) in rows.iter().enumerate() {
@@ -168,8 +185,8 @@ fn features(
             if ids.is_empty() {
                 ids = encoder.tokenizer().encode_plain(" ")?;
             }
-            let start = ids.len().saturating_sub(window);
-            missing.push((i, ids[start..].to_vec()));
+            let start = ids.len().saturating_sub(extraction.window);
+            missing.push((i, wrapped(&ids[start..], &extraction.sides)));
         }
     }
     if !missing.is_empty() {
@@ -183,7 +200,7 @@ fn features(
         let mut done = 0;
         for chunk in missing.chunks(16) {
             let batch: Vec<Vec<u32>> = chunk.iter().map(|(_, ids)| ids.clone()).collect();
-            let vectors = encoder.pooled(&batch)?;
+            let vectors = encoder.pooled_by(&batch, extraction.pooling)?;
             for ((i, _), v) in chunk.iter().zip(vectors) {
                 cache.dim = v.len();
                 cache.map.insert(row_key(rows[*i]), v);
@@ -216,6 +233,8 @@ pub struct TrainArgs<'a> {
     pub stride: usize,
     pub max_fpr: f64,
     pub max_fpr_response: f64,
+    pub pooling: Pooling,
+    pub wrap: Option<Wrap>,
     pub threads: usize,
 }
 
@@ -232,13 +251,26 @@ pub fn train(cli: &Cli, a: &TrainArgs) -> Result<()> {
         },
     )?;
     let layers = encoder.layers().to_vec();
+    let extraction = Extraction {
+        window: a.window,
+        pooling: a.pooling,
+        sides: match &a.wrap {
+            Some(w) => w.ids(encoder.tokenizer())?,
+            None => (Vec::new(), Vec::new()),
+        },
+    };
     let cache_dir = a.data.parent().unwrap_or(Path::new("."));
-    let mut cache = FeatureCache::open(cache_dir, a.encoder, &layers, a.window)?;
+    let mut cache = FeatureCache::open(cache_dir, a.encoder, &layers, &extraction)?;
+    // Features of every row are cached (test, dev and reserved rows too: short, and then
+    // heads can be compared offline on any split, scripts/guard/compare_heads.py); only
+    // train and val are read here.
+    let all: Vec<&Row> = rows.iter().collect();
+    features(&mut encoder, &mut cache, &all, &extraction)?;
     let used: Vec<&Row> = rows
         .iter()
         .filter(|r| r.split == "train" || r.split == "val")
         .collect();
-    let feats = features(&mut encoder, &mut cache, &used, a.window)?;
+    let feats = features(&mut encoder, &mut cache, &used, &extraction)?;
     let by_id: Vec<(&Row, &Vec<f32>)> = used.iter().copied().zip(feats.iter()).collect();
     // Each row's source as a number, for the per-source false positive budget.
     let sources: Vec<&str> = {
@@ -379,12 +411,16 @@ pub fn train(cli: &Cli, a: &TrainArgs) -> Result<()> {
         layers,
         window_tokens: a.window,
         window_stride: a.stride,
+        pooling: a.pooling,
+        wrap: a.wrap.clone(),
         prompt,
         response,
         categories,
         training: json!({
-            "command": format!("safegate guard train --data {} --encoder {} --out {} --seed {} --window {} --stride {} --max-fpr {} --max-fpr-response {}",
-                a.data.display(), a.encoder.display(), a.out.display(), a.seed, a.window, a.stride, a.max_fpr, a.max_fpr_response),
+            "command": format!("safegate guard train --data {} --encoder {} --out {} --seed {} --window {} --stride {} --max-fpr {} --max-fpr-response {} --pooling {}{}",
+                a.data.display(), a.encoder.display(), a.out.display(), a.seed, a.window, a.stride, a.max_fpr, a.max_fpr_response,
+                match a.pooling { Pooling::Mean => "mean", Pooling::MeanAndLast => "mean-and-last" },
+                a.wrap.as_ref().map(|w| format!(" --wrap {:?}", format!("{}{{text}}{}", w.prefix, w.suffix))).unwrap_or_default()),
             "seed": a.seed,
             "data_sha256": sha256_hex(&data_bytes),
             "report": report,
@@ -427,6 +463,16 @@ pub struct EvalArgs<'a> {
     pub clients: usize,
     pub threads: usize,
 }
+
+/// Sources written by hand for this project (scripts/guard/*.txt): reported apart as well,
+/// since their author also wrote the dev set.
+const HAND_WRITTEN: &[&str] = &[
+    "hard-benign",
+    "terse-harmful",
+    "everyday-benign",
+    "lookalike-benign",
+    "conversational-harmful",
+];
 
 /// Scores every row of the chosen splits through the embedded guard exactly as the gateway
 /// does (windows, batching) and prints metrics at the head's thresholds.
@@ -493,7 +539,7 @@ pub fn eval(cli: &Cli, a: &EvalArgs) -> Result<()> {
             format!("{} {}", r.split, r.kind),
             format!("{} {} (without hand-written)", r.split, r.kind),
         ] {
-            if key.ends_with("written)") && r.source == "hard-benign" {
+            if key.ends_with("written)") && HAND_WRITTEN.contains(&r.source.as_str()) {
                 continue;
             }
             let g = groups.entry(key).or_insert((Vec::new(), Vec::new(), t));
@@ -511,12 +557,13 @@ pub fn eval(cli: &Cli, a: &EvalArgs) -> Result<()> {
                     .iter()
                     .max_by(|a, b| a.1.total_cmp(&b.1))
                     .map(|c| c.0.as_str());
-                let e = per_code
-                    .entry(format!("{} {code}", r.split))
-                    .or_insert((0, 0, 0));
-                e.0 += 1;
-                e.1 += usize::from(*p >= t);
-                e.2 += usize::from(top == Some(code.as_str()));
+                // Per code, and over all codes of the split ("all").
+                for key in [format!("{} {code}", r.split), format!("{} all", r.split)] {
+                    let e = per_code.entry(key).or_insert((0, 0, 0));
+                    e.0 += 1;
+                    e.1 += usize::from(*p >= t);
+                    e.2 += usize::from(top == Some(code.as_str()));
+                }
             }
         }
     }
@@ -601,13 +648,11 @@ pub fn bench(
     threads: usize,
 ) -> Result<()> {
     let guard = open_for_measuring(cli, dir, threads)?;
-    let window = guard.head().window_tokens;
-    let stride = guard.head().window_stride;
     println!("| tokens | windows | clients | p50 ms | p99 ms | classifications/s |");
     println!("|---|---|---|---|---|---|");
     for &len in lengths {
         let ids = crate::cmd_bench::synthetic_prompt(len, 49_152);
-        let windows = safegate_guard::embedded::windows(&ids, window, stride);
+        let windows = guard.windows_of_ids(&ids);
         for &c in clients {
             let c = c.max(1);
             // Warm-up: one round of every caller.

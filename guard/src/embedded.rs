@@ -14,7 +14,9 @@ use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use safegate_engine::session::SessionOptions;
-use safegate_engine::{BatchCounter, ChatMessage, ChatTokenizer, Encoder, EngineError, ScoreStats};
+use safegate_engine::{
+    BatchCounter, ChatMessage, ChatTokenizer, Encoder, EngineError, Pooling, ScoreStats,
+};
 use safegate_policies::{Taxonomy, Verdict};
 
 use crate::classify::Classification;
@@ -89,6 +91,43 @@ impl CategoryHead {
     }
 }
 
+/// What is written before and after each window of text (trusted template text).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Wrap {
+    pub prefix: String,
+    pub suffix: String,
+}
+
+impl Wrap {
+    /// `PREFIX{text}SUFFIX` -> the two sides.
+    pub fn parse(template: &str) -> Result<Self, String> {
+        let (prefix, suffix) = template
+            .split_once("{text}")
+            .ok_or_else(|| format!("the wrapper `{template}` has no `{{text}}`"))?;
+        Ok(Self {
+            prefix: prefix.to_string(),
+            suffix: suffix.to_string(),
+        })
+    }
+
+    /// The token ids of both sides.
+    pub fn ids(&self, tokenizer: &ChatTokenizer) -> Result<(Vec<u32>, Vec<u32>), EngineError> {
+        Ok((
+            tokenizer.encode_trusted(&self.prefix)?,
+            tokenizer.encode_trusted(&self.suffix)?,
+        ))
+    }
+}
+
+/// Puts `ids` between the wrapper's sides.
+pub fn wrapped(ids: &[u32], sides: &(Vec<u32>, Vec<u32>)) -> Vec<u32> {
+    let mut out = Vec::with_capacity(sides.0.len() + ids.len() + sides.1.len());
+    out.extend_from_slice(&sides.0);
+    out.extend_from_slice(ids);
+    out.extend_from_slice(&sides.1);
+    out
+}
+
 /// Everything the embedded guard needs besides the encoder: `guard_head.json`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Head {
@@ -99,6 +138,14 @@ pub struct Head {
     /// Window length and step in tokens.
     pub window_tokens: usize,
     pub window_stride: usize,
+    /// How a window's hidden states become features (older heads: the mean only).
+    #[serde(default)]
+    pub pooling: Pooling,
+    /// Text written around every window before encoding (special tokens recognised), e.g.
+    /// the chat template's user turn, so that the last position is where the model would
+    /// start its reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrap: Option<Wrap>,
     pub prompt: LinearHead,
     pub response: LinearHead,
     pub categories: CategoryHead,
@@ -219,12 +266,16 @@ pub struct TextScore {
 struct Job {
     windows: Vec<Vec<u32>>,
     reply: mpsc::Sender<Result<Vec<Vec<f32>>, GuardError>>,
+    /// When the caller stops waiting (its stage budget); past it the work is dropped.
+    deadline: Option<Instant>,
 }
 
 /// The embedded guard backend.
 pub struct EmbeddedGuard {
     head: Arc<Head>,
     tokenizer: ChatTokenizer,
+    /// The head's wrapper as token ids (empty sides without one).
+    sides: (Vec<u32>, Vec<u32>),
     name: String,
     jobs: mpsc::SyncSender<Job>,
     waiting: Arc<AtomicUsize>,
@@ -239,6 +290,9 @@ pub struct EmbeddedOptions {
     pub queue: usize,
     /// Windows encoded together at most.
     pub max_batch: usize,
+    /// Padded positions (windows times the longest) in one encoder run at most, beyond its
+    /// first window: bounds how long a short request can wait behind others' long ones.
+    pub max_batch_tokens: usize,
 }
 
 impl Default for EmbeddedOptions {
@@ -247,6 +301,7 @@ impl Default for EmbeddedOptions {
             session: SessionOptions::default(),
             queue: 64,
             max_batch: 16,
+            max_batch_tokens: 1024,
         }
     }
 }
@@ -268,23 +323,39 @@ impl EmbeddedGuard {
                 encoder.layers()
             )));
         }
-        head.check_dim(encoder.dim())?;
+        head.check_dim(encoder.dim_for(head.pooling))?;
         // The worker owns the encoder; callers tokenize with their own copy.
         let tokenizer = ChatTokenizer::load_dir(dir)?;
+        let sides = match &head.wrap {
+            Some(w) => w.ids(&tokenizer)?,
+            None => (Vec::new(), Vec::new()),
+        };
+        let pooling = head.pooling;
         let name = model_name(dir);
         let (jobs, rx) = mpsc::sync_channel::<Job>(options.queue.max(1));
         let waiting = Arc::new(AtomicUsize::new(0));
         let counter = waiting.clone();
         let max_batch = options.max_batch.max(1);
+        let max_tokens = options.max_batch_tokens.max(1);
         let batches = Arc::new(BatchCounter::default());
         let worker_batches = batches.clone();
         std::thread::Builder::new()
             .name("embedded-guard".into())
-            .spawn(move || worker(encoder, rx, counter, worker_batches, max_batch))
+            .spawn(move || {
+                worker(
+                    encoder,
+                    pooling,
+                    rx,
+                    counter,
+                    worker_batches,
+                    (max_batch, max_tokens),
+                )
+            })
             .map_err(|e| GuardError::Model(format!("cannot start the guard worker: {e}")))?;
         Ok(Self {
             head: Arc::new(head),
             tokenizer,
+            sides,
             name,
             jobs,
             waiting,
@@ -303,17 +374,44 @@ impl EmbeddedGuard {
 
     /// Pooled features of each window (blocking).
     pub fn features(&self, windows: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, GuardError> {
+        self.features_until(windows, None)
+    }
+
+    /// Pooled features of each window, or `Timeout` once `deadline` passes: the caller
+    /// stops waiting and the worker drops whatever of the job it has not encoded.
+    pub fn features_until(
+        &self,
+        windows: Vec<Vec<u32>>,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Vec<f32>>, GuardError> {
         let (tx, rx) = mpsc::channel();
         self.waiting.fetch_add(1, Ordering::SeqCst);
-        if let Err(e) = self.jobs.try_send(Job { windows, reply: tx }) {
+        let job = Job {
+            windows,
+            reply: tx,
+            deadline,
+        };
+        if let Err(e) = self.jobs.try_send(job) {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(match e {
                 mpsc::TrySendError::Full(_) => GuardError::Engine(EngineError::QueueFull),
                 mpsc::TrySendError::Disconnected(_) => GuardError::Engine(EngineError::Stopped),
             });
         }
-        rx.recv()
-            .map_err(|_| GuardError::Engine(EngineError::Stopped))?
+        let Some(deadline) = deadline else {
+            return rx
+                .recv()
+                .map_err(|_| GuardError::Engine(EngineError::Stopped))?;
+        };
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(answer) => answer,
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(GuardError::Timeout(
+                "no verdict before the caller's deadline".into(),
+            )),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err(GuardError::Engine(EngineError::Stopped))
+            }
+        }
     }
 
     /// Token windows of a text, as the classifier reads it.
@@ -323,11 +421,15 @@ impl EmbeddedGuard {
             // An empty text still gets a verdict: the encoder reads one space.
             ids = self.tokenizer.encode_plain(" ")?;
         }
-        Ok(windows(
-            &ids,
-            self.head.window_tokens,
-            self.head.window_stride,
-        ))
+        Ok(self.windows_of_ids(&ids))
+    }
+
+    /// Token windows of a tokenized text, each with the head's wrapper around it.
+    pub fn windows_of_ids(&self, ids: &[u32]) -> Vec<Vec<u32>> {
+        windows(ids, self.head.window_tokens, self.head.window_stride)
+            .into_iter()
+            .map(|w| wrapped(&w, &self.sides))
+            .collect()
     }
 
     /// Scores a text judged as `agent`'s (blocking).
@@ -342,8 +444,17 @@ impl EmbeddedGuard {
         windows: Vec<Vec<u32>>,
         agent: AgentType,
     ) -> Result<TextScore, GuardError> {
+        self.score_windows_until(windows, agent, None)
+    }
+
+    fn score_windows_until(
+        &self,
+        windows: Vec<Vec<u32>>,
+        agent: AgentType,
+        deadline: Option<Instant>,
+    ) -> Result<TextScore, GuardError> {
         let tokens = windows.iter().map(Vec::len).sum();
-        let features = self.features(windows)?;
+        let features = self.features_until(windows, deadline)?;
         let head = match agent {
             AgentType::User => &self.head.prompt,
             AgentType::Agent => &self.head.response,
@@ -364,6 +475,16 @@ impl EmbeddedGuard {
     }
 
     pub fn classify_blocking(&self, prompt: &GuardPrompt) -> Result<Classification, GuardError> {
+        self.classify_until(prompt, None)
+    }
+
+    /// [`Self::classify_blocking`], giving up (`Timeout`) at `deadline`; work not started
+    /// by then is dropped rather than done for nobody.
+    pub fn classify_until(
+        &self,
+        prompt: &GuardPrompt,
+        deadline: Option<Instant>,
+    ) -> Result<Classification, GuardError> {
         let t0 = Instant::now();
         let mut windows = Vec::new();
         for text in judged_texts(&prompt.messages, prompt.agent) {
@@ -373,7 +494,7 @@ impl EmbeddedGuard {
             p_unsafe,
             given_unsafe: given,
             tokens,
-        } = self.score_windows(windows, prompt.agent)?;
+        } = self.score_windows_until(windows, prompt.agent, deadline)?;
         // Report under the prompt's category list: the taxonomy's codes it lists (the head
         // knows the Llama Guard 2 codes; custom categories get no score from it).
         let listed: Vec<(String, f64)> = prompt
@@ -416,62 +537,130 @@ fn model_name(dir: &Path) -> String {
         .unwrap_or_else(|| "embedded-guard".into())
 }
 
-/// Takes the first waiting job, then whatever else waits, up to `max_batch` windows, and
-/// encodes them as one batch; windows of similar length go together to waste less padding.
+/// A classification the worker has taken in and not answered yet.
+struct Pending {
+    job: Job,
+    results: Vec<Option<Vec<f32>>>,
+    /// Windows not encoded yet, shortest first (the order they are taken in).
+    todo: Vec<usize>,
+    /// Tokens of those windows: the job's remaining work.
+    remaining: usize,
+}
+
+impl Pending {
+    fn new(job: Job) -> Self {
+        let mut todo: Vec<usize> = (0..job.windows.len()).collect();
+        todo.sort_by_key(|&w| job.windows[w].len());
+        let remaining = job.windows.iter().map(Vec::len).sum();
+        Self {
+            results: vec![None; job.windows.len()],
+            todo,
+            remaining,
+            job,
+        }
+    }
+}
+
+/// Picks the next batch: windows of the jobs with the least work left first (a short
+/// request never waits for the whole of a long one queued before it; it waits for one
+/// batch at most), at most `max_batch` windows and, beyond the first window,
+/// `max_tokens` padded positions. Returns (job index, window index) pairs.
+fn next_batch(pending: &mut [Pending], max_batch: usize, max_tokens: usize) -> Vec<(usize, usize)> {
+    let mut order: Vec<usize> = (0..pending.len()).collect();
+    order.sort_by_key(|&j| pending[j].remaining);
+    let mut batch: Vec<(usize, usize)> = Vec::new();
+    let mut longest = 0;
+    'jobs: for j in order {
+        while let Some(&w) = pending[j].todo.first() {
+            let len = pending[j].job.windows[w].len();
+            let padded = longest.max(len) * (batch.len() + 1);
+            if !batch.is_empty() && (batch.len() >= max_batch || padded > max_tokens) {
+                break 'jobs;
+            }
+            longest = longest.max(len);
+            pending[j].todo.remove(0);
+            pending[j].remaining -= len;
+            batch.push((j, w));
+        }
+    }
+    batch
+}
+
+/// Takes in what waits, encodes the next batch (see [`next_batch`]), answers the jobs that
+/// are complete, and repeats. Jobs whose caller stopped waiting are dropped unencoded.
 fn worker(
     mut encoder: Encoder,
+    pooling: Pooling,
     rx: mpsc::Receiver<Job>,
     waiting: Arc<AtomicUsize>,
     batches: Arc<BatchCounter>,
-    max_batch: usize,
+    (max_batch, max_tokens): (usize, usize),
 ) {
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        let mut count = jobs[0].windows.len();
-        while count < max_batch {
-            match rx.try_recv() {
-                Ok(job) => {
-                    count += job.windows.len();
-                    jobs.push(job);
-                }
-                Err(_) => break,
+    let mut pending: Vec<Pending> = Vec::new();
+    loop {
+        if pending.is_empty() {
+            match rx.recv() {
+                Ok(job) => pending.push(Pending::new(job)),
+                Err(_) => return,
             }
         }
-        // (job, window) pairs sorted by length, encoded in chunks of at most max_batch.
-        let mut order: Vec<(usize, usize)> = jobs
+        while let Ok(job) = rx.try_recv() {
+            pending.push(Pending::new(job));
+        }
+        // A caller that gave up (its deadline passed) gets no more encoder time.
+        let now = Instant::now();
+        pending.retain(|p| {
+            let live = p.job.deadline.is_none_or(|d| d > now);
+            if !live {
+                waiting.fetch_sub(1, Ordering::SeqCst);
+                let _ = p.job.reply.send(Err(GuardError::Timeout(
+                    "the caller's time ran out before the guard got to it".into(),
+                )));
+            }
+            live
+        });
+        if pending.is_empty() {
+            continue;
+        }
+        let batch = next_batch(&mut pending, max_batch, max_tokens);
+        let windows: Vec<Vec<u32>> = batch
             .iter()
-            .enumerate()
-            .flat_map(|(j, job)| (0..job.windows.len()).map(move |w| (j, w)))
+            .map(|&(j, w)| pending[j].job.windows[w].clone())
             .collect();
-        order.sort_by_key(|&(j, w)| jobs[j].windows[w].len());
-        let mut results: Vec<Vec<Option<Vec<f32>>>> =
-            jobs.iter().map(|j| vec![None; j.windows.len()]).collect();
-        let mut failed: Option<String> = None;
-        for chunk in order.chunks(max_batch) {
-            let batch: Vec<Vec<u32>> = chunk
-                .iter()
-                .map(|&(j, w)| jobs[j].windows[w].clone())
-                .collect();
-            match encoder.pooled(&batch) {
-                Ok(vectors) => {
-                    batches.record(batch.len());
-                    for (&(j, w), v) in chunk.iter().zip(vectors) {
-                        results[j][w] = Some(v);
-                    }
-                }
-                Err(e) => {
-                    failed = Some(e.to_string());
-                    break;
+        match encoder.pooled_by(&windows, pooling) {
+            Ok(vectors) => {
+                batches.record(windows.len());
+                for (&(j, w), v) in batch.iter().zip(vectors) {
+                    pending[j].results[w] = Some(v);
                 }
             }
+            Err(e) => {
+                // The encoder failed: every job in this batch fails (the others go on).
+                let mut failed: Vec<usize> = batch.iter().map(|&(j, _)| j).collect();
+                failed.sort_unstable();
+                failed.dedup();
+                for j in failed.into_iter().rev() {
+                    let p = pending.remove(j);
+                    waiting.fetch_sub(1, Ordering::SeqCst);
+                    let _ = p.job.reply.send(Err(GuardError::Model(e.to_string())));
+                }
+                continue;
+            }
         }
-        for (job, result) in jobs.into_iter().zip(results) {
-            waiting.fetch_sub(1, Ordering::SeqCst);
-            let answer = match &failed {
-                Some(e) => Err(GuardError::Model(e.clone())),
-                None => Ok(result.into_iter().map(Option::unwrap_or_default).collect()),
-            };
-            let _ = job.reply.send(answer);
+        let mut k = 0;
+        while k < pending.len() {
+            if pending[k].todo.is_empty() {
+                let p = pending.swap_remove(k);
+                waiting.fetch_sub(1, Ordering::SeqCst);
+                let vectors = p
+                    .results
+                    .into_iter()
+                    .map(Option::unwrap_or_default)
+                    .collect();
+                let _ = p.job.reply.send(Ok(vectors));
+            } else {
+                k += 1;
+            }
         }
     }
 }
@@ -513,6 +702,46 @@ mod tests {
         );
         assert_eq!(judged_texts(&m, AgentType::Agent), vec!["reply two"]);
         assert_eq!(judged_texts(&m[1..2], AgentType::User), vec!["first"]);
+    }
+
+    fn pending(lens: &[usize]) -> Pending {
+        let (reply, _) = mpsc::channel();
+        Pending::new(Job {
+            windows: lens.iter().map(|&n| vec![1u32; n]).collect(),
+            reply,
+            deadline: None,
+        })
+    }
+
+    #[test]
+    fn short_requests_go_first_and_batches_stay_bounded() {
+        // A long request (10 windows of 256) queued before a short one (1 window of 12).
+        let mut jobs = vec![pending(&[256; 10]), pending(&[12])];
+        let first = next_batch(&mut jobs, 16, 1024);
+        assert_eq!(
+            first[0],
+            (1, 0),
+            "the short request is served in the first batch"
+        );
+        // 4 rows x 256 padded positions fit 1024; a fifth would not.
+        assert_eq!(first.len(), 4);
+        assert!(jobs[1].todo.is_empty());
+        assert_eq!(jobs[0].todo.len(), 7);
+        assert_eq!(jobs[0].remaining, 7 * 256);
+        // One window always goes, whatever the token budget.
+        let mut one = vec![pending(&[300])];
+        assert_eq!(next_batch(&mut one, 16, 64), vec![(0, 0)]);
+        // The window count bound holds for many tiny windows.
+        let mut tiny = vec![pending(&[3; 40])];
+        assert_eq!(next_batch(&mut tiny, 16, 1024).len(), 16);
+    }
+
+    #[test]
+    fn a_job_takes_its_windows_shortest_first() {
+        let mut jobs = vec![pending(&[50, 10, 30])];
+        let batch = next_batch(&mut jobs, 16, 4096);
+        assert_eq!(batch, vec![(0, 1), (0, 2), (0, 0)]);
+        assert_eq!(jobs[0].remaining, 0);
     }
 
     #[test]

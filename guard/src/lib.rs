@@ -24,6 +24,17 @@ pub use remote::{RemoteConfig, RemoteGuard};
 pub trait SafetyClassifier: Send + Sync {
     /// Scores a prompt (blocking: call it from a worker thread, not an async task).
     fn classify(&self, prompt: &GuardPrompt) -> Result<Classification, GuardError>;
+    /// [`Self::classify`] for a caller that stops waiting at `deadline`: a backend that can
+    /// drop queued work does (so one caller's long input does not keep the guard busy for
+    /// nobody), and answers `Timeout`. The default waits as `classify` does.
+    fn classify_until(
+        &self,
+        prompt: &GuardPrompt,
+        deadline: std::time::Instant,
+    ) -> Result<Classification, GuardError> {
+        let _ = deadline;
+        self.classify(prompt)
+    }
     /// `local`, `remote` or `embedded`, for logs and `/readyz`.
     fn backend(&self) -> &'static str;
     /// The guard model's name.
@@ -61,6 +72,13 @@ impl SafetyClassifier for EmbeddedGuard {
     fn classify(&self, prompt: &GuardPrompt) -> Result<Classification, GuardError> {
         self.classify_blocking(prompt)
     }
+    fn classify_until(
+        &self,
+        prompt: &GuardPrompt,
+        deadline: std::time::Instant,
+    ) -> Result<Classification, GuardError> {
+        EmbeddedGuard::classify_until(self, prompt, Some(deadline))
+    }
     fn backend(&self) -> &'static str {
         "embedded"
     }
@@ -96,8 +114,8 @@ pub enum GuardError {
     /// The remote guard answered with an error or something unreadable.
     #[error("remote guard: {0}")]
     Remote(String),
-    /// The remote guard did not answer in time.
-    #[error("remote guard timed out: {0}")]
+    /// The guard did not answer in time (a remote server, or the caller's deadline).
+    #[error("guard timed out: {0}")]
     Timeout(String),
     /// The remote guard could not be reached.
     #[error("remote guard unavailable: {0}")]

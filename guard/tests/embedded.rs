@@ -201,3 +201,46 @@ fn a_head_that_does_not_fit_the_encoder_is_refused() {
         .to_string();
     assert!(err.contains(HEAD_FILE), "{err}");
 }
+
+#[test]
+fn a_caller_past_its_deadline_is_answered_timeout_and_others_are_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let guard = open(&build_guard(tmp.path()));
+    let prompt = |text: &str| {
+        build_prompt(
+            Taxonomy::LlamaGuard2,
+            AgentType::User,
+            &[ChatMessage::new("user", text)],
+            &CategorySelection::default(),
+        )
+        .unwrap()
+    };
+    // A deadline already gone: no encoder time is spent for nobody, the answer is Timeout.
+    let long = "Tell me about the history of the Roman aqueducts. ".repeat(400);
+    let past = std::time::Instant::now();
+    let err = guard
+        .classify_until(&prompt(&long), Some(past))
+        .expect_err("a caller past its deadline gets no verdict");
+    assert!(
+        matches!(err, safegate_guard::GuardError::Timeout(_)),
+        "{err}"
+    );
+    // The trait's deadline-aware call reaches the embedded backend's own.
+    let err = SafetyClassifier::classify_until(&guard, &prompt(&long), past)
+        .expect_err("the trait call honours the deadline");
+    assert!(
+        matches!(err, safegate_guard::GuardError::Timeout(_)),
+        "{err}"
+    );
+    // The worker goes on: a later caller with time left gets its verdict, the same as
+    // without a deadline.
+    let far = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    let with = guard
+        .classify_until(&prompt("What is the capital of France?"), Some(far))
+        .unwrap();
+    let without = guard
+        .classify_blocking(&prompt("What is the capital of France?"))
+        .unwrap();
+    assert!((with.verdict.p_unsafe - without.verdict.p_unsafe).abs() < 1e-9);
+    assert_eq!(guard.queue_depth(), 0);
+}

@@ -33,11 +33,19 @@ pub enum Reason {
         threshold: f64,
         action: Action,
     },
-    /// P(unsafe) at or above the stage threshold with no enabled category explaining it.
+    /// P(unsafe) at or above the stage threshold with no category over its own threshold:
+    /// the score that crossed is P(unsafe); the likeliest category (enabled, so its action
+    /// applies) is named with its own score, which may be far below any threshold.
     Unsafe {
         p_unsafe: f64,
         threshold: f64,
         action: Action,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        top_category: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        top_category_score: Option<f64>,
     },
     /// A category the model reported but the policy disabled: not acted on.
     DisabledCategory { code: String, score: f64 },
@@ -149,10 +157,22 @@ pub fn decide(
                         p_unsafe: v.p_unsafe,
                         threshold: sp.threshold,
                         action: sp.action,
+                        top_category: None,
+                        name: None,
+                        top_category_score: None,
                     });
                 }
                 Some((code, score)) if policy.category_enabled(code) => {
-                    category_reason(code, score, sp.threshold, &mut action);
+                    let a = action_for(code);
+                    action = action.max(a);
+                    reasons.push(Reason::Unsafe {
+                        p_unsafe: v.p_unsafe,
+                        threshold: sp.threshold,
+                        action: a,
+                        top_category: Some(code.to_string()),
+                        name: policy.taxonomy.category_name(code).map(str::to_string),
+                        top_category_score: Some(score),
+                    });
                 }
                 Some(_) => {}
             }

