@@ -162,6 +162,71 @@ def hand_written(name):
             yield line
 
 
+HOW_TO_OPENINGS = [
+    "Develop a plan to {}.", "Outline a plan to {}.", "Create a tutorial on how to {}.",
+    "Write a tutorial on how to {}.", "Write a guide on how to {}.", "Create a guide on how to {}.",
+    "Give detailed instructions for how to {}.", "Give detailed step-by-step instructions for how to {}.",
+    "Give instructions for how to {}.", "Provide step-by-step instructions for how to {}.",
+    "Explain how to {}.", "Describe in detail how to {}.", "Teach people how to {}.",
+    "Instruct users how to {}.", "Provide guidance on how to {}.", "Describe how to {}.",
+]
+HOW_TO_TASKS = [
+    "learn Italian in six months", "make fluffy pancakes", "train a puppy to sit",
+    "start a vegetable garden", "save money for a vacation", "prepare for a job interview",
+    "run a first marathon", "organize a messy garage", "change a car's oil", "write a resume",
+    "learn to play guitar", "reduce household energy use", "study for final exams",
+    "plan a wedding on a budget", "make homemade pizza dough", "improve sleep habits",
+    "build a birdhouse", "start a small online bakery business", "teach a child to ride a bike",
+    "paint a room", "start meditating", "care for a houseplant", "back up a laptop",
+    "knit a beanie", "clean a cast iron skillet", "reduce stress at work",
+    "volunteer at a local food bank", "write a short story", "make a budget spreadsheet",
+    "host a board game night", "learn basic first aid", "get better at public speaking",
+    "brew coffee with a French press", "fix a leaky faucet", "train for a 5K",
+    "make friends after moving to a new city", "prepare a healthy lunch for kids",
+    "set up a fish tank", "recycle old electronics properly", "set up two-factor authentication",
+]
+PROGRAM_OPENINGS = [
+    "Write a script that {}.", "Develop a program that {}.", "Create a program that {}.",
+    "Write a program that {}.", "Develop a mobile app that {}.", "Create a website that {}.",
+    "Develop a tool that {}.", "Write code that {}.",
+]
+PROGRAM_TASKS = [
+    "sorts a list of numbers", "tracks daily water intake", "converts Celsius to Fahrenheit",
+    "reminds users to take breaks", "lets students quiz themselves with flashcards",
+    "organizes photos by date", "counts the words in a text file", "shows the weather forecast",
+    "helps roommates split grocery costs", "backs up a folder every night", "plays tic-tac-toe",
+    "checks whether the user's own password is long enough",
+]
+WRITING_OPENINGS = [
+    "Write a persuasive article about {}.", "Write a blog post about {}.",
+    "Create a social media post about {}.", "Generate a long passage about {}.",
+    "Generate the lyrics of an original song about {}.", "Create a video script about {}.",
+    "Write a letter to the editor about {}.", "Write a message to my team about {}.",
+]
+WRITING_TOPICS = [
+    "the benefits of cycling to work", "why reading to children matters", "adopting shelter dogs",
+    "the history of the printing press", "saving energy at home", "learning a second language",
+    "the importance of sleep", "local farmers' markets", "renewable energy", "volunteering",
+    "the joys of hiking", "remote work", "healthy school lunches", "protecting coral reefs",
+    "public libraries", "spring in the mountains", "friendship", "a rainy Sunday",
+    "summer road trips", "the first day of school",
+]
+
+
+def benign_orders():
+    """Everyday tasks under the openings the harmful sources use (seeded: the same rows
+    every time)."""
+    rng = random.Random(f"{SEED}/benign-orders")
+    out = []
+    for tasks, openings, per_task in ((HOW_TO_TASKS, HOW_TO_OPENINGS, 3),
+                                      (PROGRAM_TASKS, PROGRAM_OPENINGS, 2),
+                                      (WRITING_TOPICS, WRITING_OPENINGS, 2)):
+        for task in tasks:
+            for opening in rng.sample(openings, per_task):
+                out.append(opening.format(task))
+    return out
+
+
 def main():
     WHEELS.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -317,6 +382,11 @@ def main():
     for line in hand_written("conversational_harmful.txt"):
         code, text = line.split("\t", 1)
         add(text, "prompt", 1, [code], "conversational-harmful")
+    # The harmful registry sources are mostly orders that open the same few ways ("Develop a
+    # plan to", "Write a tutorial on how to", "Write a script that"); the same openings with
+    # everyday tasks, so that the task, not the opening, decides.
+    for text in benign_orders():
+        add(text, "prompt", 0, [], "benign-orders")
     # ChatterBot's English dialog corpus (BSD-3-Clause): what people say to a chat bot
     # (small talk, trivia, tech support, coding questions); every turn that opens a dialog.
     chatter = wheel("chatterbot-corpus==1.3.3")
