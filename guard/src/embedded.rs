@@ -545,10 +545,12 @@ struct Pending {
     todo: Vec<usize>,
     /// Tokens of those windows: the job's remaining work.
     remaining: usize,
+    /// Arrival order (ties go to the earlier job).
+    seq: u64,
 }
 
 impl Pending {
-    fn new(job: Job) -> Self {
+    fn new(job: Job, seq: u64) -> Self {
         let mut todo: Vec<usize> = (0..job.windows.len()).collect();
         todo.sort_by_key(|&w| job.windows[w].len());
         let remaining = job.windows.iter().map(Vec::len).sum();
@@ -556,21 +558,58 @@ impl Pending {
             results: vec![None; job.windows.len()],
             todo,
             remaining,
+            seq,
             job,
+        }
+    }
+
+    /// Scheduling order (smaller first): callers with a deadline they can still meet, least
+    /// slack first (the time left minus the time their remaining work needs at `rate`
+    /// tokens/s); then callers without a deadline, least work left first; then callers that
+    /// cannot make their deadline any more (they are answered `Timeout` when it passes).
+    /// Ties go to the earlier arrival.
+    fn order_key(&self, now: Instant, rate: f64) -> (u8, f64, usize, u64) {
+        let need = self.remaining as f64 / rate.max(1.0);
+        match self.job.deadline {
+            Some(d) => {
+                let slack = d.saturating_duration_since(now).as_secs_f64() - need;
+                if slack >= 0.0 {
+                    (0, slack, self.remaining, self.seq)
+                } else {
+                    (2, 0.0, self.remaining, self.seq)
+                }
+            }
+            None => (1, 0.0, self.remaining, self.seq),
         }
     }
 }
 
-/// Picks the next batch: windows of the jobs with the least work left first (a short
-/// request never waits for the whole of a long one queued before it; it waits for one
-/// batch at most), at most `max_batch` windows and, beyond the first window,
-/// `max_tokens` padded positions. Returns (job index, window index) pairs.
-fn next_batch(pending: &mut [Pending], max_batch: usize, max_tokens: usize) -> Vec<(usize, usize)> {
-    let mut order: Vec<usize> = (0..pending.len()).collect();
-    order.sort_by_key(|&j| pending[j].remaining);
+/// Picks the next batch: whole windows of the jobs first in [`Pending::order_key`] order, at
+/// most `max_batch` windows and, beyond the first window, `max_tokens` padded positions
+/// (so one run stays short and whoever is next waits for one run at most). Returns (job
+/// index, window index) pairs.
+fn next_batch(
+    pending: &mut [Pending],
+    (max_batch, max_tokens): (usize, usize),
+    now: Instant,
+    rate: f64,
+) -> Vec<(usize, usize)> {
+    let mut order: Vec<(usize, (u8, f64, usize, u64))> = pending
+        .iter()
+        .enumerate()
+        .map(|(j, p)| (j, p.order_key(now, rate)))
+        .collect();
+    // Class, then slack (feasible class only; 0 otherwise), work left, arrival.
+    order.sort_by(|a, b| {
+        a.1 .0
+            .cmp(&b.1 .0)
+            .then(a.1 .1.total_cmp(&b.1 .1))
+            .then(a.1 .2.cmp(&b.1 .2))
+            .then(a.1 .3.cmp(&b.1 .3))
+    });
     let mut batch: Vec<(usize, usize)> = Vec::new();
     let mut longest = 0;
-    'jobs: for j in order {
+    'jobs: for (j, _) in order {
         while let Some(&w) = pending[j].todo.first() {
             let len = pending[j].job.windows[w].len();
             let padded = longest.max(len) * (batch.len() + 1);
@@ -597,15 +636,22 @@ fn worker(
     (max_batch, max_tokens): (usize, usize),
 ) {
     let mut pending: Vec<Pending> = Vec::new();
+    let mut seq = 0u64;
+    // Encoder speed in tokens/s (padded positions), a running estimate for the slack.
+    let mut rate = 1000.0f64;
     loop {
         if pending.is_empty() {
             match rx.recv() {
-                Ok(job) => pending.push(Pending::new(job)),
+                Ok(job) => {
+                    seq += 1;
+                    pending.push(Pending::new(job, seq));
+                }
                 Err(_) => return,
             }
         }
         while let Ok(job) = rx.try_recv() {
-            pending.push(Pending::new(job));
+            seq += 1;
+            pending.push(Pending::new(job, seq));
         }
         // A caller that gave up (its deadline passed) gets no more encoder time.
         let now = Instant::now();
@@ -622,13 +668,17 @@ fn worker(
         if pending.is_empty() {
             continue;
         }
-        let batch = next_batch(&mut pending, max_batch, max_tokens);
+        let batch = next_batch(&mut pending, (max_batch, max_tokens), now, rate);
         let windows: Vec<Vec<u32>> = batch
             .iter()
             .map(|&(j, w)| pending[j].job.windows[w].clone())
             .collect();
+        let started = Instant::now();
         match encoder.pooled_by(&windows, pooling) {
             Ok(vectors) => {
+                let padded = windows.iter().map(Vec::len).max().unwrap_or(0) * windows.len();
+                let seconds = started.elapsed().as_secs_f64().max(1e-6);
+                rate = 0.8 * rate + 0.2 * (padded as f64 / seconds);
                 batches.record(windows.len());
                 for (&(j, w), v) in batch.iter().zip(vectors) {
                     pending[j].results[w] = Some(v);
@@ -704,20 +754,28 @@ mod tests {
         assert_eq!(judged_texts(&m[1..2], AgentType::User), vec!["first"]);
     }
 
-    fn pending(lens: &[usize]) -> Pending {
+    fn job(lens: &[usize], deadline: Option<Instant>, seq: u64) -> Pending {
         let (reply, _) = mpsc::channel();
-        Pending::new(Job {
-            windows: lens.iter().map(|&n| vec![1u32; n]).collect(),
-            reply,
-            deadline: None,
-        })
+        Pending::new(
+            Job {
+                windows: lens.iter().map(|&n| vec![1u32; n]).collect(),
+                reply,
+                deadline,
+            },
+            seq,
+        )
+    }
+
+    fn pending(lens: &[usize]) -> Pending {
+        job(lens, None, 0)
     }
 
     #[test]
     fn short_requests_go_first_and_batches_stay_bounded() {
         // A long request (10 windows of 256) queued before a short one (1 window of 12).
         let mut jobs = vec![pending(&[256; 10]), pending(&[12])];
-        let first = next_batch(&mut jobs, 16, 1024);
+        let now = Instant::now();
+        let first = next_batch(&mut jobs, (16, 1024), now, 1000.0);
         assert_eq!(
             first[0],
             (1, 0),
@@ -730,16 +788,45 @@ mod tests {
         assert_eq!(jobs[0].remaining, 7 * 256);
         // One window always goes, whatever the token budget.
         let mut one = vec![pending(&[300])];
-        assert_eq!(next_batch(&mut one, 16, 64), vec![(0, 0)]);
+        assert_eq!(next_batch(&mut one, (16, 64), now, 1000.0), vec![(0, 0)]);
         // The window count bound holds for many tiny windows.
         let mut tiny = vec![pending(&[3; 40])];
-        assert_eq!(next_batch(&mut tiny, 16, 1024).len(), 16);
+        assert_eq!(next_batch(&mut tiny, (16, 1024), now, 1000.0).len(), 16);
+    }
+
+    #[test]
+    fn callers_closest_to_their_deadline_go_first_and_lost_causes_last() {
+        let now = Instant::now();
+        let secs = |s: f64| Some(now + std::time::Duration::from_secs_f64(s));
+        // At 1,000 tokens/s: a long job (2,560 tokens, 2.56 s of work) due in 5 s has 2.44 s
+        // of slack; a short one (12 tokens) due in 5 s has 4.99 s: the long one goes first.
+        let mut jobs = vec![job(&[12], secs(5.0), 2), job(&[256; 10], secs(5.0), 1)];
+        assert_eq!(next_batch(&mut jobs, (16, 256), now, 1000.0)[0], (1, 0));
+        // A short job due in 0.1 s beats a long one due in 5 s.
+        let mut jobs = vec![job(&[256; 10], secs(5.0), 1), job(&[12], secs(0.1), 2)];
+        assert_eq!(next_batch(&mut jobs, (16, 256), now, 1000.0)[0], (1, 0));
+        // A job that cannot finish before its deadline waits behind everyone else, callers
+        // without a deadline included.
+        let mut jobs = vec![job(&[256; 10], secs(1.0), 1), job(&[12], None, 2)];
+        assert_eq!(next_batch(&mut jobs, (16, 256), now, 1000.0)[0], (1, 0));
+        // Without deadlines: least work first, then arrival (equal jobs are served in turn,
+        // not by whichever a swap left in front).
+        let mut jobs = vec![
+            job(&[256; 4], None, 3),
+            job(&[256; 4], None, 2),
+            job(&[30], None, 4),
+        ];
+        let order: Vec<usize> = next_batch(&mut jobs, (16, 4096), now, 1000.0)
+            .into_iter()
+            .map(|(j, _)| j)
+            .collect();
+        assert_eq!(order, vec![2, 1, 1, 1, 1, 0, 0, 0, 0]);
     }
 
     #[test]
     fn a_job_takes_its_windows_shortest_first() {
         let mut jobs = vec![pending(&[50, 10, 30])];
-        let batch = next_batch(&mut jobs, 16, 4096);
+        let batch = next_batch(&mut jobs, (16, 4096), Instant::now(), 1000.0);
         assert_eq!(batch, vec![(0, 1), (0, 2), (0, 0)]);
         assert_eq!(jobs[0].remaining, 0);
     }
