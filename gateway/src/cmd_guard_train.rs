@@ -472,6 +472,7 @@ const HAND_WRITTEN: &[&str] = &[
     "everyday-benign",
     "lookalike-benign",
     "conversational-harmful",
+    "statements",
 ];
 
 /// Scores every row of the chosen splits through the embedded guard exactly as the gateway

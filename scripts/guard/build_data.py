@@ -251,6 +251,10 @@ def main():
     for line in hand_written("dev/harmful.txt"):
         code, text = line.split("\t", 1)
         add(text, "prompt", 1, [code], "dev-harmful", split="dev")
+    for line in hand_written("dev/statements.txt"):
+        code, text = line.split("\t", 1)
+        unsafe = code != "safe"
+        add(text, "prompt", int(unsafe), [code] if unsafe else [], "dev-statements", split="dev")
     # The prompts of the issue that reported the false refusals, and the README's examples.
     for line in hand_written("probe.txt"):
         code, text = line.split("\t", 1)
@@ -379,6 +383,11 @@ def main():
         add(line, "prompt", 0, [], "everyday-benign")
     for line in hand_written("lookalike_benign.txt"):
         add(line, "prompt", 0, [], "lookalike-benign")
+    # Content rather than requests: what a user pastes or says (a moderation call's input).
+    for line in hand_written("statements.txt"):
+        code, text = line.split("\t", 1)
+        unsafe = code != "safe"
+        add(text, "prompt", int(unsafe), [code] if unsafe else [], "statements")
     for line in hand_written("conversational_harmful.txt"):
         code, text = line.split("\t", 1)
         add(text, "prompt", 1, [code], "conversational-harmful")
