@@ -939,6 +939,86 @@ fn upstream_models_are_relayed_with_the_same_checks() {
     );
 }
 
+/// Nothing an upstream says on an error path reaches the client: an error answer's body, a
+/// malformed stream line and an in-stream error message go to the server log; the client
+/// gets a fixed OpenAI-style error naming the model and the status.
+#[test]
+fn upstream_error_texts_never_reach_the_client() {
+    let secret = "db_password=hunter2";
+    let answer500 = format!(
+        "HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nTraceback (most recent call last): {secret}"
+    )
+    .into_bytes();
+    let answer400 = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{{\"error\": {{\"message\": \"bad field; {secret}\"}}}}"
+    )
+    .into_bytes();
+    let malformed = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\ndata: {{{secret}\n\n"
+    )
+    .into_bytes();
+    let mut midstream = sse_response(&[delta("Hello")]);
+    // Replace the stream's end with an in-stream error event.
+    let text = String::from_utf8(midstream.clone()).unwrap();
+    let cut = text.find("data: [DONE]").expect("a [DONE] line");
+    midstream = format!(
+        "{}data: {{\"error\": {{\"message\": \"{secret}\"}}}}\n\n",
+        &text[..cut]
+    )
+    .into_bytes();
+    let dir = tempfile::tempdir().unwrap();
+    let config = upstream_config(
+        &dir,
+        &[
+            ("e500", &fake_upstream(vec![answer500.clone(), answer500])),
+            ("e400", &fake_upstream(vec![answer400.clone(), answer400])),
+            (
+                "malformed",
+                &fake_upstream(vec![malformed.clone(), malformed]),
+            ),
+            (
+                "midstream",
+                &fake_upstream(vec![midstream.clone(), midstream]),
+            ),
+        ],
+    );
+    let s = start(&["--config", &config]);
+    let messages = json!([{"role": "user", "content": "Tell me a story"}]);
+    // The whole text of an answer, whatever its status.
+    let raw = |body: Value| -> (u16, String) {
+        match ureq::post(&format!("{}/v1/chat/completions", s.base)).send_json(body) {
+            Ok(r) => (r.status(), r.into_string().unwrap()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    for (model, status, code) in [
+        ("e500", 502, "upstream_error"),
+        ("e400", 400, "upstream_rejected"),
+        ("malformed", 502, "upstream_error"),
+        ("midstream", 502, "upstream_error"),
+    ] {
+        let (got, text) = raw(json!({"model": model, "messages": messages}));
+        assert!(
+            !text.contains("hunter2"),
+            "{model}: the upstream's text leaked: {text}"
+        );
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            (got, v["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{model}: {v}"
+        );
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(model), "{model}: {message}");
+        let (_, text) = raw(json!({"model": model, "messages": messages, "stream": true}));
+        assert!(
+            !text.contains("hunter2"),
+            "{model} streamed: the upstream's text leaked: {text}"
+        );
+    }
+}
+
 /// A real Prometheus server (Debian's `prometheus`; .ci/run installs it) scrapes the
 /// gateway: the exposition parses, and the metrics can be queried with their labels.
 #[test]

@@ -99,28 +99,29 @@ fn relay(
     let response = match request.send_json(body) {
         Ok(r) => r,
         Err(ureq::Error::Status(code, r)) => {
-            // The upstream's own OpenAI-style message, when it sent one.
-            let text = r.into_string().unwrap_or_default();
-            let message = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| {
-                    v.pointer("/error/message")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                })
-                .unwrap_or_else(|| text.chars().take(300).collect());
+            // What the upstream said stays in the server log: an error body can carry
+            // anything (stack traces, connection strings), and nothing an upstream says
+            // reaches the client without the checks. The client learns the model and the
+            // status.
+            let text: String = r
+                .into_string()
+                .unwrap_or_default()
+                .chars()
+                .take(2000)
+                .collect();
+            tracing::warn!(model = %model.name, status = code, body = %text, "upstream error answer");
             return Err(
                 if (400..500).contains(&code) && code != 401 && code != 403 {
                     ApiError {
                         code: Some("upstream_rejected".into()),
                         ..ApiError::invalid(format!(
-                            "the upstream model `{}` refused the request ({code}): {message}",
+                            "the upstream model `{}` refused the request (HTTP {code})",
                             model.name
                         ))
                     }
                 } else {
                     bad_gateway(format!(
-                        "the upstream for `{}` answered {code}: {message}",
+                        "the upstream for `{}` answered HTTP {code}",
                         model.name
                     ))
                 },
@@ -128,6 +129,7 @@ fn relay(
         }
         Err(ureq::Error::Transport(t)) => {
             let timed_out = t.to_string().contains("timed out");
+            tracing::warn!(model = %model.name, error = %t, "upstream unreachable");
             return Err(if timed_out {
                 ApiError {
                     status: actix_web::http::StatusCode::GATEWAY_TIMEOUT,
@@ -135,7 +137,7 @@ fn relay(
                 }
             } else {
                 bad_gateway(format!(
-                    "the upstream for `{}` cannot be reached: {t}",
+                    "the upstream for `{}` cannot be reached",
                     model.name
                 ))
             });
@@ -155,7 +157,11 @@ fn relay(
             {
                 ApiError::timeout(timeout)
             } else {
-                bad_gateway(format!("the upstream stream broke off: {e}"))
+                tracing::warn!(model = %model.name, error = %e, "upstream stream broke off");
+                bad_gateway(format!(
+                    "the upstream for `{}` broke off its stream",
+                    model.name
+                ))
             }
         })?;
         if read == 0 {
@@ -186,7 +192,19 @@ fn relay(
                 }));
                 return Ok(());
             }
-            Err(e) => return Err(bad_gateway(e.to_string())),
+            Err(e) => {
+                // The event's text (a malformed line, an in-stream error message) goes to
+                // the log only, as for error answers above.
+                tracing::warn!(model = %model.name, error = %e, "upstream stream error");
+                let what = match e {
+                    safegate_sse::SseError::Malformed(_) => "sent a malformed stream event",
+                    safegate_sse::SseError::Upstream(_) => "failed mid-stream",
+                };
+                return Err(bad_gateway(format!(
+                    "the upstream for `{}` {what}",
+                    model.name
+                )));
+            }
         };
         if let Some((prompt_tokens, completion_tokens)) = chunk.usage {
             usage = Usage {
