@@ -508,10 +508,12 @@ fn parse_stream(frames: &[String]) -> (Vec<String>, Option<String>, Option<Value
 
 #[test]
 fn streams_equal_whole_responses_and_the_guard_releases_only_scored_text() {
-    // Threshold 1.0: the output guard runs on every window but never blocks.
+    // Threshold 1.0: the output guard runs on every window but never blocks. The shield is
+    // off: the tiny model's random tokens on one line would be held as possible code until
+    // the end, and this test is about what the guard releases.
     let pol = policy_dir(
         "name: default\ninput: { threshold: 1.0 }\noutput: { threshold: 1.0 }\n\
-         streaming: { rescore_every_tokens: 4, hold_back_tokens: 2 }\n",
+         streaming: { rescore_every_tokens: 4, hold_back_tokens: 2 }\nshield: { enabled: false }\n",
     );
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.jsonl");
@@ -586,9 +588,14 @@ fn a_client_that_disconnects_cancels_its_generation() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.jsonl");
     let model = fixture("tiny-llama3");
+    // The tiny model writes random tokens on one line, which the shield holds as possible
+    // code until the line ends; with the shield off the first frame comes at once.
+    let pol = policy_dir("name: default\nshield: { enabled: false }\n");
     let s = start(&[
         "--model",
         model.to_str().unwrap(),
+        "--policies",
+        pol.path().to_str().unwrap(),
         "--audit-log",
         log.to_str().unwrap(),
     ]);
@@ -937,6 +944,73 @@ fn upstream_models_are_relayed_with_the_same_checks() {
         (404, Some("model_not_found")),
         "{v}"
     );
+}
+
+/// Code without a fence is code too: an upstream streaming an insecure script without a
+/// fence gets the same verdict as with one, whole and streamed, and the insecure line never
+/// reaches the client.
+#[test]
+fn unfenced_code_from_an_upstream_is_held_until_scanned() {
+    let script = "import os\nimport sys\n\ndef clean(path):\n    os.system(\"rm -rf \" + path)\n\nclean(sys.argv[1])\n";
+    let unfenced = format!("Here is the script.\n{script}Run it with the folder as argument.\n");
+    let fenced = format!(
+        "Here is the script.\n```python\n{script}```\nRun it with the folder as argument.\n"
+    );
+    let pieces = |text: &str| -> Vec<u8> {
+        let deltas: Vec<Value> = text
+            .as_bytes()
+            .chunks(5)
+            .map(|c| delta(std::str::from_utf8(c).unwrap()))
+            .collect();
+        sse_response(&deltas)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = upstream_config(
+        &dir,
+        &[
+            (
+                "unfenced",
+                &fake_upstream(vec![pieces(&unfenced), pieces(&unfenced)]),
+            ),
+            (
+                "fenced",
+                &fake_upstream(vec![pieces(&fenced), pieces(&fenced)]),
+            ),
+        ],
+    );
+    let s = start(&["--config", &config]);
+    let messages = json!([{"role": "user", "content": "Write a cleanup script"}]);
+    for model in ["unfenced", "fenced"] {
+        let (code, whole) = post(
+            &s.base,
+            "/v1/chat/completions",
+            &json!({"model": model, "messages": messages}).to_string(),
+        );
+        assert_eq!(code, 200, "{whole}");
+        assert_eq!(
+            whole["choices"][0]["finish_reason"], "content_filter",
+            "{model} whole: {whole}"
+        );
+        let frames = sse(
+            &s.base,
+            &json!({"model": model, "messages": messages, "stream": true}),
+        );
+        let (deltas, finish, _) = parse_stream(&frames);
+        assert_eq!(
+            finish.as_deref(),
+            Some("content_filter"),
+            "{model}: {frames:?}"
+        );
+        let sent = deltas.concat();
+        assert!(
+            !sent.contains("os.system"),
+            "{model}: insecure code leaked: {sent}"
+        );
+        assert!(
+            !sent.contains("import os"),
+            "{model}: the script's start leaked: {sent}"
+        );
+    }
 }
 
 /// Nothing an upstream says on an error path reaches the client: an error answer's body, a

@@ -124,7 +124,7 @@ fn indent_width(line: &str) -> Option<usize> {
 }
 
 /// A sentence rather than code: several words, ending like a sentence, not like a statement.
-fn looks_like_prose(line: &str) -> bool {
+pub(crate) fn looks_like_prose(line: &str) -> bool {
     let t = line.trim();
     let words = t
         .split_whitespace()

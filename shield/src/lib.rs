@@ -420,7 +420,7 @@ impl Shield {
 
     /// Scans a whole text.
     pub fn scan(&self, text: &str, options: &ScanOptions) -> Result<Report, ShieldError> {
-        let mut s = StreamScanner::new(self, options.clone());
+        let mut s = StreamScanner::one_shot(self, options.clone());
         s.push(text)?;
         s.finish()
     }
@@ -627,6 +627,94 @@ pub struct StreamScanner<'s> {
     parser: Parser,
     report: Report,
     reported: usize,
+    /// Where the current run of code-like lines outside any block starts: code without a
+    /// fence is code too, so such lines are held until the run ends (a line of prose, a
+    /// fence, or the end) and has been scanned.
+    unfenced_run: Option<usize>,
+    /// Streaming: runs are scanned as they end, to know what may be released. One-shot
+    /// (`Shield::scan`): they are only scanned at the end, when needed.
+    scan_runs_early: bool,
+    /// Runs that ended, not scanned yet (one-shot).
+    runs: Vec<(usize, usize)>,
+    /// Findings and blocks of runs scanned early, kept out of the report until the end:
+    /// without a fence anywhere the whole text is scanned as code instead (as one-shot
+    /// does), so the two agree.
+    run_findings: Vec<RawFinding>,
+    run_blocks: Vec<BlockReport>,
+    /// The start of the first run with findings: held from there until the end.
+    held_from: Option<usize>,
+}
+
+/// A line with the marks of code even when it reads like a sentence (`def clean(path):`,
+/// `return os.system(cmd)`): a call's bracket right after a name, operators and brackets
+/// that prose does not use, or a statement keyword first.
+fn code_like(line: &str) -> bool {
+    const KEYWORDS: &[&str] = &[
+        "import",
+        "from",
+        "def",
+        "class",
+        "return",
+        "if",
+        "elif",
+        "else",
+        "for",
+        "while",
+        "try",
+        "except",
+        "with",
+        "let",
+        "const",
+        "var",
+        "fn",
+        "pub",
+        "use",
+        "func",
+        "package",
+        "public",
+        "private",
+        "static",
+        "void",
+        "int",
+        "char",
+        "async",
+        "await",
+        "using",
+        "namespace",
+        "echo",
+        "sudo",
+        "exec",
+        "eval",
+        "require",
+        "include",
+    ];
+    let called = line
+        .char_indices()
+        .any(|(i, c)| c == '(' && line[..i].ends_with(|p: char| p.is_alphanumeric() || p == '_'));
+    let operators = line.contains(['=', ';', '{', '}', '[', ']', '<', '>', '$', '`', '|'])
+        || line.contains("::")
+        || line.contains("->");
+    let first = line.split_whitespace().next().unwrap_or("");
+    let keyword = KEYWORDS.contains(&first) || first.starts_with("#include");
+    called || operators || keyword
+}
+
+/// An incomplete line that can only be prose so far: it starts with a letter, holds at
+/// least three words, and has nothing but letters, digits, spaces and sentence punctuation
+/// (no brackets, operators, quotes of code, dots inside words or line-leading indentation).
+fn plain_prose(partial: &str) -> bool {
+    let words = partial
+        .split_whitespace()
+        .filter(|w| w.chars().any(char::is_alphabetic))
+        .count();
+    let chars_ok = partial
+        .chars()
+        .all(|c| c.is_alphanumeric() || c == ' ' || ",!?'".contains(c) || c == '.');
+    // A dot only ends a word (followed by a space), never joins two (`os.system`).
+    let dots_ok = partial
+        .match_indices('.')
+        .all(|(i, _)| partial[i + 1..].starts_with(' '));
+    partial.starts_with(char::is_alphabetic) && words >= 3 && chars_ok && dots_ok
 }
 
 impl<'s> StreamScanner<'s> {
@@ -641,6 +729,22 @@ impl<'s> StreamScanner<'s> {
             parser: Parser::new(),
             report: Report::default(),
             reported: 0,
+            unfenced_run: None,
+            scan_runs_early: true,
+            runs: Vec::new(),
+            run_findings: Vec::new(),
+            run_blocks: Vec::new(),
+            held_from: None,
+        }
+    }
+
+    /// A scanner for a text given whole (push once, then finish): runs of unfenced code are
+    /// scanned at the end only, and only when a fence elsewhere keeps the whole text from
+    /// being scanned as code.
+    fn one_shot(shield: &'s Shield, options: ScanOptions) -> Self {
+        Self {
+            scan_runs_early: false,
+            ..Self::new(shield, options)
         }
     }
 
@@ -650,21 +754,22 @@ impl<'s> StreamScanner<'s> {
     }
 
     /// Byte offset from which text should be held back from a reader because it may belong
-    /// to a code block not yet scanned: the start of the open block; else the start of an
-    /// incomplete last line that may still become a fence or an indented code line; else
-    /// the end of the text (prose is released as it comes).
+    /// to code not yet scanned: the start of a run of code-like lines outside any block
+    /// (held until the run ends and is scanned, and to the end if the scan found something),
+    /// else the start of the open block; else the start of the incomplete last line unless
+    /// it is plain prose so far (words and sentence punctuation only: `os.system(` must not
+    /// go out a character at a time); else the end of the text.
     pub fn unscanned_from(&self) -> usize {
+        if let Some(start) = self.held_from.or(self.unfenced_run) {
+            return start.min(self.consumed);
+        }
         if let Some(start) = self.extractor.open_block_start() {
             return start.min(self.consumed);
         }
-        let partial = &self.text[self.consumed..];
-        let may_open_block = partial.is_empty()
-            || partial.starts_with([' ', '\t'])
-            || partial.starts_with(['`', '~']);
-        if may_open_block {
-            self.consumed
-        } else {
+        if plain_prose(&self.text[self.consumed..]) {
             self.text.len()
+        } else {
+            self.consumed
         }
     }
 
@@ -680,11 +785,7 @@ impl<'s> StreamScanner<'s> {
         let mut raw = Vec::new();
         while let Some(nl) = self.text[self.consumed..].find('\n') {
             let end = self.consumed + nl + 1;
-            let line = self.text[self.consumed..end].to_string();
-            self.consumed = end;
-            if let Some(block) = self.extractor.push_line(&line) {
-                self.scan_block(block, &mut raw);
-            }
+            self.feed_line(end, &mut raw);
         }
         // Language-agnostic rules (secrets, keys) run on whole lines as they complete.
         if self.consumed > self.agnostic_done {
@@ -695,6 +796,87 @@ impl<'s> StreamScanner<'s> {
             self.agnostic_done = to;
         }
         Ok(self.record(raw))
+    }
+
+    /// Feeds the line from `self.consumed` to `end` to the extractor and to the tracking of
+    /// unfenced code runs.
+    fn feed_line(&mut self, end: usize, raw: &mut Vec<RawFinding>) {
+        let start = self.consumed;
+        let line = self.text[start..end].to_string();
+        self.consumed = end;
+        let in_block = self.extractor.open_block_start().is_some();
+        let block = self.extractor.push_line(&line);
+        let outside = !in_block && block.is_none() && self.extractor.open_block_start().is_none();
+        let content = line.trim();
+        // Comments belong to the code around them (a `// SAFETY:` note, a docstring's `#`
+        // lines), whatever their words.
+        let comment = ["//", "#", "/*", "*", "--", "<!--"]
+            .iter()
+            .any(|m| content.starts_with(m));
+        if outside
+            && !content.is_empty()
+            && (comment || code_like(content) || !extract::looks_like_prose(content))
+        {
+            // A code-like line outside any block: held with its run.
+            self.unfenced_run.get_or_insert(start);
+        } else if !(outside && content.is_empty()) {
+            // Prose, or a block opening or closing: the run (if any) is complete.
+            self.end_unfenced_run(start);
+        }
+        if let Some(block) = block {
+            self.scan_block(block, raw);
+        }
+    }
+
+    /// The open run of unfenced code ends at `end`: scanned now (streaming; findings hold
+    /// the text from the run on until the end) or remembered (one-shot).
+    fn end_unfenced_run(&mut self, end: usize) {
+        let Some(start) = self.unfenced_run.take() else {
+            return;
+        };
+        if !self.scan_runs_early {
+            self.runs.push((start, end));
+            return;
+        }
+        let blocks_before = self.report.blocks.len();
+        let mut found = Vec::new();
+        self.scan_unfenced_run(start, end, &mut found);
+        self.run_blocks
+            .extend(self.report.blocks.drain(blocks_before..));
+        if !found.is_empty() {
+            self.held_from.get_or_insert(start);
+            self.run_findings.extend(found);
+        }
+    }
+
+    /// Scans the text from `start` to `end` (a run of code-like lines outside blocks) as code
+    /// of the language detected in it.
+    fn scan_unfenced_run(&mut self, start: usize, end: usize, raw: &mut Vec<RawFinding>) {
+        let code = self.text[start..end].to_string();
+        let line_starts = std::iter::once(start)
+            .chain(
+                code.match_indices('\n')
+                    .map(|(i, _)| start + i + 1)
+                    .filter(|&i| i < end),
+            )
+            .collect();
+        let start_line = self.text[..start].matches('\n').count();
+        // Only what reads as code in some language is a block: a closing "Done." or a
+        // heading is not.
+        let Some(detected) = language::detect_with_tree(&code) else {
+            return;
+        };
+        let block = CodeBlock {
+            tag: None,
+            kind: BlockKind::Whole,
+            start_byte: start,
+            start_line,
+            line_starts,
+            code,
+            closed: true,
+        };
+        let detected = self.options.language.is_none().then_some(detected);
+        self.scan_block_as(block, detected, raw);
     }
 
     fn scan_block(&mut self, block: CodeBlock, raw: &mut Vec<RawFinding>) {
@@ -820,11 +1002,9 @@ impl<'s> StreamScanner<'s> {
     pub fn finish(mut self) -> Result<Report, ShieldError> {
         let mut raw = Vec::new();
         if self.consumed < self.text.len() {
-            let line = self.text[self.consumed..].to_string();
-            self.consumed = self.text.len();
-            if let Some(block) = self.extractor.push_line(&line) {
-                self.scan_block(block, &mut raw);
-            }
+            let (from, end) = (self.consumed, self.text.len());
+            self.feed_line(end, &mut raw);
+            let line = self.text[from..end].to_string();
             let from = self.agnostic_done;
             self.shield
                 .scan_agnostic(&line, from, self.options.language, &self.options, &mut raw);
@@ -833,7 +1013,16 @@ impl<'s> StreamScanner<'s> {
         if let Some(block) = self.extractor.finish() {
             self.scan_block(block, &mut raw);
         }
-        if self.extractor.fenced_seen() == 0 && !self.text.trim().is_empty() {
+        let end = self.text.len();
+        self.end_unfenced_run(end);
+        if self.extractor.fenced_seen() > 0 {
+            // Fenced code was scanned block by block; code outside the fences is code too.
+            raw.append(&mut self.run_findings);
+            self.report.blocks.append(&mut self.run_blocks);
+            for (start, end) in std::mem::take(&mut self.runs) {
+                self.scan_unfenced_run(start, end, &mut raw);
+            }
+        } else if !self.text.trim().is_empty() {
             let line_starts = std::iter::once(0)
                 .chain(self.text.match_indices('\n').map(|(i, _)| i + 1))
                 .collect();

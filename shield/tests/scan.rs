@@ -72,6 +72,54 @@ fn streaming_reports_each_block_when_it_closes_and_equals_one_shot() {
     assert_eq!(report.findings, one_shot.findings);
 }
 
+/// Code without a fence is code too: streamed a character at a time, no byte of an unfenced
+/// run of code is released before the run has ended and been scanned, an insecure line is
+/// never released, and the final report equals the one-shot scan of the same text, with
+/// or without a fence elsewhere in the reply.
+#[test]
+fn unfenced_code_is_held_until_scanned_and_streaming_equals_one_shot() {
+    let shield = Shield::embedded();
+    let script = "import os\nimport sys\n\ndef clean(path):\n    os.system(\"rm -rf \" + path)\n\nclean(sys.argv[1])\n";
+    let fenced = "```python\nprint('hello')\n```\n";
+    for text in [
+        format!("Here is the script you asked for.\n{script}That is all you need to run.\n"),
+        script.to_string(),
+        format!("First a warm-up:\n{fenced}Then the real one.\n{script}Run it as root.\n"),
+    ] {
+        let insecure = text.find("os.system").unwrap();
+        let run_start = text.find("import os").unwrap();
+        let one_shot = shield.scan(&text, &ScanOptions::default()).unwrap();
+        assert!(
+            one_shot.findings.iter().any(|f| f.rule == "py.os-shell"),
+            "one-shot misses the unfenced os.system in {text:?}: {:?}",
+            one_shot.findings
+        );
+        let mut stream = StreamScanner::new(shield, ScanOptions::default());
+        for (i, ch) in text.char_indices() {
+            stream.push(&ch.to_string()).unwrap();
+            let released = stream.unscanned_from();
+            assert!(
+                released <= insecure,
+                "released up to {released} with the insecure line at {insecure}, after byte {i} of {text:?}"
+            );
+            if i >= run_start {
+                // The run has findings: held from its start until the end.
+                assert!(
+                    released <= run_start,
+                    "code released before the end: {released} after byte {i} of {text:?}"
+                );
+            }
+        }
+        let report = stream.finish().unwrap();
+        assert_eq!(report.findings, one_shot.findings, "{text:?}");
+    }
+    // A run without findings is released once it has ended (prose after it).
+    let text = "Sure.\nx = 1\ny = x + 2\nprint(y)\nThat prints three, as expected.\n";
+    let mut stream = StreamScanner::new(shield, ScanOptions::default());
+    stream.push(text).unwrap();
+    assert_eq!(stream.unscanned_from(), text.len());
+}
+
 #[test]
 fn an_unclosed_fence_is_scanned_at_the_end() {
     let text = "```js\nconst cp = require('child_process');\ncp.exec('rm -rf ' + dir);";

@@ -6,7 +6,8 @@
 //!   phrase that turns unsafe a few tokens later is still held), and the rest after the
 //!   final score of the whole response;
 //! - the code of a block still open is held until the block closes and the shield has
-//!   scanned it; prose outside code blocks is released as it comes.
+//!   scanned it, and so is code without a fence (`StreamScanner::unscanned_from`); prose
+//!   outside code is released line by line, an incomplete line only while it is plain prose.
 //!
 //! A block ends the stream with `finish_reason: "content_filter"` and the policy's message;
 //! the generation is cancelled at once, as it is when the client goes away.
