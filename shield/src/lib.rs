@@ -649,6 +649,7 @@ pub struct StreamScanner<'s> {
 /// `return os.system(cmd)`): a call's bracket right after a name, operators and brackets
 /// that prose does not use, or a statement keyword first.
 fn code_like(line: &str) -> bool {
+    // Statement keywords, and shell commands in lower case as typed.
     const KEYWORDS: &[&str] = &[
         "import",
         "from",
@@ -687,6 +688,34 @@ fn code_like(line: &str) -> bool {
         "eval",
         "require",
         "include",
+        "rm",
+        "chmod",
+        "chown",
+        "curl",
+        "wget",
+        "sh",
+        "bash",
+        "python",
+        "python3",
+        "node",
+        "nc",
+        "dd",
+        "mkfs",
+        "kill",
+        "pip",
+        "npm",
+        "apt",
+        "git",
+        "cd",
+        "cp",
+        "mv",
+        "cat",
+        "export",
+        "set",
+        "ssh",
+        "scp",
+        "docker",
+        "kubectl",
     ];
     let called = line
         .char_indices()
@@ -697,6 +726,25 @@ fn code_like(line: &str) -> bool {
     let first = line.split_whitespace().next().unwrap_or("");
     let keyword = KEYWORDS.contains(&first) || first.starts_with("#include");
     called || operators || keyword
+}
+
+/// A complete line of ordinary writing (a line of a poem ends with a comma, a list item
+/// with a colon): at least three words, nothing but letters, digits, spaces and sentence
+/// punctuation, dots only ending words.
+fn sentence_like(line: &str) -> bool {
+    let words = line
+        .split_whitespace()
+        .filter(|w| w.chars().any(char::is_alphabetic))
+        .count();
+    let chars_ok = line.chars().all(|c| {
+        c.is_alphanumeric()
+            || c.is_whitespace()
+            || ",.!?;:'\"()-\u{2013}\u{2014}\u{2019}".contains(c)
+    });
+    let dots_ok = line
+        .match_indices('.')
+        .all(|(i, _)| line[i + 1..].is_empty() || line[i + 1..].starts_with([' ', '.', '"', '\'']));
+    words >= 3 && chars_ok && dots_ok
 }
 
 /// An incomplete line that can only be prose so far: it starts with a letter, holds at
@@ -813,10 +861,9 @@ impl<'s> StreamScanner<'s> {
         let comment = ["//", "#", "/*", "*", "--", "<!--"]
             .iter()
             .any(|m| content.starts_with(m));
-        if outside
-            && !content.is_empty()
-            && (comment || code_like(content) || !extract::looks_like_prose(content))
-        {
+        let prose =
+            !code_like(content) && (extract::looks_like_prose(content) || sentence_like(content));
+        if outside && !content.is_empty() && (comment || !prose) {
             // A code-like line outside any block: held with its run.
             self.unfenced_run.get_or_insert(start);
         } else if !(outside && content.is_empty()) {

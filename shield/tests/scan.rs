@@ -113,6 +113,11 @@ fn unfenced_code_is_held_until_scanned_and_streaming_equals_one_shot() {
         let report = stream.finish().unwrap();
         assert_eq!(report.findings, one_shot.findings, "{text:?}");
     }
+    // Verse is prose: lines ending in commas go out as they complete.
+    let poem = "In the heart of the night, a moon that shines,\nA moment of purest beauty, a moment of peace,\n";
+    let mut stream = StreamScanner::new(shield, ScanOptions::default());
+    stream.push(poem).unwrap();
+    assert_eq!(stream.unscanned_from(), poem.len());
     // A run without findings is released once it has ended (prose after it).
     let text = "Sure.\nx = 1\ny = x + 2\nprint(y)\nThat prints three, as expected.\n";
     let mut stream = StreamScanner::new(shield, ScanOptions::default());
