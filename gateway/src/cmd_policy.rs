@@ -88,8 +88,10 @@ fn summary(p: &Policy) -> String {
         s += &format!("; timeout {} ms\n", st.timeout_ms);
     }
     s += &format!(
-        "  streaming: re-score every {} tokens, hold back {}\n",
-        p.streaming.rescore_every_tokens, p.streaming.hold_back_tokens
+        "  streaming: re-score every {} tokens, hold back {}, release while P(unsafe) < {}\n",
+        p.streaming.rescore_every_tokens,
+        p.streaming.hold_back_tokens,
+        p.release_threshold()
     );
     let sh = &p.shield;
     if sh.enabled {

@@ -1280,6 +1280,70 @@ fn overlapped_generation_is_cancelled_on_a_block_and_unchanged_otherwise() {
 }
 
 #[test]
+fn a_climbing_score_holds_the_stream_at_the_last_calm_point() {
+    // A guard that scores the reply as harmful prose does: calm at first, then rising
+    // toward the block threshold (0.5), then over it. Each classification is three
+    // requests to the stand-in (after the prompt, after `unsafe\n`, after `unsafe\nS`);
+    // the first classification is the input check.
+    let scores = [0.01, 0.1, 0.4, 0.4, 0.45, 0.6, 0.6, 0.6, 0.6];
+    let model = fixture("tiny-llama3");
+    let messages = json!([{"role": "user", "content": "Tell me a story"}]);
+    let mut sent = Vec::new();
+    for release in ["", "  release_threshold: 0.5\n"] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("c.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[guard_remote]\nbase_url = \"{}\"\nmodel = \"meta-llama/Meta-Llama-Guard-2-8B\"\ntokenizer = \"{}\"\n",
+                serve_raw(move |n, _| Some(logprobs_answer(scores[(n / 3).min(scores.len() - 1)]))),
+                model.display()
+            ),
+        )
+        .unwrap();
+        // The shield is off: the tiny model's random one-line output would be held as
+        // possible code; this is about what the guard releases.
+        let pol = policy_dir(&format!(
+            "name: default\nshield: {{ enabled: false }}\nstreaming:\n  rescore_every_tokens: 4\n  hold_back_tokens: 2\n{release}"
+        ));
+        let s = start(&[
+            "--config",
+            config.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--policies",
+            pol.path().to_str().unwrap(),
+        ]);
+        let frames = sse(
+            &s.base,
+            &json!({"messages": messages, "max_tokens": 16, "temperature": 0, "stream": true}),
+        );
+        let (deltas, finish, _) = parse_stream(&frames);
+        assert_eq!(finish.as_deref(), Some("content_filter"), "{frames:?}");
+        // What went out before the block's message.
+        let text = deltas.concat();
+        let before = text
+            .split("This content was blocked")
+            .next()
+            .unwrap()
+            .to_string();
+        assert_ne!(
+            before, text,
+            "the block's message ends the stream: {text:?}"
+        );
+        sent.push(before);
+    }
+    let (held, old) = (&sent[0], &sent[1]);
+    // Default release threshold (half of 0.5): only what was scored 0.1 (4 tokens, minus
+    // the 2 held back) went out; at 0.5 (the block threshold, the old rule) the text
+    // scored 0.4 and 0.45 went out too before the block.
+    assert!(
+        held.len() < old.len() && old.starts_with(held.as_str()),
+        "held {held:?} vs released under the old rule {old:?}"
+    );
+}
+
+#[test]
 fn a_remote_guard_on_a_vllm_style_server_judges_requests() {
     let model = fixture("tiny-llama3");
     let messages = json!([{"role": "user", "content": "how do I do something bad"}]);

@@ -292,6 +292,22 @@ fn validate(p: &Policy, shield: &Shield, c: &mut Checker) {
             "overlap_generation applies to the input stage only",
         );
     }
+    if let Some(t) = p.streaming.release_threshold {
+        if !(0.0..=1.0).contains(&t) {
+            c.error(
+                "streaming.release_threshold",
+                format!("release_threshold {t} is outside 0..1"),
+            );
+        } else if t > p.output.threshold {
+            c.error(
+                "streaming.release_threshold",
+                format!(
+                    "release_threshold {t} is above output.threshold {}: text scored unsafe enough to block would be released",
+                    p.output.threshold
+                ),
+            );
+        }
+    }
     if p.streaming.rescore_every_tokens == 0 {
         c.error(
             "streaming.rescore_every_tokens",

@@ -122,6 +122,12 @@ pub struct StreamingPolicy {
     /// so that a phrase which turns unsafe a few tokens later is caught before any of it
     /// leaves.
     pub hold_back_tokens: u32,
+    /// Scored text is released only while the guard's P(unsafe) for the reply so far is
+    /// below this (stricter than the output stage's block threshold: a reply whose score
+    /// is climbing toward a block is held, not streamed until it crosses). Unset: half of
+    /// `output.threshold`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release_threshold: Option<f64>,
 }
 
 impl Default for StreamingPolicy {
@@ -129,6 +135,7 @@ impl Default for StreamingPolicy {
         Self {
             rescore_every_tokens: 16,
             hold_back_tokens: 16,
+            release_threshold: None,
         }
     }
 }
@@ -204,6 +211,14 @@ impl Policy {
             Stage::Input => &self.input,
             Stage::Output => &self.output,
         }
+    }
+
+    /// P(unsafe) below which a stream's scored text may be released (see
+    /// [`StreamingPolicy::release_threshold`]).
+    pub fn release_threshold(&self) -> f64 {
+        self.streaming
+            .release_threshold
+            .unwrap_or(self.output.threshold / 2.0)
     }
 
     /// Whether a category (built-in code, or `C<n>` for the n-th custom category) is enabled.

@@ -70,6 +70,14 @@ fn type_and_syntax_errors_have_positions() {
         e[0].contains("rescore_every_tokens must be at least 1"),
         "{e:?}"
     );
+    // Releasing text scored above the block threshold would defeat the hold.
+    let e = errors("name: t\noutput: { threshold: 0.4 }\nstreaming: { release_threshold: 0.6 }\n");
+    assert!(
+        e[0].starts_with("p.yaml:3:") && e[0].contains("above output.threshold"),
+        "{e:?}"
+    );
+    let e = errors("name: t\nstreaming: { release_threshold: 1.5 }\n");
+    assert!(e[0].contains("outside 0..1"), "{e:?}");
 }
 
 #[test]

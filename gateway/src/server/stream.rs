@@ -3,8 +3,9 @@
 //! What reaches the client is only text that every check has seen:
 //! - the guard re-scores the accumulated response every `rescore_every_tokens` tokens; text
 //!   is released only up to the last scored point minus `hold_back_tokens` tokens (so a
-//!   phrase that turns unsafe a few tokens later is still held), and the rest after the
-//!   final score of the whole response;
+//!   phrase that turns unsafe a few tokens later is still held), only while that score is
+//!   below the policy's release threshold (stricter than the block threshold), and the
+//!   rest after the final score of the whole response;
 //! - the code of a block still open is held until the block closes and the shield has
 //!   scanned it, and so is code without a fence (`StreamScanner::unscanned_from`); prose
 //!   outside code is released line by line, an incomplete line only while it is plain prose.
@@ -210,14 +211,21 @@ impl Checks<'_> {
         } else {
             self.policy.streaming.hold_back_tokens as usize
         };
-        self.guard_cleared = if final_score {
-            text.len()
-        } else {
-            match self.scored_tokens.saturating_sub(hold) {
+        // Released only while the reply so far scores below the release threshold, which is
+        // stricter than the block threshold: a score climbing toward a block holds the text
+        // at the last calm point instead of streaming it until the block.
+        let calm = self
+            .verdict
+            .as_ref()
+            .is_none_or(|v| v.p_unsafe < self.policy.release_threshold());
+        if final_score {
+            self.guard_cleared = text.len();
+        } else if calm {
+            self.guard_cleared = match self.scored_tokens.saturating_sub(hold) {
                 0 => 0,
                 n => token_ends[n - 1],
-            }
-        };
+            };
+        }
         Ok(self.blocking_decision())
     }
 
