@@ -33,7 +33,16 @@ pub enum Pooling {
 }
 
 impl Pooling {
-    /// Feature width for `hidden` times `layers`.
+    /// The name on the command line and in head files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pooling::Mean => "mean",
+            Pooling::MeanAndLast => "mean-and-last",
+        }
+    }
+
+    /// Feature width when one position gives `per_position` features (hidden size times
+    /// layers).
     pub fn width(self, per_position: usize) -> usize {
         match self {
             Pooling::Mean => per_position,
@@ -45,11 +54,10 @@ impl Pooling {
 impl std::str::FromStr for Pooling {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "mean" => Ok(Pooling::Mean),
-            "mean-and-last" => Ok(Pooling::MeanAndLast),
-            other => Err(format!("unknown pooling `{other}` (mean, mean-and-last)")),
-        }
+        [Pooling::Mean, Pooling::MeanAndLast]
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("unknown pooling `{s}` (mean, mean-and-last)"))
     }
 }
 

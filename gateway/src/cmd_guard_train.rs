@@ -171,13 +171,13 @@ struct Extraction {
     sides: (Vec<u32>, Vec<u32>),
 }
 
-/// Features for `rows`, extracting what the cache lacks (batched by length).
-fn features(
+/// Extracts the features of `rows` that the cache lacks (batched by length).
+fn extract_missing(
     encoder: &mut Encoder,
     cache: &mut FeatureCache,
     rows: &[&Row],
     extraction: &Extraction,
-) -> Result<Vec<Vec<f32>>> {
+) -> Result<()> {
     let mut missing: Vec<(usize, Vec<u32>)> = Vec::new();
     for (i, r) in rows.iter().enumerate() {
         if !cache.map.contains_key(&row_key(r)) {
@@ -218,10 +218,7 @@ fn features(
         }
         cache.save()?;
     }
-    Ok(rows
-        .iter()
-        .map(|r| cache.map[&row_key(r)].clone())
-        .collect())
+    Ok(())
 }
 
 pub struct TrainArgs<'a> {
@@ -265,13 +262,12 @@ pub fn train(cli: &Cli, a: &TrainArgs) -> Result<()> {
     // heads can be compared offline on any split, scripts/guard/compare_heads.py); only
     // train and val are read here.
     let all: Vec<&Row> = rows.iter().collect();
-    features(&mut encoder, &mut cache, &all, &extraction)?;
-    let used: Vec<&Row> = rows
+    extract_missing(&mut encoder, &mut cache, &all, &extraction)?;
+    let by_id: Vec<(&Row, &Vec<f32>)> = rows
         .iter()
         .filter(|r| r.split == "train" || r.split == "val")
+        .map(|r| (r, &cache.map[&row_key(r)]))
         .collect();
-    let feats = features(&mut encoder, &mut cache, &used, &extraction)?;
-    let by_id: Vec<(&Row, &Vec<f32>)> = used.iter().copied().zip(feats.iter()).collect();
     // Each row's source as a number, for the per-source false positive budget.
     let sources: Vec<&str> = {
         let mut s: Vec<&str> = by_id.iter().map(|(r, _)| r.source.as_str()).collect();
@@ -419,7 +415,7 @@ pub fn train(cli: &Cli, a: &TrainArgs) -> Result<()> {
         training: json!({
             "command": format!("safegate guard train --data {} --encoder {} --out {} --seed {} --window {} --stride {} --max-fpr {} --max-fpr-response {} --pooling {}{}",
                 a.data.display(), a.encoder.display(), a.out.display(), a.seed, a.window, a.stride, a.max_fpr, a.max_fpr_response,
-                match a.pooling { Pooling::Mean => "mean", Pooling::MeanAndLast => "mean-and-last" },
+                a.pooling.as_str(),
                 a.wrap.as_ref().map(|w| format!(" --wrap {:?}", format!("{}{{text}}{}", w.prefix, w.suffix))).unwrap_or_default()),
             "seed": a.seed,
             "data_sha256": sha256_hex(&data_bytes),

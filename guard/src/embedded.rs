@@ -541,10 +541,9 @@ fn model_name(dir: &Path) -> String {
 struct Pending {
     job: Job,
     results: Vec<Option<Vec<f32>>>,
-    /// Windows not encoded yet, shortest first (the order they are taken in).
+    /// Windows not encoded yet, longest first: the next one taken is the last (the shortest,
+    /// earliest of equals).
     todo: Vec<usize>,
-    /// Tokens of those windows: the job's remaining work.
-    remaining: usize,
     /// Arrival order (ties go to the earlier job).
     seq: u64,
 }
@@ -552,35 +551,45 @@ struct Pending {
 impl Pending {
     fn new(job: Job, seq: u64) -> Self {
         let mut todo: Vec<usize> = (0..job.windows.len()).collect();
-        todo.sort_by_key(|&w| job.windows[w].len());
-        let remaining = job.windows.iter().map(Vec::len).sum();
+        todo.sort_by_key(|&w| std::cmp::Reverse((job.windows[w].len(), w)));
         Self {
             results: vec![None; job.windows.len()],
             todo,
-            remaining,
             seq,
             job,
         }
     }
 
+    /// Tokens of the windows not encoded yet: the job's remaining work.
+    fn remaining(&self) -> usize {
+        self.todo.iter().map(|&w| self.job.windows[w].len()).sum()
+    }
+
     /// Scheduling order (smaller first): callers with a deadline they can still meet, least
     /// slack first (the time left minus the time their remaining work needs at `rate`
-    /// tokens/s); then callers without a deadline, least work left first; then callers that
-    /// cannot make their deadline any more (they are answered `Timeout` when it passes).
-    /// Ties go to the earlier arrival.
-    fn order_key(&self, now: Instant, rate: f64) -> (u8, f64, usize, u64) {
-        let need = self.remaining as f64 / rate.max(1.0);
+    /// tokens/s, in microseconds); then callers without a deadline, least work left first;
+    /// then callers that cannot make their deadline any more (they are answered `Timeout`
+    /// when it passes). Ties go to the earlier arrival.
+    fn order_key(&self, now: Instant, rate: f64) -> (u8, u64, usize, u64) {
+        let remaining = self.remaining();
+        let need = remaining as f64 / rate.max(1.0);
         match self.job.deadline {
             Some(d) => {
                 let slack = d.saturating_duration_since(now).as_secs_f64() - need;
                 if slack >= 0.0 {
-                    (0, slack, self.remaining, self.seq)
+                    (0, (slack * 1e6) as u64, remaining, self.seq)
                 } else {
-                    (2, 0.0, self.remaining, self.seq)
+                    (2, 0, remaining, self.seq)
                 }
             }
-            None => (1, 0.0, self.remaining, self.seq),
+            None => (1, 0, remaining, self.seq),
         }
+    }
+
+    /// Sends the caller its answer (it may have stopped listening).
+    fn answer(self, waiting: &AtomicUsize, result: Result<Vec<Vec<f32>>, GuardError>) {
+        waiting.fetch_sub(1, Ordering::SeqCst);
+        let _ = self.job.reply.send(result);
     }
 }
 
@@ -594,31 +603,19 @@ fn next_batch(
     now: Instant,
     rate: f64,
 ) -> Vec<(usize, usize)> {
-    let mut order: Vec<(usize, (u8, f64, usize, u64))> = pending
-        .iter()
-        .enumerate()
-        .map(|(j, p)| (j, p.order_key(now, rate)))
-        .collect();
-    // Class, then slack (feasible class only; 0 otherwise), work left, arrival.
-    order.sort_by(|a, b| {
-        a.1 .0
-            .cmp(&b.1 .0)
-            .then(a.1 .1.total_cmp(&b.1 .1))
-            .then(a.1 .2.cmp(&b.1 .2))
-            .then(a.1 .3.cmp(&b.1 .3))
-    });
+    let mut order: Vec<usize> = (0..pending.len()).collect();
+    order.sort_by_cached_key(|&j| pending[j].order_key(now, rate));
     let mut batch: Vec<(usize, usize)> = Vec::new();
     let mut longest = 0;
-    'jobs: for (j, _) in order {
-        while let Some(&w) = pending[j].todo.first() {
+    'jobs: for j in order {
+        while let Some(&w) = pending[j].todo.last() {
             let len = pending[j].job.windows[w].len();
             let padded = longest.max(len) * (batch.len() + 1);
             if !batch.is_empty() && (batch.len() >= max_batch || padded > max_tokens) {
                 break 'jobs;
             }
             longest = longest.max(len);
-            pending[j].todo.remove(0);
-            pending[j].remaining -= len;
+            pending[j].todo.pop();
             batch.push((j, w));
         }
     }
@@ -653,18 +650,17 @@ fn worker(
             seq += 1;
             pending.push(Pending::new(job, seq));
         }
-        // A caller that gave up (its deadline passed) gets no more encoder time.
+        // A caller that gave up (its deadline passed) gets no more encoder time; jobs
+        // encoded in full are answered.
         let now = Instant::now();
-        pending.retain(|p| {
-            let live = p.job.deadline.is_none_or(|d| d > now);
-            if !live {
-                waiting.fetch_sub(1, Ordering::SeqCst);
-                let _ = p.job.reply.send(Err(GuardError::Timeout(
+        for p in take_where(&mut pending, |p| p.job.deadline.is_some_and(|d| d <= now)) {
+            p.answer(
+                &waiting,
+                Err(GuardError::Timeout(
                     "the caller's time ran out before the guard got to it".into(),
-                )));
-            }
-            live
-        });
+                )),
+            );
+        }
         if pending.is_empty() {
             continue;
         }
@@ -683,36 +679,31 @@ fn worker(
                 for (&(j, w), v) in batch.iter().zip(vectors) {
                     pending[j].results[w] = Some(v);
                 }
+                for mut p in take_where(&mut pending, |p| p.todo.is_empty()) {
+                    let vectors = std::mem::take(&mut p.results)
+                        .into_iter()
+                        .map(Option::unwrap_or_default)
+                        .collect();
+                    p.answer(&waiting, Ok(vectors));
+                }
             }
             Err(e) => {
                 // The encoder failed: every job in this batch fails (the others go on).
-                let mut failed: Vec<usize> = batch.iter().map(|&(j, _)| j).collect();
-                failed.sort_unstable();
-                failed.dedup();
-                for j in failed.into_iter().rev() {
-                    let p = pending.remove(j);
-                    waiting.fetch_sub(1, Ordering::SeqCst);
-                    let _ = p.job.reply.send(Err(GuardError::Model(e.to_string())));
+                let in_batch: Vec<u64> = batch.iter().map(|&(j, _)| pending[j].seq).collect();
+                for p in take_where(&mut pending, |p| in_batch.contains(&p.seq)) {
+                    p.answer(&waiting, Err(GuardError::Model(e.to_string())));
                 }
-                continue;
-            }
-        }
-        let mut k = 0;
-        while k < pending.len() {
-            if pending[k].todo.is_empty() {
-                let p = pending.swap_remove(k);
-                waiting.fetch_sub(1, Ordering::SeqCst);
-                let vectors = p
-                    .results
-                    .into_iter()
-                    .map(Option::unwrap_or_default)
-                    .collect();
-                let _ = p.job.reply.send(Ok(vectors));
-            } else {
-                k += 1;
             }
         }
     }
+}
+
+/// Removes and returns the jobs for which `done` holds, keeping the others in order.
+fn take_where(pending: &mut Vec<Pending>, done: impl Fn(&Pending) -> bool) -> Vec<Pending> {
+    let (taken, kept): (Vec<Pending>, Vec<Pending>) =
+        std::mem::take(pending).into_iter().partition(|p| done(p));
+    *pending = kept;
+    taken
 }
 
 #[cfg(test)]
@@ -785,7 +776,7 @@ mod tests {
         assert_eq!(first.len(), 4);
         assert!(jobs[1].todo.is_empty());
         assert_eq!(jobs[0].todo.len(), 7);
-        assert_eq!(jobs[0].remaining, 7 * 256);
+        assert_eq!(jobs[0].remaining(), 7 * 256);
         // One window always goes, whatever the token budget.
         let mut one = vec![pending(&[300])];
         assert_eq!(next_batch(&mut one, (16, 64), now, 1000.0), vec![(0, 0)]);
@@ -828,7 +819,7 @@ mod tests {
         let mut jobs = vec![pending(&[50, 10, 30])];
         let batch = next_batch(&mut jobs, (16, 4096), Instant::now(), 1000.0);
         assert_eq!(batch, vec![(0, 1), (0, 2), (0, 0)]);
-        assert_eq!(jobs[0].remaining, 0);
+        assert_eq!(jobs[0].remaining(), 0);
     }
 
     #[test]

@@ -615,6 +615,13 @@ impl RawFinding {
 /// Incremental scanning for streams: feed chunks as they arrive; each code block is scanned
 /// as soon as its closing fence arrives, and the rest at [`StreamScanner::finish`].
 /// Positions are always in the whole text fed so far.
+/// Where a run of unfenced code begins: byte offset and 0-based line.
+#[derive(Debug, Clone, Copy)]
+struct RunStart {
+    byte: usize,
+    line: usize,
+}
+
 pub struct StreamScanner<'s> {
     shield: &'s Shield,
     options: ScanOptions,
@@ -630,12 +637,14 @@ pub struct StreamScanner<'s> {
     /// Where the current run of code-like lines outside any block starts: code without a
     /// fence is code too, so such lines are held until the run ends (a line of prose, a
     /// fence, or the end) and has been scanned.
-    unfenced_run: Option<usize>,
+    unfenced_run: Option<RunStart>,
+    /// Lines fed to the extractor so far (the next line's 0-based index).
+    lines_fed: usize,
     /// Streaming: runs are scanned as they end, to know what may be released. One-shot
     /// (`Shield::scan`): they are only scanned at the end, when needed.
     scan_runs_early: bool,
     /// Runs that ended, not scanned yet (one-shot).
-    runs: Vec<(usize, usize)>,
+    runs: Vec<(RunStart, usize)>,
     /// Findings and blocks of runs scanned early, kept out of the report until the end:
     /// without a fence anywhere the whole text is scanned as code instead (as one-shot
     /// does), so the two agree.
@@ -728,41 +737,45 @@ fn code_like(line: &str) -> bool {
     called || operators || keyword
 }
 
+/// Words of `text` with a letter in them.
+fn word_count(text: &str) -> usize {
+    text.split_whitespace()
+        .filter(|w| w.chars().any(char::is_alphabetic))
+        .count()
+}
+
+/// Every dot ends a word: it is followed by one of `followers` (or ends the text, when
+/// `at_end`), never joins two names (`os.system`).
+fn dots_end_words(text: &str, followers: &[char], at_end: bool) -> bool {
+    text.match_indices('.').all(|(i, _)| {
+        let rest = &text[i + 1..];
+        (at_end && rest.is_empty()) || rest.starts_with(followers)
+    })
+}
+
 /// A complete line of ordinary writing (a line of a poem ends with a comma, a list item
 /// with a colon): at least three words, nothing but letters, digits, spaces and sentence
 /// punctuation, dots only ending words.
 fn sentence_like(line: &str) -> bool {
-    let words = line
-        .split_whitespace()
-        .filter(|w| w.chars().any(char::is_alphabetic))
-        .count();
     let chars_ok = line.chars().all(|c| {
         c.is_alphanumeric()
             || c.is_whitespace()
             || ",.!?;:'\"()-\u{2013}\u{2014}\u{2019}".contains(c)
     });
-    let dots_ok = line
-        .match_indices('.')
-        .all(|(i, _)| line[i + 1..].is_empty() || line[i + 1..].starts_with([' ', '.', '"', '\'']));
-    words >= 3 && chars_ok && dots_ok
+    word_count(line) >= 3 && chars_ok && dots_end_words(line, &[' ', '.', '"', '\''], true)
 }
 
 /// An incomplete line that can only be prose so far: it starts with a letter, holds at
 /// least three words, and has nothing but letters, digits, spaces and sentence punctuation
 /// (no brackets, operators, quotes of code, dots inside words or line-leading indentation).
 fn plain_prose(partial: &str) -> bool {
-    let words = partial
-        .split_whitespace()
-        .filter(|w| w.chars().any(char::is_alphabetic))
-        .count();
     let chars_ok = partial
         .chars()
-        .all(|c| c.is_alphanumeric() || c == ' ' || ",!?'".contains(c) || c == '.');
-    // A dot only ends a word (followed by a space), never joins two (`os.system`).
-    let dots_ok = partial
-        .match_indices('.')
-        .all(|(i, _)| partial[i + 1..].starts_with(' '));
-    partial.starts_with(char::is_alphabetic) && words >= 3 && chars_ok && dots_ok
+        .all(|c| c.is_alphanumeric() || " ,!?'.".contains(c));
+    partial.starts_with(char::is_alphabetic)
+        && word_count(partial) >= 3
+        && chars_ok
+        && dots_end_words(partial, &[' '], false)
 }
 
 impl<'s> StreamScanner<'s> {
@@ -778,6 +791,7 @@ impl<'s> StreamScanner<'s> {
             report: Report::default(),
             reported: 0,
             unfenced_run: None,
+            lines_fed: 0,
             scan_runs_early: true,
             runs: Vec::new(),
             run_findings: Vec::new(),
@@ -808,7 +822,7 @@ impl<'s> StreamScanner<'s> {
     /// it is plain prose so far (words and sentence punctuation only: `os.system(` must not
     /// go out a character at a time); else the end of the text.
     pub fn unscanned_from(&self) -> usize {
-        if let Some(start) = self.held_from.or(self.unfenced_run) {
+        if let Some(start) = self.held_from.or(self.unfenced_run.map(|r| r.byte)) {
             return start.min(self.consumed);
         }
         if let Some(start) = self.extractor.open_block_start() {
@@ -865,11 +879,16 @@ impl<'s> StreamScanner<'s> {
             !code_like(content) && (extract::looks_like_prose(content) || sentence_like(content));
         if outside && !content.is_empty() && (comment || !prose) {
             // A code-like line outside any block: held with its run.
-            self.unfenced_run.get_or_insert(start);
+            let at = RunStart {
+                byte: start,
+                line: self.lines_fed,
+            };
+            self.unfenced_run.get_or_insert(at);
         } else if !(outside && content.is_empty()) {
             // Prose, or a block opening or closing: the run (if any) is complete.
             self.end_unfenced_run(start);
         }
+        self.lines_fed += 1;
         if let Some(block) = block {
             self.scan_block(block, raw);
         }
@@ -891,33 +910,32 @@ impl<'s> StreamScanner<'s> {
         self.run_blocks
             .extend(self.report.blocks.drain(blocks_before..));
         if !found.is_empty() {
-            self.held_from.get_or_insert(start);
+            self.held_from.get_or_insert(start.byte);
             self.run_findings.extend(found);
         }
     }
 
     /// Scans the text from `start` to `end` (a run of code-like lines outside blocks) as code
     /// of the language detected in it.
-    fn scan_unfenced_run(&mut self, start: usize, end: usize, raw: &mut Vec<RawFinding>) {
-        let code = self.text[start..end].to_string();
-        let line_starts = std::iter::once(start)
-            .chain(
-                code.match_indices('\n')
-                    .map(|(i, _)| start + i + 1)
-                    .filter(|&i| i < end),
-            )
-            .collect();
-        let start_line = self.text[..start].matches('\n').count();
+    fn scan_unfenced_run(&mut self, start: RunStart, end: usize, raw: &mut Vec<RawFinding>) {
+        let code = self.text[start.byte..end].to_string();
         // Only what reads as code in some language is a block: a closing "Done." or a
         // heading is not.
         let Some(detected) = language::detect_with_tree(&code) else {
             return;
         };
+        let line_starts = std::iter::once(start.byte)
+            .chain(
+                code.match_indices('\n')
+                    .map(|(i, _)| start.byte + i + 1)
+                    .filter(|&i| i < end),
+            )
+            .collect();
         let block = CodeBlock {
             tag: None,
             kind: BlockKind::Whole,
-            start_byte: start,
-            start_line,
+            start_byte: start.byte,
+            start_line: start.line,
             line_starts,
             code,
             closed: true,
