@@ -1282,46 +1282,13 @@ fn overlapped_generation_is_cancelled_on_a_block_and_unchanged_otherwise() {
 #[test]
 fn a_climbing_score_holds_the_stream_at_the_last_calm_point() {
     // A guard that scores the reply as harmful prose does: calm at first, then rising
-    // toward the block threshold (0.5), then over it. Each classification is three
-    // requests to the stand-in (after the prompt, after `unsafe\n`, after `unsafe\nS`);
-    // the first classification is the input check.
-    let scores = [0.01, 0.1, 0.4, 0.4, 0.45, 0.6, 0.6, 0.6, 0.6];
-    let model = fixture("tiny-llama3");
-    let messages = json!([{"role": "user", "content": "Tell me a story"}]);
+    // toward the block threshold (0.5), then over it for the whole reply.
+    let scores = [0.01, 0.1, 0.4, 0.4, 0.45, 0.6];
     let mut sent = Vec::new();
     for release in ["", "  release_threshold: 0.5\n"] {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("c.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[guard_remote]\nbase_url = \"{}\"\nmodel = \"meta-llama/Meta-Llama-Guard-2-8B\"\ntokenizer = \"{}\"\n",
-                serve_raw(move |n, _| Some(logprobs_answer(scores[(n / 3).min(scores.len() - 1)]))),
-                model.display()
-            ),
-        )
-        .unwrap();
-        // The shield is off: the tiny model's random one-line output would be held as
-        // possible code; this is about what the guard releases.
-        let pol = policy_dir(&format!(
-            "name: default\nshield: {{ enabled: false }}\nstreaming:\n  rescore_every_tokens: 4\n  hold_back_tokens: 2\n{release}"
-        ));
-        let s = start(&[
-            "--config",
-            config.to_str().unwrap(),
-            "--model",
-            model.to_str().unwrap(),
-            "--policies",
-            pol.path().to_str().unwrap(),
-        ]);
-        let frames = sse(
-            &s.base,
-            &json!({"messages": messages, "max_tokens": 16, "temperature": 0, "stream": true}),
-        );
-        let (deltas, finish, _) = parse_stream(&frames);
-        assert_eq!(finish.as_deref(), Some("content_filter"), "{frames:?}");
+        let (text, finish) = stream_scored_by(&scores, release);
+        assert_eq!(finish.as_deref(), Some("content_filter"), "{text:?}");
         // What went out before the block's message.
-        let text = deltas.concat();
         let before = text
             .split("This content was blocked")
             .next()
@@ -1341,6 +1308,56 @@ fn a_climbing_score_holds_the_stream_at_the_last_calm_point() {
         held.len() < old.len() && old.starts_with(held.as_str()),
         "held {held:?} vs released under the old rule {old:?}"
     );
+}
+
+#[test]
+fn a_prefix_that_scores_badly_holds_but_only_the_whole_reply_decides() {
+    // Prefixes score 0.9 ("to kill a process, run kill" cut short), the whole reply 0.1: the
+    // text is held while the prefixes score high, then sent, and the stream ends as the
+    // same reply sent whole would.
+    let (text, finish) = stream_scored_by(&[0.01, 0.9, 0.9, 0.9, 0.9, 0.1], "");
+    assert_eq!(finish.as_deref(), Some("length"), "{text:?}");
+    assert!(!text.is_empty() && !text.contains("blocked"), "{text:?}");
+}
+
+/// Streams 16 tokens of the tiny model under a remote guard stand-in that gives the n-th
+/// classification `scores[n]` (the first is the input check; then one per 4 tokens, then
+/// the whole reply; each classification is three requests: after the prompt, after
+/// `unsafe\n`, after `unsafe\nS`). Returns the text sent and the finish reason.
+fn stream_scored_by(scores: &[f64], release: &str) -> (String, Option<String>) {
+    let scores = scores.to_vec();
+    let model = fixture("tiny-llama3");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[guard_remote]\nbase_url = \"{}\"\nmodel = \"meta-llama/Meta-Llama-Guard-2-8B\"\ntokenizer = \"{}\"\n",
+            serve_raw(move |n, _| Some(logprobs_answer(scores[(n / 3).min(scores.len() - 1)]))),
+            model.display()
+        ),
+    )
+    .unwrap();
+    // The shield is off: the tiny model's random one-line output would be held as possible
+    // code; this is about what the guard releases.
+    let pol = policy_dir(&format!(
+        "name: default\nshield: {{ enabled: false }}\nstreaming:\n  rescore_every_tokens: 4\n  hold_back_tokens: 2\n{release}"
+    ));
+    let s = start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--policies",
+        pol.path().to_str().unwrap(),
+    ]);
+    let messages = json!([{"role": "user", "content": "Tell me a story"}]);
+    let frames = sse(
+        &s.base,
+        &json!({"messages": messages, "max_tokens": 16, "temperature": 0, "stream": true}),
+    );
+    let (deltas, finish, _) = parse_stream(&frames);
+    (deltas.concat(), finish)
 }
 
 #[test]

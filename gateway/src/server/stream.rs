@@ -5,7 +5,8 @@
 //!   is released only up to the last scored point minus `hold_back_tokens` tokens (so a
 //!   phrase that turns unsafe a few tokens later is still held), only while that score is
 //!   below the policy's release threshold (stricter than the block threshold), and the
-//!   rest after the final score of the whole response;
+//!   rest after the final score of the whole response, which alone decides a block (so a
+//!   streamed reply gets the decision the same reply gets whole);
 //! - the code of a block still open is held until the block closes and the shield has
 //!   scanned it, and so is code without a fence (`StreamScanner::unscanned_from`); prose
 //!   outside code is released line by line, an incomplete line only while it is plain prose.
@@ -204,29 +205,30 @@ impl Checks<'_> {
         }
         let mut convo = self.messages.to_vec();
         convo.push(ChatMessage::new("assistant", text));
-        self.verdict = chat::guard_stage(self.state, self.policy, Stage::Output, convo).await?;
+        let verdict = chat::guard_stage(self.state, self.policy, Stage::Output, convo).await?;
         self.scored_tokens = token_ends.len();
-        let hold = if final_score {
-            0
-        } else {
-            self.policy.streaming.hold_back_tokens as usize
-        };
-        // Released only while the reply so far scores below the release threshold, which is
-        // stricter than the block threshold: a score climbing toward a block holds the text
-        // at the last calm point instead of streaming it until the block.
-        let calm = self
-            .verdict
+        if final_score {
+            // Only the verdict on the whole reply decides, as for a reply sent whole.
+            self.verdict = verdict;
+            self.guard_cleared = text.len();
+            return Ok(self.blocking_decision());
+        }
+        // A prefix's score only decides what may be released: while it is below the release
+        // threshold (stricter than the block threshold), up to the scored point minus the
+        // hold-back; a score climbing toward a block holds the text at the last calm point
+        // until the whole reply is judged. (A prefix never blocks by itself: "to kill a
+        // process, run kill" can read worse cut short than whole.)
+        let calm = verdict
             .as_ref()
             .is_none_or(|v| v.p_unsafe < self.policy.release_threshold());
-        if final_score {
-            self.guard_cleared = text.len();
-        } else if calm {
+        if calm {
+            let hold = self.policy.streaming.hold_back_tokens as usize;
             self.guard_cleared = match self.scored_tokens.saturating_sub(hold) {
                 0 => 0,
                 n => token_ends[n - 1],
             };
         }
-        Ok(self.blocking_decision())
+        Ok(None)
     }
 
     fn due_for_rescore(&self, tokens: usize) -> bool {
