@@ -1,6 +1,9 @@
 //! OpenAI-compatible request bodies, parsed and validated without I/O: the chat `messages`
 //! (also the CLI's messages files) and the chat completion parameters. Every error names
 //! the field it is about. What the gateway does with a valid request lives in the gateway.
+//! The response bodies are typed too (`response`).
+
+pub mod response;
 
 use std::fmt;
 
@@ -145,6 +148,11 @@ pub struct ChatParams {
     pub top_p: f64,
     pub seed: Option<u64>,
     pub stop: Vec<String>,
+    /// The model asked for (None: the server's default).
+    pub model: Option<String>,
+    pub stream: bool,
+    /// `stream_options.include_usage`: a last chunk carries the usage.
+    pub include_usage: bool,
 }
 
 /// Parses and checks a chat completion body (already JSON).
@@ -214,13 +222,145 @@ pub fn parse_chat(v: &Value, limits: &ChatLimits) -> Result<ChatParams, RequestE
             ))
         }
     };
+    let stream = match v.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(RequestError::param("stream", "`stream` must be a boolean")),
+    };
+    let include_usage = match v.get("stream_options") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(o)) => match o.get("include_usage") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(RequestError::param(
+                    "stream_options",
+                    "`stream_options.include_usage` must be a boolean",
+                ))
+            }
+        },
+        Some(_) => {
+            return Err(RequestError::param(
+                "stream_options",
+                "`stream_options` must be an object",
+            ))
+        }
+    };
+    let model = match v.get("model") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(m)) => Some(m.clone()),
+        Some(_) => return Err(RequestError::param("model", "`model` must be a string")),
+    };
     Ok(ChatParams {
         messages,
+        model,
+        stream,
+        include_usage,
         max_tokens: max_tokens as usize,
         temperature: num("temperature")?.unwrap_or(0.0),
         top_p: num("top_p")?.unwrap_or(1.0),
         seed,
         stop,
+    })
+}
+
+/// `POST /v1/moderations`: the texts to judge (`input`: a string, or strings and text parts).
+pub fn parse_moderation(v: &Value) -> Result<Vec<String>, RequestError> {
+    let bad = || {
+        RequestError::param(
+            "input",
+            "`input` must be a string or a non-empty array of strings or {type: text, text} parts",
+        )
+    };
+    match v.get("input") {
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .map(|i| match i {
+                Value::String(s) => Ok(s.clone()),
+                Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("text") => o
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .ok_or_else(|| RequestError::param("input", "a text part needs `text`")),
+                _ => Err(bad()),
+            })
+            .collect(),
+        _ => Err(bad()),
+    }
+}
+
+/// `POST /v1/shield/scan`: code (or a reply with code in it) and, optionally, its language.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanRequest {
+    pub text: String,
+    pub language: Option<String>,
+}
+
+pub fn parse_scan(v: &Value) -> Result<ScanRequest, RequestError> {
+    let text = v
+        .get("text")
+        .and_then(Value::as_str)
+        .ok_or_else(|| RequestError::param("text", "`text` (a string) is required"))?;
+    let language = match v.get("language") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(l)) => Some(l.clone()),
+        Some(_) => {
+            return Err(RequestError::param(
+                "language",
+                "`language` must be a string",
+            ))
+        }
+    };
+    Ok(ScanRequest {
+        text: text.to_string(),
+        language,
+    })
+}
+
+/// Whose turn `/v1/guard/classify` judges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentType {
+    /// The last user turn.
+    User,
+    /// The last assistant turn.
+    Agent,
+}
+
+/// `POST /v1/guard/classify`: a conversation, whose turn to judge and, optionally, which
+/// loaded policy to judge it by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassifyRequest {
+    pub messages: Vec<Message>,
+    pub agent_type: AgentType,
+    pub policy: Option<String>,
+}
+
+pub fn parse_classify(v: &Value) -> Result<ClassifyRequest, RequestError> {
+    let messages = messages_param(v)?;
+    let agent_type = match v.get("agent_type") {
+        None | Some(Value::Null) if messages.last().is_some_and(|m| m.role == "assistant") => {
+            AgentType::Agent
+        }
+        None | Some(Value::Null) => AgentType::User,
+        Some(Value::String(s)) if s == "user" => AgentType::User,
+        Some(Value::String(s)) if s == "agent" => AgentType::Agent,
+        Some(other) => {
+            return Err(RequestError::param(
+                "agent_type",
+                format!("agent_type must be `user` or `agent`, got {other}"),
+            ))
+        }
+    };
+    let policy = match v.get("policy") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(p)) => Some(p.clone()),
+        Some(_) => return Err(RequestError::param("policy", "`policy` must be a string")),
+    };
+    Ok(ClassifyRequest {
+        messages,
+        agent_type,
+        policy,
     })
 }
 
@@ -282,11 +422,52 @@ mod tests {
             "messages",
         );
         bad(json!({"messages": "hi"}), "messages");
+        bad(json!({"messages": m, "stream": "yes"}), "stream");
+        bad(
+            json!({"messages": m, "stream_options": 1}),
+            "stream_options",
+        );
+        bad(json!({"messages": m, "model": 4}), "model");
+        let s = parse_chat(
+            &json!({"messages": m, "stream": true, "stream_options": {"include_usage": true}, "model": "x"}),
+            &LIMITS,
+        )
+        .unwrap();
+        assert!(s.stream && s.include_usage && s.model.as_deref() == Some("x"));
         assert!(parse_chat(&json!([1]), &LIMITS)
             .unwrap_err()
             .param
             .is_none());
         let e = parse_body(b"{\n\"messages\": }").unwrap_err();
         assert!(e.message.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn endpoint_bodies_are_typed_with_errors_naming_the_field() {
+        assert_eq!(parse_moderation(&json!({"input": "a"})).unwrap(), vec!["a"]);
+        assert_eq!(
+            parse_moderation(&json!({"input": ["a", {"type": "text", "text": "b"}]})).unwrap(),
+            vec!["a", "b"]
+        );
+        for bad in [json!({}), json!({"input": []}), json!({"input": [3]})] {
+            assert_eq!(
+                parse_moderation(&bad).unwrap_err().param.as_deref(),
+                Some("input")
+            );
+        }
+        assert_eq!(
+            parse_scan(&json!({"language": "python"}))
+                .unwrap_err()
+                .param
+                .as_deref(),
+            Some("text")
+        );
+        let m = json!([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]);
+        let c = parse_classify(&json!({"messages": m})).unwrap();
+        assert_eq!(c.agent_type, AgentType::Agent);
+        let c = parse_classify(&json!({"messages": m, "agent_type": "user"})).unwrap();
+        assert_eq!(c.agent_type, AgentType::User);
+        let e = parse_classify(&json!({"messages": m, "agent_type": "bot"})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("agent_type"));
     }
 }

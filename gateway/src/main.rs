@@ -11,6 +11,7 @@ mod cmd_policy;
 mod cmd_scan;
 mod config;
 mod messages;
+mod output;
 mod server;
 
 use clap::Parser;

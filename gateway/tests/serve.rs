@@ -374,7 +374,8 @@ fn audit_records_blocks_and_hashes() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 2);
-    assert_eq!(lines[0]["outcome"], "content_filter");
+    assert_eq!(lines[0]["outcome"], "blocked");
+    assert_eq!(lines[0]["error"], "content_filter");
     assert_eq!(lines[0]["input"]["decision"]["action"], "block");
     assert_eq!(lines[0]["policy"], "default");
     assert_eq!(lines[0]["prompt_sha256"].as_str().unwrap().len(), 64);
@@ -456,6 +457,12 @@ fn moderations_follow_openai_schema_with_s_codes_alongside() {
         value("safegate_guard_batch_rows_total"),
     );
     assert!(runs >= 4 && rows >= runs, "{runs} runs, {rows} rows");
+    // Moderation decisions are policy decisions too: two moderation inputs and one
+    // classify call judged the user's turn, all blocked at threshold 0.
+    assert_eq!(
+        value(r#"safegate_policy_decisions_total{action="block",policy="default",stage="input"}"#),
+        3
+    );
 }
 
 /// POSTs a streaming request; the `data:` payloads in order.
@@ -978,8 +985,10 @@ fn unfenced_code_from_an_upstream_is_held_until_scanned() {
             ),
         ],
     );
-    let s = start(&["--config", &config]);
+    let log = dir.path().join("audit.jsonl");
+    let s = start(&["--config", &config, "--audit-log", log.to_str().unwrap()]);
     let messages = json!([{"role": "user", "content": "Write a cleanup script"}]);
+    let mut streamed_bytes = Vec::new();
     for model in ["unfenced", "fenced"] {
         let (code, whole) = post(
             &s.base,
@@ -1010,7 +1019,42 @@ fn unfenced_code_from_an_upstream_is_held_until_scanned() {
             !sent.contains("import os"),
             "{model}: the script's start leaked: {sent}"
         );
+        // The last delta is the policy's message, not the model's text.
+        streamed_bytes.push(deltas[..deltas.len() - 1].concat().len());
     }
+    // Whole or streamed, a block is counted as one, and the audit line says how much of
+    // the reply the client was sent: nothing whole, the cleared prose streamed.
+    let m = metrics(&s.base);
+    assert!(
+        m.contains(r#"safegate_requests_total{endpoint="chat_completions",outcome="blocked"} 4"#),
+        "{m}"
+    );
+    let lines: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["outcome"], "blocked", "{line}");
+        let expected = if i % 2 == 0 { 0 } else { streamed_bytes[i / 2] };
+        assert_eq!(line["released_bytes"], expected, "{line}");
+    }
+    let code_at = [
+        unfenced.find("import").unwrap(),
+        fenced.find("import").unwrap(),
+    ];
+    assert_eq!(
+        streamed_bytes, code_at,
+        "the prose before the code, and no more"
+    );
+    let released: u64 = streamed_bytes.iter().map(|&b| b as u64).sum();
+    assert!(
+        m.contains(&format!(
+            r#"safegate_released_bytes_total{{endpoint="chat_completions",outcome="blocked"}} {released}"#
+        )),
+        "{m}"
+    );
 }
 
 /// Nothing an upstream says on an error path reaches the client: an error answer's body, a

@@ -23,6 +23,18 @@ pub enum Action {
     Block,
 }
 
+impl Action {
+    /// The name used in policy files, metric labels and audit records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Log => "log",
+            Action::Flag => "flag",
+            Action::Block => "block",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnError {
@@ -30,6 +42,15 @@ pub enum OnError {
     FailClosed,
     /// ... lets it through, counted and audited.
     FailOpen,
+}
+
+impl OnError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnError::FailClosed => "fail_closed",
+            OnError::FailOpen => "fail_open",
+        }
+    }
 }
 
 /// A severity threshold for the shield, or `none` to never trigger.
@@ -245,6 +266,15 @@ impl Policy {
 pub enum Stage {
     Input,
     Output,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Input => "input",
+            Stage::Output => "output",
+        }
+    }
 }
 
 /// Which policy applies to which API key group.

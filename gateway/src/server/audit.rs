@@ -13,7 +13,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 type Ack = tokio::sync::oneshot::Sender<std::io::Result<()>>;
@@ -112,7 +111,7 @@ impl AuditLog {
 
     /// Appends one record and waits until it is on disk. Errors are returned (and counted
     /// by the caller): an audit line that cannot be written must not be silently dropped.
-    pub async fn write(&self, record: &Value) -> std::io::Result<()> {
+    pub async fn write(&self, record: &AuditRecord) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
         line.push(b'\n');
         let (ack, done) = tokio::sync::oneshot::channel();
@@ -121,5 +120,88 @@ impl AuditLog {
             .map_err(|_| std::io::Error::other("the audit writer has stopped"))?;
         done.await
             .map_err(|_| std::io::Error::other("the audit writer has stopped"))?
+    }
+}
+
+/// One audit line: every field any endpoint records, in one type. Texts appear only as
+/// SHA-256 hashes. Fields a request did not reach are left out (`key_id` is always there).
+#[derive(Debug, Default, serde::Serialize)]
+pub struct AuditRecord {
+    pub time_ms: u64,
+    pub request_id: String,
+    pub endpoint: &'static str,
+    pub latency_ms: f64,
+    pub key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// How the request ended: the `outcome` label of `safegate_requests_total`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<&'static str>,
+    /// The error code (or type) of a failed request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conversation_sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text_sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_sha256: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input: Option<StageRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<StageRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub findings: Option<Vec<FindingRecord>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_sha256: Option<String>,
+    /// Bytes of the model's reply the client was sent (the checks' own count).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub released_bytes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<safegate_engine::Usage>,
+    /// `/v1/guard/classify`: the verdict; with `/v1/shield/scan`, the decision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<safegate_policies::Verdict>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<safegate_policies::Decision>,
+}
+
+/// What one stage of a chat decided.
+#[derive(Debug, serde::Serialize)]
+pub struct StageRecord {
+    pub verdict: Option<safegate_policies::Verdict>,
+    pub decision: safegate_policies::Decision,
+}
+
+/// A shield finding, without its message.
+#[derive(Debug, serde::Serialize)]
+pub struct FindingRecord {
+    pub rule: String,
+    pub cwe: String,
+    pub severity: safegate_shield::Severity,
+    pub line: usize,
+}
+
+impl FindingRecord {
+    pub fn list(findings: &[safegate_shield::Finding]) -> Vec<FindingRecord> {
+        findings
+            .iter()
+            .map(|f| FindingRecord {
+                rule: f.rule.clone(),
+                cwe: f.cwe.clone(),
+                severity: f.severity,
+                line: f.line,
+            })
+            .collect()
     }
 }

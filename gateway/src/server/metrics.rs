@@ -20,6 +20,7 @@ pub struct Metrics {
     pub audit_errors: prometheus::IntCounter,
     pub check_errors: IntCounterVec,
     pub decisions: IntCounterVec,
+    pub released_bytes: IntCounterVec,
     pub queue_depth: IntGaugeVec,
     pub guard_batches: prometheus::IntCounter,
     pub guard_batch_rows: prometheus::IntCounter,
@@ -142,6 +143,16 @@ impl Metrics {
                 &["policy", "stage", "action"],
             )?,
         )?;
+        let released_bytes = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "safegate_released_bytes_total",
+                    "Bytes of model replies released to clients, by how the request ended (bytes under outcome=\"blocked\" are the cleared part of a stream blocked later)",
+                ),
+                &["endpoint", "outcome"],
+            )?,
+        )?;
         let queue_depth = registered(
             &registry,
             IntGaugeVec::new(
@@ -179,6 +190,7 @@ impl Metrics {
             audit_errors,
             check_errors,
             decisions,
+            released_bytes,
             queue_depth,
             guard_batches,
             guard_batch_rows,

@@ -1,33 +1,33 @@
-//! Streamed chat completions (server-sent events) with the output checks in the loop.
-//!
-//! What reaches the client is only text that every check has seen:
-//! - the guard re-scores the accumulated response every `rescore_every_tokens` tokens; text
-//!   is released only up to the last scored point minus `hold_back_tokens` tokens (so a
-//!   phrase that turns unsafe a few tokens later is still held), only while that score is
-//!   below the policy's release threshold (stricter than the block threshold), and the
-//!   rest after the final score of the whole response, which alone decides a block (so a
-//!   streamed reply gets the decision the same reply gets whole);
-//! - the code of a block still open is held until the block closes and the shield has
-//!   scanned it, and so is code without a fence (`StreamScanner::unscanned_from`); prose
-//!   outside code is released line by line, an incomplete line only while it is plain prose.
+//! Streamed chat completions (server-sent events): the reply goes through the same output
+//! checks as a whole one (`crate::output::OutputChecks`), and each text the machine
+//! releases leaves as a chunk at once. What the release rule means for a reader:
+//! - the guard re-scores the reply so far every `rescore_every_tokens` tokens; text goes
+//!   out up to the last calm score minus `hold_back_tokens`, and the last piece only once
+//!   the verdict on the whole reply (which alone decides a block) is known;
+//! - code, fenced or not, is held until its block is complete and the shield has scanned
+//!   it; prose outside code goes out line by line, an incomplete line only while it is
+//!   plain prose.
 //!
 //! A block ends the stream with `finish_reason: "content_filter"` and the policy's message;
 //! the generation is cancelled at once, as it is when the client goes away.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use actix_web::web::{self, Bytes};
 use actix_web::HttpResponse;
-use safegate_engine::{ChatMessage, Completion};
-use safegate_policies::{decide, Decision, Policy, Stage, Verdict};
-use safegate_shield::{Finding, StreamScanner};
+use safegate_api::response::{ChatCompletionChunk, ChunkChoice, Delta, UsageBody};
+use safegate_engine::Completion;
 use serde_json::{json, Value};
 
-use super::chat::{self, Event, Prepared, Source};
+use super::audit::AuditRecord;
+use super::backend::{Event, Source};
+use super::chat::{self, Prepared};
+use super::checks::{self, StreamShield};
+use super::respond::{self, filter_results};
 use super::{ApiError, AppState};
+use crate::output::{Outcome, OutputChecks};
 
 /// The response body: SSE frames from the task that drives the generation. Dropped by
 /// actix when the client disconnects, which the task notices.
@@ -47,18 +47,19 @@ pub(super) fn start(
     state: web::Data<AppState>,
     mut prepared: Prepared,
     t0: Instant,
-    audit: serde_json::Map<String, Value>,
+    audit: &mut AuditRecord,
 ) -> Result<HttpResponse, ApiError> {
     let generation = prepared.start()?;
     // A few frames of slack; a slow reader then slows the relay, not the server's memory.
     let (tx, rx) = tokio::sync::mpsc::channel(32);
     let sse = Sse {
         tx,
-        id: chat::completion_id(),
+        id: chat::response_id("chatcmpl"),
         created: chat::unix_now(),
-        model: prepared.model_name(),
+        model: prepared.backend.model_name(),
         include_usage: prepared.include_usage,
     };
+    let audit = std::mem::take(audit);
     actix_web::rt::spawn(run(state, prepared, generation, sse, t0, audit));
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
@@ -77,196 +78,114 @@ struct Sse {
 
 impl Sse {
     /// Sends one `data:` frame; false when the client has gone.
-    async fn send(&self, payload: &Value) -> bool {
-        let frame = format!("data: {payload}\n\n");
+    async fn send(&self, payload: &impl serde::Serialize) -> bool {
+        let Ok(json) = serde_json::to_string(payload) else {
+            return false;
+        };
+        let frame = format!("data: {json}\n\n");
         self.tx.send(Bytes::from(frame)).await.is_ok()
     }
 
-    fn chunk(&self, delta: Value, finish_reason: Option<&str>, extra: Option<Value>) -> Value {
-        let mut choice = json!({"index": 0, "delta": delta, "finish_reason": finish_reason});
-        if let (Some(Value::Object(extra)), Some(obj)) = (extra, choice.as_object_mut()) {
-            obj.extend(extra);
+    fn chunk(
+        &self,
+        delta: Delta,
+        finish_reason: Option<&'static str>,
+        filter: Option<Value>,
+    ) -> ChatCompletionChunk {
+        ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.model.clone(),
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta,
+                finish_reason,
+                content_filter_results: filter,
+            }],
+            usage: self.include_usage.then_some(None),
         }
-        let mut chunk = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [choice],
-        });
-        if self.include_usage {
-            chunk["usage"] = Value::Null;
-        }
-        chunk
     }
 
     async fn content(&self, text: &str) -> bool {
-        text.is_empty()
-            || self
-                .send(&self.chunk(json!({"content": text}), None, None))
-                .await
+        let delta = Delta {
+            content: Some(text.to_string()),
+            ..Default::default()
+        };
+        text.is_empty() || self.send(&self.chunk(delta, None, None)).await
+    }
+
+    async fn done(&self) -> bool {
+        self.tx
+            .send(Bytes::from_static(b"data: [DONE]\n\n"))
+            .await
+            .is_ok()
     }
 }
 
 /// How a stream ended.
 enum End {
-    Finished(Completion),
-    Blocked(Decision),
+    /// The generation ended and the checks settled (the reply may still be blocked).
+    Settled(Completion),
+    /// A check blocked the reply before the generation ended.
+    Blocked,
     ClientGone,
     Failed(ApiError),
 }
 
-/// The output checks of one stream and how much of the text they have cleared.
-struct Checks<'a> {
-    state: &'a AppState,
-    policy: &'a Policy,
-    messages: &'a [ChatMessage],
-    scanner: Option<StreamScanner<'static>>,
-    findings: Vec<Finding>,
-    verdict: Option<Verdict>,
-    guard_on: bool,
-    /// Tokens the guard had seen at its last score.
-    scored_tokens: usize,
-    /// Bytes of the response the guard has cleared.
-    guard_cleared: usize,
-}
-
-impl Checks<'_> {
-    /// Feeds a chunk to the shield; a blocking decision when its findings call for one.
-    async fn scan(&mut self, chunk: &str) -> Result<Option<Decision>, ApiError> {
-        let Some(mut scanner) = self.scanner.take() else {
-            return Ok(None);
+/// Drives one stream: generation events into the output checks, released text out to the
+/// client, until the reply is settled, blocked, failed or abandoned.
+async fn drive(
+    state: &AppState,
+    p: &Prepared,
+    generation: &mut Source,
+    checks: &mut OutputChecks,
+    sse: &Sse,
+    t0: Instant,
+) -> End {
+    let mut shield = StreamShield::new(state, checks);
+    let messages = &p.req.messages;
+    let limit = std::time::Duration::from_millis(state.limits.request_timeout_ms);
+    let deadline = tokio::time::Instant::from_std(t0 + limit);
+    loop {
+        let event = match tokio::time::timeout_at(deadline, generation.next()).await {
+            Ok(event) => event,
+            Err(_) => return End::Failed(ApiError::timeout(limit)),
         };
-        // Whole lines make the shield work; a chunk without a line break only appends.
-        let (scanner, result) = if chunk.contains('\n') {
-            let chunk = chunk.to_string();
-            let t = Instant::now();
-            let out = web::block(move || {
-                let r = scanner.push(&chunk);
-                (scanner, r)
-            })
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-            self.observe("shield", t);
-            out
-        } else {
-            let r = scanner.push(chunk);
-            (scanner, r)
-        };
-        self.scanner = Some(scanner);
-        match result {
-            Ok(new) => self.findings.extend(new),
-            Err(e) => {
-                chat::on_check_error(
-                    self.state,
-                    self.policy,
-                    "shield",
-                    "the code scan",
-                    e.to_string(),
-                )?;
-                self.scanner = None;
+        let step = match event {
+            Event::Text(t) => {
+                if sse.tx.is_closed() {
+                    return End::ClientGone;
+                }
+                checks.push(&t);
+                match shield.scan(state, checks, &t).await {
+                    Ok(()) => checks::rescore_if_due(state, checks, messages).await,
+                    e => e,
+                }
             }
-        }
-        Ok(self.blocking_decision())
-    }
-
-    /// Ends the shield's stream (the unclosed block, a whole-code response).
-    async fn finish_scan(&mut self) -> Result<(), ApiError> {
-        let Some(scanner) = self.scanner.take() else {
-            return Ok(());
+            Event::Done(c) => {
+                checks.push(&c.tail_text);
+                let settled = async {
+                    shield.scan(state, checks, &c.tail_text).await?;
+                    checks::settle(state, checks, shield, messages).await
+                };
+                return match settled.await {
+                    Ok(()) if checks.blocked().is_some() => End::Blocked,
+                    Ok(()) => End::Settled(c),
+                    Err(e) => End::Failed(e),
+                };
+            }
+            Event::Failed(e) => Err(e),
         };
-        let t = Instant::now();
-        let report = web::block(move || scanner.finish())
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        self.observe("shield", t);
-        match report {
-            Ok(r) => self.findings = r.findings,
-            Err(e) => chat::on_check_error(
-                self.state,
-                self.policy,
-                "shield",
-                "the code scan",
-                e.to_string(),
-            )?,
+        if let Err(e) = step {
+            return End::Failed(e);
         }
-        Ok(())
-    }
-
-    /// Scores the response so far with the guard; it clears all but the held-back tail.
-    async fn rescore(
-        &mut self,
-        text: &str,
-        token_ends: &[usize],
-        final_score: bool,
-    ) -> Result<Option<Decision>, ApiError> {
-        if !self.guard_on {
-            return Ok(None);
+        if checks.blocked().is_some() {
+            return End::Blocked;
         }
-        let mut convo = self.messages.to_vec();
-        convo.push(ChatMessage::new("assistant", text));
-        let verdict = chat::guard_stage(self.state, self.policy, Stage::Output, convo).await?;
-        self.scored_tokens = token_ends.len();
-        if final_score {
-            // Only the verdict on the whole reply decides, as for a reply sent whole.
-            self.verdict = verdict;
-            self.guard_cleared = text.len();
-            return Ok(self.blocking_decision());
+        if !sse.content(checks.release()).await {
+            return End::ClientGone;
         }
-        // A prefix's score only decides what may be released: while it is below the release
-        // threshold (stricter than the block threshold), up to the scored point minus the
-        // hold-back; a score climbing toward a block holds the text at the last calm point
-        // until the whole reply is judged. (A prefix never blocks by itself: "to kill a
-        // process, run kill" can read worse cut short than whole.)
-        let calm = verdict
-            .as_ref()
-            .is_none_or(|v| v.p_unsafe < self.policy.release_threshold());
-        if calm {
-            let hold = self.policy.streaming.hold_back_tokens as usize;
-            self.guard_cleared = match self.scored_tokens.saturating_sub(hold) {
-                0 => 0,
-                n => token_ends[n - 1],
-            };
-        }
-        Ok(None)
-    }
-
-    fn due_for_rescore(&self, tokens: usize) -> bool {
-        self.guard_on
-            && tokens - self.scored_tokens
-                >= self.policy.streaming.rescore_every_tokens.max(1) as usize
-    }
-
-    fn blocking_decision(&self) -> Option<Decision> {
-        let d = decide(
-            self.policy,
-            Stage::Output,
-            self.verdict.as_ref(),
-            &self.findings,
-        );
-        d.blocked().then_some(d)
-    }
-
-    /// Bytes of the response every check has cleared.
-    fn cleared(&self, text_len: usize) -> usize {
-        let guard = if self.guard_on {
-            self.guard_cleared
-        } else {
-            text_len
-        };
-        let shield = self
-            .scanner
-            .as_ref()
-            .map_or(text_len, StreamScanner::unscanned_from);
-        guard.min(shield)
-    }
-
-    fn observe(&self, stage: &str, t: Instant) {
-        self.state
-            .metrics
-            .stage_duration
-            .with_label_values(&[stage])
-            .observe(t.elapsed().as_secs_f64());
     }
 }
 
@@ -276,167 +195,106 @@ async fn run(
     mut generation: Source,
     sse: Sse,
     t0: Instant,
-    mut audit: serde_json::Map<String, Value>,
+    mut audit: AuditRecord,
 ) {
-    let policy: Arc<Policy> = p.policy.clone();
-    let mut checks = Checks {
-        state: &state,
-        policy: &policy,
-        messages: &p.req.messages,
-        scanner: policy
-            .shield
-            .enabled
-            .then(|| StreamScanner::new(state.shield, chat::shield_options(&policy, None))),
-        findings: Vec::new(),
-        verdict: None,
-        guard_on: state.guard.is_some() && policy.output.enabled,
-        scored_tokens: 0,
-        guard_cleared: 0,
-    };
-    let mut text = String::new();
-    let mut token_ends: Vec<usize> = Vec::new();
-    let mut sent = 0;
-
-    let first = sse.chunk(json!({"role": "assistant", "content": ""}), None, None);
-    let end = if !sse.send(&first).await {
-        End::ClientGone
+    let mut checks = p.output_checks(&state);
+    let first = sse.chunk(
+        Delta {
+            role: Some("assistant"),
+            content: Some(String::new()),
+        },
+        None,
+        None,
+    );
+    let end = if sse.send(&first).await {
+        drive(&state, &p, &mut generation, &mut checks, &sse, t0).await
     } else {
-        let limit = std::time::Duration::from_millis(state.limits.request_timeout_ms);
-        let deadline = tokio::time::Instant::from_std(t0 + limit);
-        loop {
-            let event = match tokio::time::timeout_at(deadline, generation.next()).await {
-                Ok(event) => event,
-                Err(_) => break End::Failed(ApiError::timeout(limit)),
-            };
-            let step = match event {
-                Event::Text(t) => {
-                    text.push_str(&t);
-                    token_ends.push(text.len());
-                    if sse.tx.is_closed() {
-                        break End::ClientGone;
-                    }
-                    match checks.scan(&t).await {
-                        Ok(None) if checks.due_for_rescore(token_ends.len()) => {
-                            checks.rescore(&text, &token_ends, false).await
-                        }
-                        other => other,
-                    }
-                }
-                Event::Done(c) => {
-                    text.push_str(&c.tail_text);
-                    let checked = async {
-                        if let Some(d) = checks.scan(&c.tail_text).await? {
-                            return Ok(Some(d));
-                        }
-                        checks.finish_scan().await?;
-                        if let Some(d) = checks.blocking_decision() {
-                            return Ok(Some(d));
-                        }
-                        checks.rescore(&text, &token_ends, true).await
-                    };
-                    match checked.await {
-                        Ok(None) => break End::Finished(c),
-                        other => other,
-                    }
-                }
-                Event::Failed(e) => Err(e),
-            };
-            match step {
-                Ok(Some(decision)) => break End::Blocked(decision),
-                Err(e) => break End::Failed(e),
-                Ok(None) => {}
-            }
-            let upto = checks.cleared(text.len());
-            if upto > sent {
-                if !sse.content(&text[sent..upto]).await {
-                    break End::ClientGone;
-                }
-                sent = upto;
-            }
-        }
+        End::ClientGone
     };
     // Stop generating now (local: within one step; upstream: the relay drops the
     // connection), whatever happens to the rest of the response.
     drop(generation);
 
-    let outcome = match &end {
-        End::Finished(_) => "ok",
-        End::Blocked(_) => "blocked",
-        End::ClientGone => "client_closed",
-        End::Failed(e) => chat::outcome_of(e),
+    let output = chat::record_output(&state, &checks, &mut audit);
+    // What is still to go out of an answered reply leaves after the audit line, which
+    // already counts it.
+    let rest = match &end {
+        End::Settled(_) => checks.release().to_string(),
+        _ => String::new(),
     };
-    let verdict = checks.verdict.clone();
-    let findings = std::mem::take(&mut checks.findings);
-    let output = chat::decide_output(
-        &state,
-        &policy,
-        verdict.as_ref(),
-        &findings,
-        &text,
-        &mut audit,
-    );
-    audit.insert("streamed_bytes".into(), json!(sent));
-    audit.insert("outcome".into(), json!(outcome));
-    audit.insert(
-        "status".into(),
-        json!(match &end {
-            End::Failed(e) => e.status.as_u16(),
-            _ => 200,
-        }),
-    );
-    if let End::Finished(c) = &end {
-        chat::observe_generation(&state, c);
-        audit.insert("usage".into(), json!(c.usage));
+    let outcome = match &end {
+        End::Settled(_) | End::Blocked => checks.outcome(),
+        End::ClientGone => Outcome::ClientClosed,
+        End::Failed(e) => Outcome::of_error(e.status.as_u16(), e.code.as_deref()),
+    };
+    audit.outcome = Some(outcome.as_str());
+    audit.released_bytes = Some(checks.released());
+    audit.status = Some(match &end {
+        End::Failed(e) => e.status.as_u16(),
+        _ => 200,
+    });
+    if let End::Failed(e) = &end {
+        audit.error = Some(e.code.clone().unwrap_or_else(|| e.kind.to_string()));
     }
-    chat::observe_request(&state, "chat_completions", t0, outcome);
+    if let End::Settled(c) = &end {
+        chat::observe_generation(&state, c);
+        audit.usage = Some(c.usage);
+    }
+    respond::observe_request(
+        &state,
+        "chat_completions",
+        t0,
+        outcome,
+        Some(checks.released()),
+    );
     // The last frames leave only after the audit line is on disk.
-    if let Err(e) = super::write_audit(&state, "chat_completions", t0, audit).await {
+    if let Err(e) = respond::write_audit(&state, "chat_completions", t0, audit).await {
         tracing::error!("audit log write failed: {e}");
         let e = ApiError::internal("the audit log cannot be written; the response is incomplete");
         sse.send(&json!({"error": e.body()})).await;
         return;
     }
     match end {
-        End::Finished(c) => {
-            if let Some(note) = &output.note {
-                if !sse.content(&text[sent..]).await || !sse.content(&format!("\n\n{note}")).await {
-                    return;
-                }
-            } else if !sse.content(&text[sent..]).await {
+        End::Settled(c) if checks.blocked().is_none() => {
+            if !sse.content(&rest).await {
                 return;
             }
-            let results = chat::filter_details(&output)["content_filter_result"].clone();
+            if let Some(note) = &output.note {
+                if !sse.content(&format!("\n\n{note}")).await {
+                    return;
+                }
+            }
             let last = sse.chunk(
-                json!({}),
+                Delta::default(),
                 Some(chat::finish_reason_name(c.finish_reason)),
-                Some(json!({"content_filter_results": results})),
+                Some(filter_results(&output)),
             );
             if !sse.send(&last).await {
                 return;
             }
             if sse.include_usage {
                 let u = c.usage;
-                let usage = json!({
-                    "id": sse.id, "object": "chat.completion.chunk", "created": sse.created,
-                    "model": sse.model, "choices": [],
-                    "usage": {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-                              "total_tokens": u.prompt_tokens + u.completion_tokens},
-                });
+                let mut usage = sse.chunk(Delta::default(), None, None);
+                usage.choices.clear();
+                usage.usage = Some(Some(UsageBody::new(u.prompt_tokens, u.completion_tokens)));
                 if !sse.send(&usage).await {
                     return;
                 }
             }
-            let _ = sse.tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+            sse.done().await;
         }
-        End::Blocked(decision) => {
-            let results = chat::filter_details(&decision)["content_filter_result"].clone();
+        End::Settled(_) | End::Blocked => {
+            let decision = checks.blocked().cloned().unwrap_or(output);
             let last = sse.chunk(
-                json!({"content": decision.message.clone().unwrap_or_default()}),
+                Delta {
+                    content: Some(decision.message.clone().unwrap_or_default()),
+                    ..Default::default()
+                },
                 Some("content_filter"),
-                Some(json!({"content_filter_results": results})),
+                Some(filter_results(&decision)),
             );
             if sse.send(&last).await {
-                let _ = sse.tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+                sse.done().await;
             }
         }
         End::Failed(e) => {

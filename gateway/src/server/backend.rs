@@ -1,0 +1,122 @@
+//! Where a reply is generated: one seam (`Backend`) with the local engine and the
+//! upstream servers behind it, each giving the same kind of event stream (`Source`).
+
+use safegate_engine::{
+    ChatMessage, Completion, Engine, GenerateRequest, GenerationEvent, SamplingParams, TokenStream,
+};
+use serde_json::{json, Value};
+
+use super::upstream::UpstreamEvent;
+use super::ApiError;
+use crate::config::UpstreamModel;
+
+/// A validated chat request.
+pub(super) struct ChatRequest {
+    pub messages: Vec<ChatMessage>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+}
+
+/// A generation backend: starts replies to chat requests.
+pub(super) trait Backend: Send + Sync {
+    /// The model name replies carry.
+    fn model_name(&self) -> String;
+    /// `local` or `upstream`, for the audit log.
+    fn kind(&self) -> &'static str;
+    /// Starts generating (a full queue: 429). Dropping the source cancels the generation.
+    fn start(&self, req: &ChatRequest) -> Result<Source, ApiError>;
+}
+
+/// The local engine, with the request's prompt already tokenized.
+pub(super) struct Local {
+    pub engine: Engine,
+    pub prompt_ids: Vec<u32>,
+}
+
+impl Backend for Local {
+    fn model_name(&self) -> String {
+        self.engine.info().name.clone()
+    }
+
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    fn start(&self, req: &ChatRequest) -> Result<Source, ApiError> {
+        Ok(Source::Local(self.engine.generate(GenerateRequest {
+            prompt_ids: self.prompt_ids.clone(),
+            max_tokens: req.max_tokens,
+            sampling: req.sampling.clone(),
+            stop: req.stop.clone(),
+            ignore_eos: false,
+        })?))
+    }
+}
+
+/// An OpenAI-compatible upstream server.
+pub(super) struct Upstream(pub UpstreamModel);
+
+impl Backend for Upstream {
+    fn model_name(&self) -> String {
+        self.0.name.clone()
+    }
+
+    fn kind(&self) -> &'static str {
+        "upstream"
+    }
+
+    fn start(&self, req: &ChatRequest) -> Result<Source, ApiError> {
+        let messages: Vec<Value> = req
+            .messages
+            .iter()
+            .map(|m| json!({"role": m.role, "content": m.content}))
+            .collect();
+        let mut params = serde_json::Map::new();
+        params.insert("max_tokens".into(), json!(req.max_tokens));
+        params.insert("temperature".into(), json!(req.sampling.temperature));
+        params.insert("top_p".into(), json!(req.sampling.top_p));
+        if let Some(seed) = req.sampling.seed {
+            params.insert("seed".into(), json!(seed));
+        }
+        if !req.stop.is_empty() {
+            params.insert("stop".into(), json!(req.stop));
+        }
+        Ok(Source::Upstream(super::upstream::start(
+            &self.0,
+            Value::Array(messages),
+            params,
+        )))
+    }
+}
+
+/// A reply being generated, locally or upstream, as one kind of event stream.
+pub(super) enum Source {
+    Local(TokenStream),
+    Upstream(tokio::sync::mpsc::Receiver<UpstreamEvent>),
+}
+
+pub(super) enum Event {
+    Text(String),
+    Done(Completion),
+    Failed(ApiError),
+}
+
+impl Source {
+    pub async fn next(&mut self) -> Event {
+        match self {
+            Source::Local(stream) => match stream.next().await {
+                Some(GenerationEvent::Token { text, .. }) => Event::Text(text),
+                Some(GenerationEvent::Done(c)) => Event::Done(c),
+                Some(GenerationEvent::Error(e)) => Event::Failed(e.into()),
+                None => Event::Failed(ApiError::internal("generation stopped unexpectedly")),
+            },
+            Source::Upstream(rx) => match rx.recv().await {
+                Some(UpstreamEvent::Delta(text)) => Event::Text(text),
+                Some(UpstreamEvent::Done(c)) => Event::Done(c),
+                Some(UpstreamEvent::Failed(e)) => Event::Failed(e),
+                None => Event::Failed(ApiError::internal("the upstream relay stopped")),
+            },
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! The checks as the server runs them: the guard and the shield off the async runtime,
+//! within the policy's time budgets, their failures settled by the policy's `on_error`, and
+//! their results fed to the reply's `OutputChecks` (the pure machine that decides what is
+//! released; see `crate::output`).
+
+use std::time::{Duration, Instant};
+
+use actix_web::web;
+use safegate_engine::ChatMessage;
+use safegate_guard::{build_prompt, AgentType, CategorySelection};
+use safegate_policies::{OnError, Policy, Stage, Verdict};
+use safegate_shield::{Language, ScanOptions, StreamScanner};
+
+use super::{ApiError, AppState};
+use crate::output::OutputChecks;
+
+pub(super) fn shield_options(policy: &Policy, language: Option<Language>) -> ScanOptions {
+    ScanOptions {
+        language,
+        languages: policy.shield.languages.clone(),
+        disabled_rules: policy.shield.disabled_rules.clone(),
+        ..Default::default()
+    }
+}
+
+/// A check (`guard` or `shield`) could not run: fails the request (code `{check}_error`)
+/// or lets it through, as the policy says; counted either way. The one place `on_error`
+/// is applied.
+pub(super) fn on_check_error(
+    state: &AppState,
+    policy: &Policy,
+    check: &str,
+    what: &str,
+    why: String,
+) -> Result<(), ApiError> {
+    state
+        .metrics
+        .check_errors
+        .with_label_values(&[check, policy.on_error.as_str()])
+        .inc();
+    match policy.on_error {
+        OnError::FailClosed => Err(ApiError {
+            code: Some(format!("{check}_error")),
+            ..ApiError::unavailable(format!("{what} failed ({why}); the policy fails closed"))
+        }),
+        OnError::FailOpen => {
+            tracing::warn!("{what} failed, policy fails open: {why}");
+            Ok(())
+        }
+    }
+}
+
+fn observe_stage(state: &AppState, stage: &str, t: Instant) {
+    state
+        .metrics
+        .stage_duration
+        .with_label_values(&[stage])
+        .observe(t.elapsed().as_secs_f64());
+}
+
+/// Runs the guard on a conversation, if one is configured and the stage is on. Past the
+/// stage's time budget the guard counts as failed (`on_error` decides) and its queued work
+/// is dropped by the guard's deadline.
+pub(super) async fn guard_stage(
+    state: &AppState,
+    policy: &Policy,
+    stage: Stage,
+    messages: Vec<ChatMessage>,
+) -> Result<Option<Verdict>, ApiError> {
+    let Some(guard) = state.guard.clone() else {
+        return Ok(None);
+    };
+    if !policy.stage(stage).enabled {
+        return Ok(None);
+    }
+    let agent = if stage == Stage::Input {
+        AgentType::User
+    } else {
+        AgentType::Agent
+    };
+    let selection = CategorySelection {
+        codes: None,
+        custom: &policy.custom_categories,
+        with_descriptions: false,
+    };
+    let prompt = build_prompt(policy.taxonomy, agent, &messages, &selection)
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let t0 = Instant::now();
+    let budget = Duration::from_millis(policy.stage(stage).timeout_ms);
+    let deadline = t0 + budget;
+    let result = match actix_web::rt::time::timeout(
+        budget,
+        web::block(move || guard.classify_until(&prompt, deadline)),
+    )
+    .await
+    {
+        Ok(joined) => match joined.map_err(|e| ApiError::internal(e.to_string()))? {
+            // A full guard queue is overload, not a failing guard: the client retries
+            // (429 + Retry-After) instead of the policy's on_error deciding.
+            Err(safegate_guard::GuardError::Engine(safegate_engine::EngineError::QueueFull)) => {
+                return Err(ApiError::overloaded())
+            }
+            other => other.map_err(|e| e.to_string()),
+        },
+        Err(_) => Err(format!("no verdict within {} ms", budget.as_millis())),
+    };
+    let name = match stage {
+        Stage::Input => "input_guard",
+        Stage::Output => "output_guard",
+    };
+    observe_stage(state, name, t0);
+    match result {
+        Ok(c) => Ok(Some(c.verdict)),
+        Err(e) => on_check_error(state, policy, "guard", "the safety check", e).map(|()| None),
+    }
+}
+
+/// The shield's side of a streamed reply: the scanner, fed off the async runtime.
+pub(super) struct StreamShield {
+    scanner: Option<StreamScanner<'static>>,
+}
+
+impl StreamShield {
+    pub fn new(state: &AppState, checks: &OutputChecks) -> Self {
+        let scanner = checks
+            .shield_on()
+            .then(|| StreamScanner::new(state.shield, shield_options(checks.policy(), None)));
+        Self { scanner }
+    }
+
+    /// A reply given whole: scanned in one go when it is complete.
+    pub fn whole() -> Self {
+        Self { scanner: None }
+    }
+
+    /// Scans a new chunk of the reply (already pushed to `checks`) and reports what the
+    /// shield judged. Whole lines make the shield work; a chunk without a line break only
+    /// appends. A scan past the reply's shield budget is a shield failure.
+    pub async fn scan(
+        &mut self,
+        state: &AppState,
+        checks: &mut OutputChecks,
+        chunk: &str,
+    ) -> Result<(), ApiError> {
+        let Some(mut scanner) = self.scanner.take() else {
+            return Ok(());
+        };
+        let t = Instant::now();
+        let scanned = if chunk.contains('\n') {
+            let chunk = chunk.to_string();
+            off_runtime(state, checks.shield_time_left(), move || {
+                let findings = scanner.push(&chunk).map_err(|e| e.to_string())?;
+                Ok((scanner, findings))
+            })
+            .await
+        } else {
+            match scanner.push(chunk) {
+                Ok(findings) => Ok((scanner, findings)),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        match scanned {
+            Ok((scanner, findings)) => {
+                checks.shield_progress(scanner.unscanned_from(), findings, t.elapsed());
+                self.scanner = Some(scanner);
+                Ok(())
+            }
+            Err(why) => shield_failed(state, checks, why),
+        }
+    }
+
+    /// Ends the shield's stream (an unclosed block, a whole-code reply); a reply given
+    /// whole is scanned in one go.
+    async fn finish(self, state: &AppState, checks: &mut OutputChecks) -> Result<(), ApiError> {
+        let t = Instant::now();
+        let budget = checks.shield_time_left();
+        let scanned = match self.scanner {
+            Some(scanner) => {
+                off_runtime(state, budget, move || {
+                    scanner.finish().map_err(|e| e.to_string())
+                })
+                .await
+            }
+            None if checks.shield_on() => {
+                let (shield, text, options) = (
+                    state.shield,
+                    checks.text().to_string(),
+                    shield_options(checks.policy(), None),
+                );
+                off_runtime(state, budget, move || {
+                    shield.scan(&text, &options).map_err(|e| e.to_string())
+                })
+                .await
+            }
+            None => return Ok(()),
+        };
+        match scanned {
+            Ok(report) => {
+                checks.shield_finished(report.findings, t.elapsed());
+                Ok(())
+            }
+            Err(why) => shield_failed(state, checks, why),
+        }
+    }
+}
+
+/// Runs shield work on the blocking pool within `budget`; why it failed otherwise.
+async fn off_runtime<T: Send + 'static>(
+    state: &AppState,
+    budget: Duration,
+    job: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    let t = Instant::now();
+    let result = actix_web::rt::time::timeout(budget, web::block(job)).await;
+    observe_stage(state, "shield", t);
+    match result {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no result within {} ms", budget.as_millis())),
+    }
+}
+
+fn shield_failed(state: &AppState, checks: &mut OutputChecks, why: String) -> Result<(), ApiError> {
+    on_check_error(state, checks.policy(), "shield", "the code scan", why)?;
+    checks.shield_failed_open();
+    Ok(())
+}
+
+/// The conversation the output guard judges: the request's turns and the reply so far.
+fn with_reply(messages: &[ChatMessage], reply: &str) -> Vec<ChatMessage> {
+    let mut convo = messages.to_vec();
+    convo.push(ChatMessage::new("assistant", reply));
+    convo
+}
+
+/// Scores the reply so far with the guard when the machine asks for it.
+pub(super) async fn rescore_if_due(
+    state: &AppState,
+    checks: &mut OutputChecks,
+    messages: &[ChatMessage],
+) -> Result<(), ApiError> {
+    if !checks.rescore_due() {
+        return Ok(());
+    }
+    let pieces = checks.pieces();
+    let convo = with_reply(messages, checks.text());
+    let verdict = guard_stage(state, checks.policy(), Stage::Output, convo).await?;
+    checks.prefix_scored(pieces, verdict.as_ref());
+    Ok(())
+}
+
+/// The reply is complete: the shield finishes, then (unless it blocked) the guard judges
+/// the whole reply. Afterwards the machine is settled.
+pub(super) async fn settle(
+    state: &AppState,
+    checks: &mut OutputChecks,
+    shield: StreamShield,
+    messages: &[ChatMessage],
+) -> Result<(), ApiError> {
+    checks.complete();
+    shield.finish(state, checks).await?;
+    if checks.final_score_due() {
+        let convo = with_reply(messages, checks.text());
+        let verdict = guard_stage(state, checks.policy(), Stage::Output, convo).await?;
+        checks.final_scored(verdict);
+    }
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! Start-up: settings resolved, models, guard, policies and audit log loaded, and the
+//! HTTP server bound. Request handling is elsewhere; this runs once.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix_web::{web, App, HttpServer};
+use anyhow::{bail, Context, Result};
+use safegate_engine::session::SessionOptions;
+use safegate_engine::{Engine, EngineOptions};
+use safegate_guard::{
+    is_embedded_guard, EmbeddedGuard, EmbeddedOptions, LocalGuard, RemoteConfig, RemoteGuard,
+    SafetyClassifier,
+};
+use safegate_policies::{PolicySet, PolicyStore};
+use safegate_shield::Shield;
+
+use super::{audit, auth, reload, AppState, Metrics};
+use crate::cli::{Cli, ServeArgs};
+use crate::config::Settings;
+
+fn load(cli: &Cli, dir: &std::path::Path, args: &Settings) -> Result<Engine> {
+    safegate_engine::runtime::init(cli.ort_lib.as_deref())?;
+    let opts = EngineOptions {
+        device: args.device.parse()?,
+        intra_threads: args.threads,
+        queue_capacity: args.queue,
+        ..Default::default()
+    };
+    Engine::load(dir, &opts).with_context(|| format!("loading {}", dir.display()))
+}
+
+pub fn run(cli: &Cli, serve_args: &ServeArgs) -> Result<()> {
+    let args = &Settings::resolve(serve_args)?;
+    let addr: SocketAddr = args
+        .listen
+        .parse()
+        .with_context(|| format!("--listen `{}` is not ADDR:PORT", args.listen))?;
+    let keys = auth::KeyStore::new(&args.keys);
+    if keys.is_empty() {
+        if !addr.ip().is_loopback() && !args.allow_insecure_listen {
+            bail!(
+                "refusing to listen on {addr} without API keys: anyone who can reach it could use the models. \
+                 Add keys to the config file (safegate keys new), listen on 127.0.0.1, or pass \
+                 --allow-insecure-listen if a proxy in front authenticates"
+            );
+        }
+        tracing::warn!(
+            "no API keys configured: every caller is accepted, with any or no bearer token"
+        );
+    }
+    let shield = Shield::embedded();
+    let set = match &args.policies {
+        Some(paths) => {
+            let files = crate::cmd_policy::read_policy_files(paths)?;
+            PolicySet::from_files(&files, shield).map_err(|e| anyhow::anyhow!("{e}"))?
+        }
+        None => PolicySet::presets(shield),
+    };
+    for k in &args.keys {
+        if let Some(group) = &k.group {
+            if !set.bindings.groups.contains_key(group) {
+                if set.bindings.groups.is_empty() {
+                    tracing::warn!(
+                        "key `{}`: group `{group}` has no binding; it gets the default policy",
+                        k.id
+                    );
+                } else {
+                    bail!(
+                        "key `{}`: group `{group}` is not in bindings.yaml (groups: {})",
+                        k.id,
+                        set.bindings
+                            .groups
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+            }
+        }
+    }
+    let engine = args
+        .model
+        .as_ref()
+        .map(|m| load(cli, m, args))
+        .transpose()?;
+    let mut guard: Option<Arc<dyn SafetyClassifier>> = None;
+    if let Some(m) = &args.guard_model {
+        guard = Some(if is_embedded_guard(m) {
+            // The small classifier that ships with safegate (an encoder and guard_head.json).
+            safegate_engine::runtime::init(cli.ort_lib.as_deref())?;
+            let options = EmbeddedOptions {
+                session: SessionOptions {
+                    device: args.device.parse()?,
+                    intra_threads: args.threads,
+                },
+                queue: args.queue,
+                ..Default::default()
+            };
+            Arc::new(
+                EmbeddedGuard::open(m, &options)
+                    .with_context(|| format!("loading the guard {}", m.display()))?,
+            )
+        } else {
+            Arc::new(LocalGuard::new(load(cli, m, args)?))
+        });
+    }
+    if let Some(r) = &args.guard_remote {
+        let tokenizer =
+            safegate_engine::ChatTokenizer::load_dir(&r.tokenizer).with_context(|| {
+                format!(
+                    "guard_remote.tokenizer: cannot load {}",
+                    r.tokenizer.display()
+                )
+            })?;
+        let bos = safegate_engine::ModelConfig::load(&r.tokenizer)
+            .ok()
+            .and_then(|c| c.bos_token_id)
+            .or_else(|| tokenizer.token_id("<|begin_of_text|>"));
+        let config = RemoteConfig {
+            base_url: r.base_url.clone(),
+            model: r.model.clone(),
+            api_key: r.api_key_env.as_ref().and_then(|v| std::env::var(v).ok()),
+            timeout: std::time::Duration::from_millis(r.timeout_ms),
+            retries: r.retries,
+            ..Default::default()
+        };
+        guard = Some(Arc::new(RemoteGuard::new(config, tokenizer, bos)));
+    }
+    if let Some(g) = &guard {
+        tracing::info!(backend = g.backend(), model = %g.model_name(), "guard ready");
+    }
+    if guard.is_none() {
+        tracing::warn!(
+            "no guard model (--guard-model DIR): the policies' guard stages are skipped; the shield still runs"
+        );
+    }
+    let metrics = Metrics::new()?;
+    if let Some(e) = &engine {
+        metrics
+            .provider
+            .with_label_values(&[e.info().provider.as_str()])
+            .set(1);
+    }
+    let state = web::Data::new(AppState {
+        engine,
+        guard,
+        policies: Arc::new(PolicyStore::new(set)),
+        shield,
+        metrics,
+        policy_paths: args.policies.clone(),
+        admin_key: args.admin_key_sha256,
+        audit: match &args.audit_log {
+            Some(p) => Some(
+                audit::AuditLog::open(p.clone(), args.audit_max_bytes, args.audit_fsync)
+                    .with_context(|| format!("cannot open the audit log {}", p.display()))?,
+            ),
+            None => None,
+        },
+        keys,
+        limits: args.limits.clone(),
+        upstreams: args.upstreams.clone(),
+    });
+    if let Some(paths) = &args.policies {
+        reload::spawn_watcher(
+            state.clone(),
+            paths.clone(),
+            std::time::Duration::from_millis(args.policy_poll_ms),
+        );
+    }
+    tracing::info!(%addr, "safegate listening");
+    eprintln!("safegate listening on http://{addr}");
+    let max_body = args.max_body_bytes;
+    // On SIGTERM/SIGINT actix stops accepting, lets in-flight requests (streams included)
+    // finish within this grace period, then exits; audit lines are fsynced as written.
+    let shutdown_grace = args.limits.shutdown_grace_s;
+    let system = actix_web::rt::System::new();
+    let sighup = args.policies.clone().map(|p| (state.clone(), p));
+    system.block_on(async move {
+        if let Some((state, paths)) = sighup {
+            reload::spawn_sighup(state, paths);
+        }
+        HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(web::PayloadConfig::new(max_body))
+                .configure(super::routes)
+        })
+        // Stream frames leave at once instead of waiting on Nagle's algorithm.
+        .on_connect(|conn, _| {
+            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                let _ = tcp.set_nodelay(true);
+            }
+        })
+        .workers(2)
+        .shutdown_timeout(shutdown_grace)
+        .bind(addr)?
+        .run()
+        .await
+    })?;
+    Ok(())
+}
