@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use safegate_engine::{ChatMessage, Device, Engine, EngineOptions};
 use safegate_guard::{build_prompt, AgentType, CategorySelection, GuardPrompt, LocalGuard};
-use safegate_policies::Taxonomy;
+use safegate_verdict::Taxonomy;
 
 fn prompt_of(words: usize) -> GuardPrompt {
     let text: String = (0..words)

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use safegate_engine::{ChatTokenizer, Engine};
-use safegate_policies::Verdict;
+use safegate_verdict::Verdict;
 
 use crate::prompt::GuardPrompt;
 use crate::GuardError;

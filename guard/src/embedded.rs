@@ -17,7 +17,7 @@ use safegate_engine::session::SessionOptions;
 use safegate_engine::{
     BatchCounter, ChatMessage, ChatTokenizer, Encoder, EngineError, Pooling, ScoreStats,
 };
-use safegate_policies::{Taxonomy, Verdict};
+use safegate_verdict::{Taxonomy, Verdict};
 
 use crate::classify::Classification;
 use crate::prompt::{AgentType, GuardPrompt};

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use safegate_policies::{Taxonomy, Verdict};
+use safegate_verdict::{Taxonomy, Verdict};
 use serde_json::Value;
 
 fn table() -> &'static Value {

@@ -11,8 +11,8 @@
 //! cannot change the structure the model sees.
 
 use safegate_engine::ChatMessage;
-use safegate_policies::schema::CustomCategory;
-use safegate_policies::Taxonomy;
+use safegate_verdict::CustomCategory;
+use safegate_verdict::Taxonomy;
 
 use crate::taxonomy::categories;
 use crate::GuardError;

@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use safegate_policies::Taxonomy;
+use safegate_verdict::Taxonomy;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]

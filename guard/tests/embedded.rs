@@ -11,7 +11,7 @@ use safegate_guard::embedded::{Head, HEAD_FILE};
 use safegate_guard::{
     build_prompt, AgentType, CategorySelection, EmbeddedGuard, EmbeddedOptions, SafetyClassifier,
 };
-use safegate_policies::Taxonomy;
+use safegate_verdict::Taxonomy;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")

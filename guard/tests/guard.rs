@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use safegate_engine::{ChatMessage, Device, Engine, EngineOptions};
 use safegate_guard::classify::encode_prompt;
 use safegate_guard::{build_prompt, AgentType, CategorySelection, LocalGuard};
-use safegate_policies::schema::CustomCategory;
-use safegate_policies::Taxonomy;
+use safegate_verdict::CustomCategory;
+use safegate_verdict::Taxonomy;
 use serde::Deserialize;
 
 fn fixtures() -> PathBuf {

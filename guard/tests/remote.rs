@@ -12,7 +12,7 @@ use safegate_guard::{
     build_prompt, AgentType, CategorySelection, GuardError, RemoteConfig, RemoteGuard,
     SafetyClassifier,
 };
-use safegate_policies::Taxonomy;
+use safegate_verdict::Taxonomy;
 use serde_json::{json, Value};
 
 fn tokenizer() -> ChatTokenizer {

@@ -7,19 +7,7 @@ use safegate_shield::{Finding, Severity};
 use serde::{Deserialize, Serialize};
 
 use crate::schema::{Action, Policy, Stage};
-use crate::taxonomy::Taxonomy;
-
-/// What the guard said about one stage.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Verdict {
-    pub taxonomy: Option<Taxonomy>,
-    /// P(the first generated token is `unsafe`).
-    pub p_unsafe: f64,
-    /// Per-category scores (code -> probability), when the guard computed them.
-    pub category_scores: BTreeMap<String, f64>,
-    /// Codes the model wrote after `unsafe`, when it decoded them.
-    pub codes: Vec<String>,
-}
+pub use safegate_verdict::Verdict;
 
 /// Why the decision is what it is; one entry per thing that fired or was set aside.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

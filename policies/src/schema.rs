@@ -8,6 +8,7 @@ use safegate_shield::{Language, Severity};
 use serde::{Deserialize, Serialize};
 
 use crate::taxonomy::Taxonomy;
+pub use safegate_verdict::CustomCategory;
 
 /// What happens when a check fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -85,14 +86,6 @@ pub struct CategorySetting {
 
 fn yes() -> bool {
     true
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CustomCategory {
-    pub name: String,
-    #[serde(default)]
-    pub description: String,
 }
 
 /// Settings of one stage (the prompt going in, or the response going out).
