@@ -10,3 +10,7 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
     || { $SUDO apt-get update >&2 && $SUDO apt-get install -y --no-install-recommends prometheus >&2; }
 fi
 cargo test --workspace --release "$@"
+# Head training is behind the `train` feature (serving does not compile it): its own tests,
+# and the CLI built with it.
+cargo test --release -p safegate-guard --features train --lib "$@"
+cargo build --release -q -p safegate-gateway --features train

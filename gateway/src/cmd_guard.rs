@@ -1,4 +1,5 @@
-//! `safegate guard prompt | classify` (`train` and `eval`: cmd_guard_train.rs).
+//! `safegate guard prompt | classify` (`eval` and `bench`: cmd_guard_eval.rs; `train`:
+//! cmd_guard_train.rs, built with the `train` feature).
 
 use std::io::Write;
 
@@ -12,7 +13,7 @@ use safegate_policies::Taxonomy;
 use serde_json::json;
 
 use crate::cli::{Cli, GuardCommand, GuardPromptArgs};
-use crate::cmd_guard_train::{EvalArgs, TrainArgs};
+use crate::cmd_guard_eval::EvalArgs;
 
 fn prompt(args: &GuardPromptArgs) -> Result<GuardPrompt> {
     let taxonomy: Taxonomy = args.taxonomy.parse().map_err(|e: String| anyhow!(e))?;
@@ -75,6 +76,12 @@ pub fn run(cli: &Cli, cmd: &GuardCommand) -> Result<()> {
                 })
             );
         }
+        #[cfg(not(feature = "train"))]
+        GuardCommand::Train { .. } => anyhow::bail!(
+            "this safegate was built without training; build it with \
+             `cargo build --release -p safegate-gateway --features train`"
+        ),
+        #[cfg(feature = "train")]
         GuardCommand::Train {
             data,
             encoder,
@@ -89,7 +96,7 @@ pub fn run(cli: &Cli, cmd: &GuardCommand) -> Result<()> {
             threads,
         } => crate::cmd_guard_train::train(
             cli,
-            &TrainArgs {
+            &crate::cmd_guard_train::TrainArgs {
                 data,
                 encoder,
                 out,
@@ -113,7 +120,7 @@ pub fn run(cli: &Cli, cmd: &GuardCommand) -> Result<()> {
             clients,
             runs,
             threads,
-        } => crate::cmd_guard_train::bench(cli, guard, tokens, clients, *runs, *threads)?,
+        } => crate::cmd_guard_eval::bench(cli, guard, tokens, clients, *runs, *threads)?,
         GuardCommand::Eval {
             data,
             guard,
@@ -121,7 +128,7 @@ pub fn run(cli: &Cli, cmd: &GuardCommand) -> Result<()> {
             out,
             clients,
             threads,
-        } => crate::cmd_guard_train::eval(
+        } => crate::cmd_guard_eval::eval(
             cli,
             &EvalArgs {
                 data,

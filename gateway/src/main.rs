@@ -4,6 +4,8 @@ mod cli;
 mod cmd_bench;
 mod cmd_generate;
 mod cmd_guard;
+mod cmd_guard_eval;
+#[cfg(feature = "train")]
 mod cmd_guard_train;
 mod cmd_keys;
 mod cmd_models;

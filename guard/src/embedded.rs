@@ -86,7 +86,7 @@ impl CategoryHead {
             .zip(&self.bias)
             .map(|(w, b)| *b as f64 + z.iter().zip(w).map(|(a, w)| (a * w) as f64).sum::<f64>())
             .collect();
-        crate::train::softmax_in_place(&mut logits);
+        crate::measure::softmax_in_place(&mut logits);
         self.codes.iter().cloned().zip(logits).collect()
     }
 }

@@ -9,10 +9,12 @@
 
 pub mod classify;
 pub mod embedded;
+pub mod measure;
 pub mod moderation;
 pub mod prompt;
 pub mod remote;
 pub mod taxonomy;
+#[cfg(feature = "train")]
 pub mod train;
 
 pub use classify::{Classification, LocalGuard};
