@@ -123,6 +123,15 @@ impl AuditLog {
     }
 }
 
+/// SHA-256 of a conversation (role and content of each message), for the audit log.
+pub fn conversation_sha256(messages: &[safegate_engine::ChatMessage]) -> String {
+    let text: String = messages
+        .iter()
+        .map(|m| format!("{}\n{}\n", m.role, m.content))
+        .collect();
+    sha256_hex(&text)
+}
+
 /// One audit line: every field any endpoint records, in one type. Texts appear only as
 /// SHA-256 hashes. Fields a request did not reach are left out (`key_id` is always there).
 #[derive(Debug, Default, serde::Serialize)]

@@ -1,22 +1,23 @@
 //! `POST /v1/chat/completions`: the input stage, then the reply through the output checks
 //! (`crate::output::OutputChecks`), whole here or streamed (`stream.rs`).
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use safegate_api::response::{
     AssistantMessage, ChatCompletion, Choice, PromptFilterResult, UsageBody,
 };
-use safegate_engine::{ChatMessage, Completion, SamplingParams};
-use safegate_policies::{decide, Decision, Policy, Stage};
+use safegate_engine::{ChatMessage, SamplingParams};
+use safegate_policies::{decide, Stage};
 
-use super::audit::{sha256_hex, AuditRecord, FindingRecord, StageRecord};
-use super::backend::{self, Backend, ChatRequest, Event, Source};
+use super::audit::{conversation_sha256, AuditRecord, StageRecord};
+use super::backend::{self, Backend, ChatRequest, Event};
 use super::checks::{self, StreamShield};
+use super::reply::{
+    finish_reason_name, observe_generation, record_output, response_id, unix_now, Prepared,
+};
 use super::respond::{self, filter_results, record_decision, Reply};
 use super::{ApiError, AppState};
-use crate::output::OutputChecks;
 
 pub async fn completions(
     state: web::Data<AppState>,
@@ -43,46 +44,6 @@ pub async fn completions(
         Err(e) => Err(e),
     };
     respond::respond(&state, "chat_completions", t0, audit, result).await
-}
-
-/// A chat request that passed validation and the input stage.
-pub(super) struct Prepared {
-    pub req: ChatRequest,
-    pub backend: Box<dyn Backend>,
-    pub policy: Arc<Policy>,
-    pub input: Decision,
-    pub stream: bool,
-    pub include_usage: bool,
-    /// A generation started while the input guard was judging (`overlap_generation`).
-    pub early: Option<Source>,
-}
-
-impl Prepared {
-    /// The generation: the one started early, or a new one (queue full: 429).
-    pub fn start(&mut self) -> Result<Source, ApiError> {
-        match self.early.take() {
-            Some(source) => Ok(source),
-            None => self.backend.start(&self.req),
-        }
-    }
-
-    /// The output checks of this request's reply.
-    pub fn output_checks(&self, state: &AppState) -> OutputChecks {
-        OutputChecks::new(
-            self.policy.clone(),
-            state.guard.is_some() && self.policy.output.enabled,
-            self.policy.shield.enabled,
-        )
-    }
-}
-
-/// SHA-256 of a conversation (role and content of each message), for the audit log.
-pub(super) fn conversation_sha256(messages: &[ChatMessage]) -> String {
-    let text: String = messages
-        .iter()
-        .map(|m| format!("{}\n{}\n", m.role, m.content))
-        .collect();
-    sha256_hex(&text)
 }
 
 /// The backend for the requested model: an upstream by name, else the local engine.
@@ -208,66 +169,6 @@ fn check_prompt_length(state: &AppState, tokens: usize) -> Result<(), ApiError> 
         });
     }
     Ok(())
-}
-
-/// Generation metrics shared by both response modes.
-pub(super) fn observe_generation(state: &AppState, completion: &Completion) {
-    let m = &state.metrics;
-    let stage = |name: &str, d: std::time::Duration| {
-        m.stage_duration
-            .with_label_values(&[name])
-            .observe(d.as_secs_f64())
-    };
-    stage("queue", completion.queue_time);
-    stage("time_to_first_token", completion.time_to_first_token);
-    stage("generation", completion.decode_time);
-    m.tokens
-        .with_label_values(&["in"])
-        .inc_by(completion.usage.prompt_tokens as u64);
-    m.tokens
-        .with_label_values(&["out"])
-        .inc_by(completion.usage.completion_tokens as u64);
-}
-
-/// The output decision on the reply as the checks saw it, recorded in the metrics and
-/// the audit record.
-pub(super) fn record_output(
-    state: &AppState,
-    checks: &OutputChecks,
-    audit: &mut AuditRecord,
-) -> Decision {
-    let output = checks.decision();
-    record_decision(state, checks.policy(), &output, checks.findings());
-    audit.output = Some(StageRecord {
-        verdict: checks.verdict().cloned(),
-        decision: output.clone(),
-    });
-    audit.findings = Some(FindingRecord::list(checks.findings()));
-    audit.response_sha256 = Some(sha256_hex(checks.text()));
-    output
-}
-
-pub(super) fn finish_reason_name(r: safegate_engine::FinishReason) -> &'static str {
-    match r {
-        safegate_engine::FinishReason::Stop => "stop",
-        safegate_engine::FinishReason::Length => "length",
-    }
-}
-
-pub(super) fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// A unique id with this prefix (`chatcmpl`, `modr`).
-pub(super) fn response_id(prefix: &str) -> String {
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{prefix}-{:x}{seq:04x}", nanos & 0xffff_ffff_ffff)
 }
 
 /// A reply given whole: the same output checks as a stream, released once at the end.

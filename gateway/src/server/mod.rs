@@ -3,7 +3,7 @@
 //! actix's blocking pool; handlers never block the async runtime.
 //!
 //! Layout: `startup` (loading and binding), `routes` below; one file per endpoint family
-//! (`chat` + `stream`, `moderation`, `scan`, `reload`); `respond` (auth, metrics and the
+//! (`chat` + `stream` with what they share in `reply`, `moderation`, `scan`, `reload`); `respond` (auth, metrics and the
 //! audit line around every request); `checks` (the guard and shield as the server runs
 //! them, feeding `crate::output::OutputChecks`); `backend` (the engine and upstreams behind
 //! one trait); `upstream` (the relay); `audit`, `auth`, `error`, `metrics`.
@@ -20,6 +20,7 @@ mod error;
 mod metrics;
 mod moderation;
 mod reload;
+mod reply;
 mod respond;
 mod scan;
 mod startup;

@@ -9,9 +9,9 @@ use safegate_engine::ChatMessage;
 use safegate_policies::{decide, Action, Stage};
 use serde_json::{json, Value};
 
-use super::audit::{sha256_hex, AuditRecord};
-use super::chat::{conversation_sha256, response_id};
+use super::audit::{conversation_sha256, sha256_hex, AuditRecord};
 use super::checks::guard_stage;
+use super::reply::response_id;
 use super::respond::{authorize, parse_request, record_decision, respond, Reply};
 use super::{ApiError, AppState};
 

@@ -23,8 +23,8 @@ use serde_json::{json, Value};
 
 use super::audit::AuditRecord;
 use super::backend::{Event, Source};
-use super::chat::{self, Prepared};
 use super::checks::{self, StreamShield};
+use super::reply::{self as chat, Prepared};
 use super::respond::{self, filter_results};
 use super::{ApiError, AppState};
 use crate::output::{Outcome, OutputChecks};
