@@ -233,9 +233,14 @@ pub struct ServeArgs {
     /// Audit log (one JSON line per request; `off` to disable) [default: safegate-audit.jsonl].
     #[arg(long, env = "SAFEGATE_AUDIT_LOG")]
     pub audit_log: Option<PathBuf>,
-    /// Rotate the audit log past this size (FILE -> FILE.1) [default: 100 MiB].
+    /// Rotate the audit log past this size (FILE -> FILE.000001, FILE.000002, ...)
+    /// [default: 100 MiB].
     #[arg(long)]
     pub audit_max_bytes: Option<u64>,
+    /// Rotated audit files to keep, the oldest removed past it (each removal logged)
+    /// [default: 0, keep all].
+    #[arg(long)]
+    pub audit_keep: Option<usize>,
     /// Do not fsync each audit line (faster; a crash may lose the last lines).
     #[arg(long)]
     pub no_audit_fsync: bool,

@@ -26,6 +26,7 @@ pub struct FileConfig {
     pub admin_key_sha256: Option<String>,
     pub audit_log: Option<PathBuf>,
     pub audit_max_bytes: Option<u64>,
+    pub audit_keep: Option<usize>,
     pub audit_fsync: Option<bool>,
     pub policy_poll_ms: Option<u64>,
     pub limits: Option<Limits>,
@@ -148,6 +149,8 @@ pub struct Settings {
     pub admin_key_sha256: Option<[u8; 32]>,
     pub audit_log: Option<PathBuf>,
     pub audit_max_bytes: u64,
+    /// Rotated audit files kept (0: all).
+    pub audit_keep: usize,
     pub audit_fsync: bool,
     pub policy_poll_ms: u64,
     pub limits: Limits,
@@ -217,6 +220,18 @@ impl Settings {
                 })?),
                 (None, None) => None,
             };
+        if let (Some(dir), Some(remote)) = (
+            args.guard_model.as_ref().or(file.guard_model.as_ref()),
+            &file.guard_remote,
+        ) {
+            bail!(
+                "{}: both a guard model ({}) and [guard_remote] ({}) are set; one guard judges \
+                 requests: remove one (a --guard-model flag or SAFEGATE_GUARD_MODEL counts too)",
+                where_(),
+                dir.display(),
+                remote.base_url
+            );
+        }
         let mut seen_ids = std::collections::HashSet::new();
         let mut seen_hashes = std::collections::HashSet::new();
         for (i, k) in file.keys.iter().enumerate() {
@@ -307,6 +322,7 @@ impl Settings {
                 .audit_max_bytes
                 .or(file.audit_max_bytes)
                 .unwrap_or(100 * 1024 * 1024),
+            audit_keep: args.audit_keep.or(file.audit_keep).unwrap_or(0),
             audit_fsync: !args.no_audit_fsync && file.audit_fsync.unwrap_or(true),
             policy_poll_ms: args.policy_poll_ms.or(file.policy_poll_ms).unwrap_or(1000),
             limits,

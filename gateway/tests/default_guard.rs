@@ -17,14 +17,15 @@ fn root() -> PathBuf {
 #[test]
 fn the_default_guard_blocks_a_harmful_prompt_with_its_category_and_answers_a_benign_one() {
     let dir = tempfile::tempdir().unwrap();
-    let guard = dir.path().join("safegate-guard");
+    // Where the README's config example expects them, relative to the config file.
+    let guard = dir.path().join("models/safegate-guard");
     let status = Command::new(root().join("scripts/guard/install_default.sh"))
         .arg(&guard)
         .env("SAFEGATE_BIN", env!("CARGO_BIN_EXE_safegate"))
         .status()
         .unwrap();
     assert!(status.success(), "install_default.sh failed");
-    let model = dir.path().join("smollm2");
+    let model = dir.path().join("models/smollm2-135m-instruct");
     let status = Command::new(env!("CARGO_BIN_EXE_safegate"))
         .args(["models", "import-gguf"])
         .arg(root().join(".cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
@@ -69,4 +70,38 @@ fn the_default_guard_blocks_a_harmful_prompt_with_its_category_and_answers_a_ben
     assert_eq!(code, 200, "{v}");
     let answer = v["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(answer.contains("Paris"), "{answer}");
+
+    // The README's configuration example, pasted as is beside those models and the
+    // policies folder, starts and serves the key it documents with the policy its group is
+    // bound to.
+    drop(s);
+    std::os::unix::fs::symlink(root().join("policies"), dir.path().join("policies")).unwrap();
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let block = readme
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("README has a toml block");
+    let config = dir.path().join("safegate.toml");
+    std::fs::write(&config, block).unwrap();
+    let s = start_with_env(&["--config", config.to_str().unwrap()], &[]);
+    let chat = |key: Option<&str>| {
+        let mut req = ureq::post(&format!("{}/v1/chat/completions", s.base));
+        if let Some(k) = key {
+            req = req.set("authorization", &format!("Bearer {k}"));
+        }
+        match req
+            .send_json(json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}))
+        {
+            Ok(r) => r.status(),
+            Err(ureq::Error::Status(code, _)) => code,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(chat(None), 401);
+    assert_eq!(chat(Some("sg-demo-team-a-change-me")), 200);
+    let audit = std::fs::read_to_string(dir.path().join("safegate-audit.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
+    assert_eq!(last["key_id"], "team-a", "{last}");
+    assert_eq!(last["policy"], "code-assistant", "{last}");
 }

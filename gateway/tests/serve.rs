@@ -383,6 +383,94 @@ fn audit_records_blocks_and_hashes() {
     assert_ne!(lines[0]["request_id"], lines[1]["request_id"]);
 }
 
+/// The audit files beside `log`: the rotated ones in name order, then the live one.
+fn audit_files(log: &std::path::Path) -> Vec<PathBuf> {
+    let name = log.file_name().unwrap().to_str().unwrap().to_string();
+    let mut rotated: Vec<PathBuf> = std::fs::read_dir(log.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_str().unwrap();
+            n.len() > name.len() + 1 && n.starts_with(&format!("{name}."))
+        })
+        .collect();
+    rotated.sort();
+    rotated.push(log.to_path_buf());
+    rotated
+}
+
+#[test]
+fn audit_rotation_keeps_every_acknowledged_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let texts: Vec<String> = (0..25).map(|i| format!("x = {i}\n")).collect();
+    let scan_all = |s: &Server, texts: &[String]| {
+        for t in texts {
+            let (code, v) = post(&s.base, "/v1/shield/scan", &json!({"text": t}).to_string());
+            assert_eq!(code, 200, "{v}");
+        }
+    };
+    // Lines of ~300 bytes against a 600-byte limit: a rotation every line or two.
+    let s = start(&[
+        "--audit-log",
+        log.to_str().unwrap(),
+        "--audit-max-bytes",
+        "600",
+    ]);
+    scan_all(&s, &texts[..15]);
+    drop(s);
+    // A restart goes on numbering after the files already there.
+    let s = start(&[
+        "--audit-log",
+        log.to_str().unwrap(),
+        "--audit-max-bytes",
+        "600",
+    ]);
+    scan_all(&s, &texts[15..]);
+    drop(s);
+    let files = audit_files(&log);
+    assert!(files.len() > 10, "{files:?}");
+    let lines: Vec<Value> = files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    // Every request's line, once, and the file names sort oldest first.
+    let hashes: Vec<String> = lines
+        .iter()
+        .map(|l| l["text_sha256"].as_str().unwrap().to_string())
+        .collect();
+    let expected: Vec<String> = texts.iter().map(|t| sha256_hex(t)).collect();
+    assert_eq!(hashes, expected);
+    let times: Vec<u64> = lines
+        .iter()
+        .map(|l| l["time_ms"].as_u64().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+
+    // With --audit-keep, only the newest rotated files stay.
+    let kept = dir.path().join("kept.jsonl");
+    let s = start(&[
+        "--audit-log",
+        kept.to_str().unwrap(),
+        "--audit-max-bytes",
+        "600",
+        "--audit-keep",
+        "3",
+    ]);
+    scan_all(&s, &texts);
+    drop(s);
+    let files = audit_files(&kept);
+    assert_eq!(files.len(), 4, "{files:?}");
+    let last = std::fs::read_to_string(files.last().unwrap()).unwrap();
+    assert!(last.contains(&sha256_hex(texts.last().unwrap())));
+}
+
 #[test]
 fn moderations_follow_openai_schema_with_s_codes_alongside() {
     let pol = policy_dir("name: default\ninput: { threshold: 0.0 }\n");
@@ -794,6 +882,12 @@ fn bad_config_files_are_refused_naming_the_file_and_field() {
     // Keys allow listening beyond loopback.
     let e = run("listen = \"0.0.0.0:1\"\n");
     assert!(e.contains("refusing to listen on 0.0.0.0:1"), "{e}");
+    // Two guards: refused, not one silently winning.
+    let e = run("guard_model = \"g\"\n[guard_remote]\nbase_url = \"http://v:8000\"\nmodel = \"m\"\ntokenizer = \"t\"\n");
+    assert!(
+        e.contains("bad.toml") && e.contains("[guard_remote]") && e.contains("remove one"),
+        "{e}"
+    );
 }
 
 /// A scripted upstream: the n-th request gets the n-th canned response (raw HTTP).

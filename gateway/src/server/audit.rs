@@ -1,7 +1,9 @@
 //! The audit log: one JSON line per request, whatever its outcome. Prompts and responses
 //! are stored as SHA-256 hashes, never in clear. A line is written, flushed and fsynced
-//! before the response leaves, so a crash loses nothing already acknowledged; the file
-//! rotates by size (`FILE` -> `FILE.1`).
+//! before the response leaves, so a crash loses nothing already acknowledged. The file
+//! rotates by size: `FILE` is renamed `FILE.000001`, then `FILE.000002`, ... (names sort
+//! oldest first; numbering goes on from the highest found at start-up), and rotated files
+//! are kept: all of them by default, or the newest `keep`, each deletion logged.
 //!
 //! Group commit: one writer thread takes every line waiting, writes them, fsyncs once, and
 //! then releases all their requests. Requests wait without holding an async worker, and
@@ -31,6 +33,39 @@ struct Writer {
     max_bytes: u64,
     fsync: bool,
     file: Option<(File, u64)>,
+    /// Rotated files to keep (0: all).
+    keep: usize,
+    /// Numbers of the rotated files on disk, oldest first.
+    rotated: Vec<u64>,
+}
+
+/// `FILE.000042` for rotation number 42.
+fn rotated_path(path: &Path, n: u64) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n:06}"));
+    PathBuf::from(name)
+}
+
+/// The numbers of the rotated files beside `path`, oldest first.
+fn rotated_numbers(path: &Path) -> std::io::Result<Vec<u64>> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Some(base) = path.file_name().and_then(|n| n.to_str()) else {
+        return Ok(Vec::new());
+    };
+    let mut numbers: Vec<u64> = std::fs::read_dir(dir)?
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            let digits = name.strip_prefix(base)?.strip_prefix('.')?;
+            (digits.len() >= 6 && digits.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| digits.parse().ok())
+                .flatten()
+        })
+        .collect();
+    numbers.sort_unstable();
+    Ok(numbers)
 }
 
 fn open_append(path: &Path) -> std::io::Result<(File, u64)> {
@@ -40,6 +75,25 @@ fn open_append(path: &Path) -> std::io::Result<(File, u64)> {
 }
 
 impl Writer {
+    /// Renames the full file to the next number and drops the oldest beyond `keep`.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let next = self.rotated.last().map_or(1, |n| n + 1);
+        std::fs::rename(&self.path, rotated_path(&self.path, next))?;
+        self.rotated.push(next);
+        while self.keep > 0 && self.rotated.len() > self.keep {
+            let old = rotated_path(&self.path, self.rotated.remove(0));
+            match std::fs::remove_file(&old) {
+                Ok(()) => {
+                    tracing::info!(file = %old.display(), keep = self.keep, "audit log: removed the oldest rotated file")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %old.display(), error = %e, "audit log: cannot remove an old rotated file")
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes a batch of lines and syncs them once.
     fn write_batch(&mut self, lines: &[Vec<u8>]) -> std::io::Result<()> {
         // The file may have been removed or rotated underneath: reopen by path.
@@ -58,15 +112,7 @@ impl Writer {
                 if self.fsync {
                     file.sync_data()?;
                 }
-                let rotated = self.path.with_extension(format!(
-                    "{}1",
-                    self.path
-                        .extension()
-                        .and_then(|e| e.to_str())
-                        .map(|e| format!("{e}."))
-                        .unwrap_or_default()
-                ));
-                std::fs::rename(&self.path, rotated)?;
+                self.rotate()?;
                 self.file = Some(open_append(&self.path)?);
             }
             let (file, len) = self.file.as_mut().expect("opened above");
@@ -81,13 +127,17 @@ impl Writer {
 }
 
 impl AuditLog {
-    pub fn open(path: PathBuf, max_bytes: u64, fsync: bool) -> std::io::Result<Self> {
+    /// Opens (or creates) the log; `keep`: rotated files to keep (0: all).
+    pub fn open(path: PathBuf, max_bytes: u64, fsync: bool, keep: usize) -> std::io::Result<Self> {
         let file = Some(open_append(&path)?);
+        let rotated = rotated_numbers(&path)?;
         let mut writer = Writer {
             path,
             max_bytes,
             fsync,
             file,
+            keep,
+            rotated,
         };
         let (tx, rx) = mpsc::channel::<(Vec<u8>, Ack)>();
         std::thread::Builder::new()

@@ -153,8 +153,13 @@ pub fn run(cli: &Cli, serve_args: &ServeArgs) -> Result<()> {
         admin_key: args.admin_key_sha256,
         audit: match &args.audit_log {
             Some(p) => Some(
-                audit::AuditLog::open(p.clone(), args.audit_max_bytes, args.audit_fsync)
-                    .with_context(|| format!("cannot open the audit log {}", p.display()))?,
+                audit::AuditLog::open(
+                    p.clone(),
+                    args.audit_max_bytes,
+                    args.audit_fsync,
+                    args.audit_keep,
+                )
+                .with_context(|| format!("cannot open the audit log {}", p.display()))?,
             ),
             None => None,
         },
