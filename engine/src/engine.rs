@@ -139,6 +139,9 @@ pub struct ModelInfo {
     pub dir: PathBuf,
     pub layout: Layout,
     pub provider: Provider,
+    /// Why `--device auto` ended on the CPU, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
     pub config: ModelConfig,
 }
 
@@ -248,6 +251,7 @@ impl Engine {
             dir: dir.to_path_buf(),
             layout: sessions[0].layout(),
             provider: sessions[0].provider,
+            fallback: crate::session::fallback_reason(opts.device, sessions[0].provider),
             config,
         });
         let (tx, rx) = crossbeam_channel::bounded(opts.queue_capacity.max(1));

@@ -130,9 +130,26 @@ pub fn open_session(model: &Path, opts: &SessionOptions) -> Result<(Session, Pro
             }
         },
         Device::Auto => {
-            tracing::info!("built without CUDA support; running on the CPU");
+            tracing::warn!(
+                "--device auto: this safegate was built without CUDA support (--features cuda); running on the CPU"
+            );
             Ok((commit(builder(opts)?)?, Provider::Cpu))
         }
+    }
+}
+
+/// Why a model asked to run on `device` ended up on `provider`, when `auto` fell back to
+/// the CPU (for `/readyz`; the start-up log has the details).
+pub fn fallback_reason(device: Device, provider: Provider) -> Option<String> {
+    match (device, provider) {
+        (Device::Auto, Provider::Cpu) if cfg!(feature = "cuda") => {
+            Some("--device auto: CUDA is not available here; running on the CPU".into())
+        }
+        (Device::Auto, Provider::Cpu) => Some(
+            "--device auto: built without CUDA support (--features cuda); running on the CPU"
+                .into(),
+        ),
+        _ => None,
     }
 }
 
@@ -452,6 +469,9 @@ mod tests {
     #[test]
     fn parses_devices() {
         assert_eq!("auto".parse::<Device>().unwrap(), Device::Auto);
+        assert!(fallback_reason(Device::Auto, Provider::Cpu).is_some());
+        assert!(fallback_reason(Device::Auto, Provider::Cuda).is_none());
+        assert!(fallback_reason(Device::Cpu, Provider::Cpu).is_none());
         assert_eq!("cpu".parse::<Device>().unwrap(), Device::Cpu);
         assert_eq!("cuda".parse::<Device>().unwrap(), Device::Cuda(0));
         assert_eq!("cuda:3".parse::<Device>().unwrap(), Device::Cuda(3));

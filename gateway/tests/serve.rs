@@ -110,6 +110,26 @@ fn chat_shield_errors_and_metrics() {
         (code, v["error"]["message"].as_str()),
         (404, Some("no such endpoint"))
     );
+    // A known endpoint with the wrong method: 405, the allowed method named.
+    match ureq::get(&format!("{}/v1/chat/completions", s.base)).call() {
+        Err(ureq::Error::Status(405, r)) => {
+            assert_eq!(r.header("allow"), Some("POST"));
+            let v: Value = r.into_json().unwrap();
+            assert_eq!(v["error"]["code"], "method_not_allowed", "{v}");
+        }
+        other => panic!("expected 405: {other:?}"),
+    }
+    // /readyz counts distinct rules, and separately the (rule, language) pairs.
+    let ready: Value = ureq::get(&format!("{}/readyz", s.base))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    let (rules, pairs) = (
+        ready["shield"]["rules"].as_u64().unwrap(),
+        ready["shield"]["rule_language_pairs"].as_u64().unwrap(),
+    );
+    assert!(rules > 100 && rules < pairs, "{ready}");
 }
 
 #[test]

@@ -59,33 +59,75 @@ pub struct AppState {
 
 /// Every endpoint.
 fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route(
-        "/healthz",
-        web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "ok"})) }),
-    )
-    .route("/readyz", web::get().to(readyz))
-    .route("/metrics", web::get().to(metrics::scrape))
-    .route("/v1/models", web::get().to(models))
-    .route("/v1/shield/scan", web::post().to(scan::shield_scan))
-    .route("/v1/chat/completions", web::post().to(chat::completions))
-    .route("/v1/moderations", web::post().to(moderation::moderations))
-    .route(
-        "/v1/guard/classify",
-        web::post().to(moderation::guard_classify),
-    )
-    .route(
-        "/admin/policies/reload",
-        web::post().to(reload::admin_reload),
-    )
-    .default_service(web::to(|| async {
-        ApiError::not_found("no such endpoint").into_response()
-    }));
+    use actix_web::http::Method;
+    let health = || async { HttpResponse::Ok().json(json!({"status": "ok"})) };
+    cfg.service(endpoint("/healthz", Method::GET, web::get().to(health)))
+        .service(endpoint("/readyz", Method::GET, web::get().to(readyz)))
+        .service(endpoint(
+            "/metrics",
+            Method::GET,
+            web::get().to(metrics::scrape),
+        ))
+        .service(endpoint("/v1/models", Method::GET, web::get().to(models)))
+        .service(endpoint(
+            "/v1/shield/scan",
+            Method::POST,
+            web::post().to(scan::shield_scan),
+        ))
+        .service(endpoint(
+            "/v1/chat/completions",
+            Method::POST,
+            web::post().to(chat::completions),
+        ))
+        .service(endpoint(
+            "/v1/moderations",
+            Method::POST,
+            web::post().to(moderation::moderations),
+        ))
+        .service(endpoint(
+            "/v1/guard/classify",
+            Method::POST,
+            web::post().to(moderation::guard_classify),
+        ))
+        .service(endpoint(
+            "/admin/policies/reload",
+            Method::POST,
+            web::post().to(reload::admin_reload),
+        ))
+        .default_service(web::to(|| async {
+            ApiError::not_found("no such endpoint").into_response()
+        }));
+}
+
+/// One endpoint served by `route` for `method`; any other method gets 405 with `Allow`.
+fn endpoint(
+    path: &str,
+    method: actix_web::http::Method,
+    route: actix_web::Route,
+) -> actix_web::Resource {
+    web::resource(path)
+        .route(route)
+        .default_service(web::to(move || {
+            let method = method.clone();
+            async move {
+                let mut resp = ApiError {
+                    status: actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+                    code: Some("method_not_allowed".into()),
+                    ..ApiError::invalid(format!("this endpoint takes {method} only"))
+                }
+                .into_response();
+                if let Ok(v) = actix_web::http::header::HeaderValue::from_str(method.as_str()) {
+                    resp.headers_mut().insert(actix_web::http::header::ALLOW, v);
+                }
+                resp
+            }
+        }))
 }
 
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let set = state.policies.current();
     let model = state.engine.as_ref().map(|e| {
-        json!({"name": e.info().name, "layout": e.info().layout, "provider": e.info().provider.as_str()})
+        json!({"name": e.info().name, "layout": e.info().layout, "provider": e.info().provider.as_str(), "fallback": e.info().fallback})
     });
     let guard = state
         .guard
@@ -95,7 +137,12 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         "status": "ready",
         "chat_model": model,
         "guard": guard,
-        "shield": {"rules": state.shield.rules().count()},
+        // Distinct rules (a pack serving two languages holds each of its rules once per
+        // language: `rule_language_pairs` counts those), as docs/shield.md counts them.
+        "shield": {
+            "rules": state.shield.rules().map(|(_, r)| r.spec.id.as_str()).collect::<std::collections::BTreeSet<_>>().len(),
+            "rule_language_pairs": state.shield.rules().count(),
+        },
         "policy_version": set.version,
         "policies": set.policies.keys().collect::<Vec<_>>(),
     }))
