@@ -33,8 +33,8 @@ fetch() {
 # ONNX Runtime shared library.
 if [ "$GPU" = 1 ]; then
   ORT_SPEC=onnxruntime-gpu==1.31.1
-  ORT_WHEEL=onnxruntime_gpu-1.31.1-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl
-  ORT_SUM=${ORT_GPU_SHA256:-}
+  ORT_WHEEL=onnxruntime_gpu-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl
+  ORT_SUM=e26c475fe361b2015f45b4b824bd13f0bb20204e59b62814e6f0acd5f3d491a6
   ORT_LIB=libonnxruntime.so.1.31.1
 else
   ORT_SPEC=onnxruntime==1.32.0
@@ -43,12 +43,7 @@ else
   ORT_LIB=libonnxruntime.so.1.32.0
 fi
 if [ ! -f ".ort/lib/$ORT_LIB" ]; then
-  if [ -z "$ORT_SUM" ]; then
-    "$PY" -m pip download --quiet --no-deps -d "$CACHE" "$ORT_SPEC" >&2
-    ORT_WHEEL=$(cd "$CACHE" && ls onnxruntime_gpu-1.31.1-*.whl | head -n1)
-  else
-    fetch "$ORT_SPEC" "$ORT_WHEEL" "$ORT_SUM"
-  fi
+  fetch "$ORT_SPEC" "$ORT_WHEEL" "$ORT_SUM"
   tmp=$(mktemp -d)
   unzip -q -o -d "$tmp" "$CACHE/$ORT_WHEEL" 'onnxruntime/capi/*.so*'
   cp "$tmp"/onnxruntime/capi/lib*.so* .ort/lib/

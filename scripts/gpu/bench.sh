@@ -1,19 +1,30 @@
 #!/usr/bin/env bash
 # Engine bench on a GPU machine with the CUDA execution provider.
-# Expects (see ../shared/GPU.md): /tmp/ort/ holding libonnxruntime.so.1.31.1,
-# libonnxruntime_providers_shared.so and libonnxruntime_providers_cuda.so from the
-# onnxruntime-gpu 1.31.1 wheel; a `safegate` binary built with `--features cuda` at
-# ./safegate or target/release/safegate; python3 with onnx + numpy to build the bench model.
+# Expects: ONNX Runtime with the CUDA provider in $ORT_DIR (default: .ort/lib when
+# `scripts/setup.sh --gpu` put it there, else /tmp/ort as a lent device machine has it):
+# libonnxruntime.so.1.31.1, libonnxruntime_providers_shared.so and
+# libonnxruntime_providers_cuda.so from the onnxruntime-gpu 1.31.1 wheel; the CUDA 13
+# libraries in $CUDA_LIB (default /usr/local/cuda-13.0/targets/x86_64-linux/lib); a
+# `safegate` binary built with `--features cuda` at ./safegate or target/release/safegate;
+# a Python with onnx + numpy to build the bench model ($PYTHON, default
+# .cache/bench-venv/bin/python from scripts/bench/setup.sh when it exists, else python3).
 # Prints a short table last; full logs go to $OUT (or ./bench-out).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-bench-out}
 mkdir -p "$OUT"
-export LD_LIBRARY_PATH=/tmp/ort:/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
-export ORT_DYLIB_PATH=/tmp/ort/libonnxruntime.so.1.31.1
+if [ -z "${ORT_DIR:-}" ]; then
+  ORT_DIR=/tmp/ort
+  [ -f .ort/lib/libonnxruntime_providers_cuda.so ] && ORT_DIR=.ort/lib
+fi
+CUDA_LIB=${CUDA_LIB:-/usr/local/cuda-13.0/targets/x86_64-linux/lib}
+PY=${PYTHON:-python3}
+[ -z "${PYTHON:-}" ] && [ -x .cache/bench-venv/bin/python ] && PY=.cache/bench-venv/bin/python
+export LD_LIBRARY_PATH=$ORT_DIR:$CUDA_LIB:${LD_LIBRARY_PATH:-}
+export ORT_DYLIB_PATH=$ORT_DIR/libonnxruntime.so.1.31.1
 BIN=./safegate; [ -x "$BIN" ] || BIN=target/release/safegate
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-python3 - <<'PY' >"$OUT/build.log" 2>&1
+"$PY" - <<'PY' >"$OUT/build.log" 2>&1
 import sys; sys.path.insert(0, "scripts/fixtures"); sys.path.insert(0, "scripts/bench")
 import engine_bench, os
 engine_bench.build_100m(os.path.join("bench-out", "llama-100m"))

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Shield evaluation and speed, side by side with Meta's Code Shield in the same run.
 #   scripts/shield/bench.sh [CODESHIELD_PYTHON]
-# CODESHIELD_PYTHON: a Python with `codeshield` installed
-#   (python3 -m venv /tmp/csenv && /tmp/csenv/bin/pip install codeshield); skipped if absent.
+# CODESHIELD_PYTHON: a Python with `codeshield` installed (default: .cache/csenv, which
+#   scripts/bench/setup.sh makes); the comparison is skipped if there is none.
 # The clean-code corpus (scripts/shield/clean_corpus.sh) is measured when .cache/corpus exists.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-DEV=${SHIELD_DEV:-../shared/eval/shield-dev.jsonl}
-CS_PY=${1:-/tmp/csenv/bin/python}
+DEV=${SHIELD_DEV:-shield/eval/shield-dev.jsonl}
+CS_PY=${1:-.cache/csenv/bin/python}
 cargo build --release -q -p safegate-shield --examples
 echo "## safegate shield, language given"
 target/release/examples/eval "$DEV"

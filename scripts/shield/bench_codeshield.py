@@ -1,7 +1,7 @@
 """Meta's Code Shield on the shield dev set, for the side-by-side table in docs/benchmarks.md.
 
-    python3 -m venv /tmp/csenv && /tmp/csenv/bin/pip install codeshield   # 1.0.1 + semgrep
-    /tmp/csenv/bin/python scripts/shield/bench_codeshield.py ../shared/eval/shield-dev.jsonl
+    scripts/bench/setup.sh   # makes .cache/csenv: codeshield 1.0.1 + semgrep
+    .cache/csenv/bin/python scripts/shield/bench_codeshield.py shield/eval/shield-dev.jsonl
 
 Scans every snippet with its language given (CodeShield.scan_code(code, language)), one at a
 time, after one warm-up scan, and prints labelled-line recall and per-snippet latency in the

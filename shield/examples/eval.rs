@@ -1,6 +1,6 @@
 //! Shield evaluation on a CyberSecEval-style JSONL file (language, line_text, origin_code).
 //!
-//!     cargo run --release -p safegate-shield --example eval -- ../shared/eval/shield-dev.jsonl [--auto] [--misses N] [--slowest]
+//!     cargo run --release -p safegate-shield --example eval -- shield/eval/shield-dev.jsonl [--auto] [--misses N] [--slowest]
 //!
 //! Per language: share of snippets flagged, and labelled-line recall (a finding's line span
 //! covers the first line of origin_code equal, after trimming, to line_text); latency per
