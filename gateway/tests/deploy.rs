@@ -284,3 +284,67 @@ fn the_manifests_policies_and_config_are_accepted_by_safegate() {
         );
     }
 }
+
+/// Every script and data file the README and docs/ name is in the repository, nothing they
+/// or the scripts run reads from outside it, and every download setup.sh makes is pinned.
+#[test]
+fn documented_commands_use_files_of_the_repository_and_pinned_downloads() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut docs = vec![root.join("README.md")];
+    for e in std::fs::read_dir(root.join("docs")).unwrap() {
+        docs.push(e.unwrap().path());
+    }
+    let mut named = 0;
+    for doc in &docs {
+        let text = std::fs::read_to_string(doc).unwrap();
+        for (i, _) in text.match_indices("scripts/") {
+            // `scripts/dir/name.sh` (or .py) as written in a command.
+            if i > 0 && text[..i].ends_with(|c: char| c.is_alphanumeric() || c == '/' || c == '.') {
+                continue;
+            }
+            let path: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || "/_.-".contains(*c))
+                .collect();
+            let path = path.trim_end_matches('.');
+            if path.ends_with(".sh") || path.ends_with(".py") {
+                assert!(
+                    root.join(path).is_file(),
+                    "{} names {path}, which is missing",
+                    doc.display()
+                );
+                named += 1;
+            }
+        }
+        assert!(
+            !text.contains("../shared/eval"),
+            "{} points outside the repository",
+            doc.display()
+        );
+    }
+    assert!(named > 10, "only {named} script paths found");
+    for dir in ["scripts/shield", "scripts/gpu", "scripts/bench"] {
+        for e in std::fs::read_dir(root.join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            let text = std::fs::read_to_string(&p).unwrap();
+            assert!(
+                !text.contains("../shared/"),
+                "{} reads outside the repository",
+                p.display()
+            );
+        }
+    }
+    let setup = std::fs::read_to_string(root.join("scripts/setup.sh")).unwrap();
+    let sums: Vec<&str> = setup
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("ORT_SUM="))
+        .collect();
+    assert_eq!(sums.len(), 2, "{sums:?}");
+    for s in sums {
+        assert!(
+            s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()),
+            "unpinned: {s}"
+        );
+    }
+    assert!(root.join("shield/eval/shield-dev.jsonl").is_file());
+}
