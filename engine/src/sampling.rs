@@ -146,7 +146,10 @@ impl Sampler {
     }
 
     fn sample_unpenalised(&mut self, logits: &[f32]) -> u32 {
-        if self.params.temperature == 0.0 {
+        // Below this, sampling is greedy in all but name (logits 0.01 apart already differ by
+        // e^100 in probability), and 1/t would overflow f32 (NaN scores): greedy it is.
+        const GREEDY_BELOW: f32 = 1e-4;
+        if self.params.temperature < GREEDY_BELOW {
             return argmax(logits);
         }
         let inv_t = 1.0 / self.params.temperature;
@@ -205,6 +208,17 @@ mod tests {
             top_p: p,
             repetition_penalty: 1.0,
             seed: Some(seed),
+        }
+    }
+
+    #[test]
+    fn tiny_temperatures_are_greedy_not_nan() {
+        let logits = [0.1, 3.0, 2.9, -1.0];
+        for t in [1e-45, 1e-30, 1e-6] {
+            let mut s = Sampler::new(params(t, 0, 1.0, 7));
+            for _ in 0..20 {
+                assert_eq!(s.sample(&logits, &[]), 1, "temperature {t}");
+            }
         }
     }
 

@@ -11,6 +11,7 @@ pub mod classify;
 pub mod embedded;
 pub mod measure;
 pub mod moderation;
+pub mod normalize;
 pub mod prompt;
 pub mod remote;
 pub mod taxonomy;

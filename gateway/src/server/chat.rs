@@ -128,7 +128,7 @@ async fn prepare(
     };
 
     // Input: the guard judges the prompt before anything generated is used.
-    let verdict = checks::guard_stage(state, &policy, Stage::Input, req.messages.clone()).await?;
+    let verdict = checks::input_guard(state, &policy, &req.messages).await?;
     let input = decide(&policy, Stage::Input, verdict.as_ref(), &[]);
     record_decision(state, &policy, &input, &[]);
     let blocked = input.blocked().then(|| {

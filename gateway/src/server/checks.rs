@@ -67,22 +67,42 @@ pub(super) async fn guard_stage(
     stage: Stage,
     messages: Vec<ChatMessage>,
 ) -> Result<Option<Verdict>, ApiError> {
+    let agent = if stage == Stage::Input {
+        AgentType::User
+    } else {
+        AgentType::Agent
+    };
+    guard_stage_as(state, policy, stage, agent, messages).await
+}
+
+/// `guard_stage` judging the turns of `agent` (the stage's settings apply).
+async fn guard_stage_as(
+    state: &AppState,
+    policy: &Policy,
+    stage: Stage,
+    agent: AgentType,
+    messages: Vec<ChatMessage>,
+) -> Result<Option<Verdict>, ApiError> {
     let Some(guard) = state.guard.clone() else {
         return Ok(None);
     };
     if !policy.stage(stage).enabled {
         return Ok(None);
     }
-    let agent = if stage == Stage::Input {
-        AgentType::User
-    } else {
-        AgentType::Agent
-    };
     let selection = CategorySelection {
         codes: None,
         custom: &policy.custom_categories,
         with_descriptions: false,
     };
+    // The guard reads the text undisguised (no zero-width characters, full-width or
+    // look-alike letters); the model gets the original.
+    let messages: Vec<ChatMessage> = messages
+        .into_iter()
+        .map(|m| match safegate_guard::normalize::for_guard(&m.content) {
+            std::borrow::Cow::Borrowed(_) => m,
+            std::borrow::Cow::Owned(text) => ChatMessage::new(m.role, text),
+        })
+        .collect();
     let prompt = build_prompt(policy.taxonomy, agent, &messages, &selection)
         .map_err(|e| ApiError::invalid(e.to_string()))?;
     let t0 = Instant::now();
@@ -113,6 +133,36 @@ pub(super) async fn guard_stage(
         Ok(c) => Ok(Some(c.verdict)),
         Err(e) => on_check_error(state, policy, "guard", "the safety check", e).map(|()| None),
     }
+}
+
+/// The input stage of a chat: everything the model will read is judged. The user's (and
+/// system and tool) turns as the user's; assistant turns the client wrote itself (the
+/// model continues them as its own words) as an assistant's, all of them together, in a
+/// second guard call run alongside. The verdict that scores worse is the stage's verdict.
+pub(super) async fn input_guard(
+    state: &AppState,
+    policy: &Policy,
+    messages: &[ChatMessage],
+) -> Result<Option<Verdict>, ApiError> {
+    let Some(last) = messages.iter().rposition(|m| m.role == "assistant") else {
+        return guard_stage(state, policy, Stage::Input, messages.to_vec()).await;
+    };
+    let written: Vec<&str> = messages
+        .iter()
+        .filter(|m| m.role == "assistant")
+        .map(|m| m.content.as_str())
+        .collect();
+    let mut as_reply = messages[..last].to_vec();
+    as_reply.push(ChatMessage::new("assistant", written.join("\n\n")));
+    let (user, assistant) = tokio::join!(
+        guard_stage(state, policy, Stage::Input, messages.to_vec()),
+        guard_stage_as(state, policy, Stage::Input, AgentType::Agent, as_reply),
+    );
+    Ok(match (user?, assistant?) {
+        (Some(u), Some(a)) if a.p_unsafe > u.p_unsafe => Some(a),
+        (Some(u), _) => Some(u),
+        (None, a) => a,
+    })
 }
 
 /// The shield's side of a streamed reply: the scanner, fed off the async runtime.
