@@ -110,6 +110,24 @@ fn chat_shield_errors_and_metrics() {
         (code, v["error"]["message"].as_str()),
         (404, Some("no such endpoint"))
     );
+    // A model this server does not serve: 404, the served ones named.
+    let (code, v) = post(
+        &s.base,
+        "/v1/chat/completions",
+        &json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).to_string(),
+    );
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (404, Some("model_not_found")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tiny-llama3"),
+        "{v}"
+    );
     // A known endpoint with the wrong method: 405, the allowed method named.
     match ureq::get(&format!("{}/v1/chat/completions", s.base)).call() {
         Err(ureq::Error::Status(405, r)) => {
@@ -958,6 +976,13 @@ fn upstream_models_are_relayed_with_the_same_checks() {
             ("down", &closed),
         ],
     );
+    // The inner safegate knows its model by its own name.
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "timeout_ms = 5000\n",
+        "timeout_ms = 5000\nupstream_model = \"tiny-llama3\"\n",
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
     let s = start(&["--config", &config]);
 
     let models: Value = ureq::get(&format!("{}/v1/models", s.base))

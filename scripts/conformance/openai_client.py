@@ -42,7 +42,7 @@ except openai.BadRequestError as e:
 if blocked_base:
     blocked = openai.OpenAI(base_url=blocked_base, api_key="unused")
     try:
-        blocked.chat.completions.create(model="m", messages=[{"role": "user", "content": "anything"}])
+        blocked.chat.completions.create(model=blocked.models.list().data[0].id, messages=[{"role": "user", "content": "anything"}])
         raise SystemExit("the blocked prompt went through")
     except openai.BadRequestError as e:
         assert e.code == "content_filter", e.body

@@ -56,6 +56,28 @@ fn choose_backend(
     {
         return Ok(Box::new(backend::Upstream(model.clone())));
     }
+    let available = || {
+        state
+            .engine
+            .iter()
+            .map(|e| e.info().name.clone())
+            .chain(state.upstreams.iter().map(|m| m.name.clone()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    // A model this server does not serve is an error, not the local model in disguise
+    // (omitting `model` picks the local one).
+    if let (Some(name), Some(engine)) = (requested, &state.engine) {
+        if name != engine.info().name {
+            return Err(ApiError {
+                code: Some("model_not_found".into()),
+                ..ApiError::not_found(format!(
+                    "model `{name}` does not exist here (available: {}; omit `model` for the default)",
+                    available()
+                ))
+            });
+        }
+    }
     match &state.engine {
         Some(engine) => {
             let prompt_ids = engine.tokenizer().encode_chat(messages, true)?;
@@ -70,12 +92,7 @@ fn choose_backend(
             ..ApiError::not_found(format!(
                 "model `{}` does not exist here (available: {})",
                 requested.unwrap_or(""),
-                state
-                    .upstreams
-                    .iter()
-                    .map(|m| m.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                available()
             ))
         }),
         None => Err(ApiError::unavailable(
