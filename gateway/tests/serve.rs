@@ -105,6 +105,16 @@ fn chat_shield_errors_and_metrics() {
     assert!(metrics.contains(r#"safegate_shield_findings_total{action="flag",cwe="CWE-502",language="python",severity="warning"} 1"#), "{metrics}");
     assert!(metrics.contains(r#"safegate_tokens_total{direction="out"} 5"#));
 
+    // The series the shipped dashboard and alerts read exist from start-up, at 0.
+    let fresh = common::metrics(&s.base);
+    for series in [
+        r#"safegate_check_errors_total{check="guard",outcome="fail_open"} 0"#,
+        r#"safegate_check_errors_total{check="shield",outcome="fail_closed"} 0"#,
+        r#"safegate_policy_reloads_total{outcome="rejected",trigger="file_change"} 0"#,
+        r#"safegate_policy_reloads_total{outcome="ok",trigger="admin"} 0"#,
+    ] {
+        assert!(fresh.contains(series), "{series} missing: {fresh}");
+    }
     let (code, v) = post(&s.base, "/v1/nope", "{}");
     assert_eq!(
         (code, v["error"]["message"].as_str()),

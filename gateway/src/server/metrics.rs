@@ -177,6 +177,18 @@ impl Metrics {
                 "Sequences those guard model runs carried (rows / batches = mean batch size)",
             )?,
         )?;
+        // Series a dashboard or an alert reads exist from start-up, at 0, so panels show 0
+        // rather than "no data" until the first error or reload.
+        for check in ["guard", "shield"] {
+            for outcome in ["fail_closed", "fail_open"] {
+                check_errors.with_label_values(&[check, outcome]);
+            }
+        }
+        for trigger in ["file_change", "sighup", "admin"] {
+            for outcome in ["ok", "rejected"] {
+                policy_reloads.with_label_values(&[trigger, outcome]);
+            }
+        }
         Ok(Self {
             registry,
             requests,
