@@ -36,15 +36,22 @@ pub fn run(args: &ScanArgs) -> Result<()> {
             options.max_bytes
         ));
     }
-    let text = String::from_utf8(bytes).map_err(|e| {
-        anyhow!(
-            "{origin}: not UTF-8 text (invalid byte at offset {})",
-            e.utf8_error().valid_up_to()
-        )
-    })?;
-    if text.contains('\0') {
+    if bytes.contains(&0) {
         return Err(anyhow!("{origin}: binary data (NUL bytes), not text"));
     }
+    // Source files in other encodings (Latin-1 test files, old Windows code pages) are
+    // still source: read lossily, as compilers' scanners do, and say so.
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!(
+                "{origin}: not UTF-8 text (first invalid byte at offset {}); read lossily, \
+                 undecodable bytes replaced by U+FFFD",
+                e.utf8_error().valid_up_to()
+            );
+            String::from_utf8_lossy(e.as_bytes()).into_owned()
+        }
+    };
     let report = Shield::embedded()
         .scan(&text, &options)
         .with_context(|| origin.clone())?;

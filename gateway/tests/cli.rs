@@ -200,9 +200,16 @@ fn scan_json_reports_findings_with_positions_and_exits_zero() {
 
 #[test]
 fn scan_rejects_bad_input_clearly() {
+    // A Latin-1 source file is scanned, lossily, and the scan says so.
+    let (_, stdout, stderr) = scan_stdin(
+        &["--language", "python"],
+        b"# caf\xe9 au lait\nimport os\nos.system(cmd)\n",
+    );
+    assert!(stderr.contains("not UTF-8") && stderr.contains("lossily"), "{stderr}");
+    assert!(stdout.contains("py.os-shell"), "{stdout}");
     let (code, _, stderr) = scan_stdin(&[], b"\xff\xfe\x00binary");
     assert_ne!(code, 0);
-    assert!(stderr.contains("not UTF-8"), "{stderr}");
+    assert!(stderr.contains("binary"), "{stderr}");
     let (code, _, stderr) = scan_stdin(&[], b"abc\0def");
     assert_ne!(code, 0);
     assert!(stderr.contains("binary"), "{stderr}");
