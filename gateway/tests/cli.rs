@@ -205,7 +205,10 @@ fn scan_rejects_bad_input_clearly() {
         &["--language", "python"],
         b"# caf\xe9 au lait\nimport os\nos.system(cmd)\n",
     );
-    assert!(stderr.contains("not UTF-8") && stderr.contains("lossily"), "{stderr}");
+    assert!(
+        stderr.contains("not UTF-8") && stderr.contains("lossily"),
+        "{stderr}"
+    );
     assert!(stdout.contains("py.os-shell"), "{stdout}");
     let (code, _, stderr) = scan_stdin(&[], b"\xff\xfe\x00binary");
     assert_ne!(code, 0);

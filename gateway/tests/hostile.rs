@@ -209,7 +209,7 @@ fn slow_readers_and_reused_connections_get_whole_streams() {
         let body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": n, "stream": true}).to_string();
         write!(
             conn,
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         )
         .unwrap();
@@ -345,4 +345,48 @@ fn unsafe_text_at_any_window_boundary_never_reaches_the_client() {
             "marker at {at}: sent {sent:?}"
         );
     }
+}
+
+/// What a web page could make a browser send to a keyless gateway on loopback: another
+/// host name (DNS rebinding), another origin, a form body. All refused; a local client's
+/// JSON is served.
+#[test]
+fn a_keyless_gateway_refuses_what_a_browser_would_send_for_a_web_page() {
+    let s = start(&["--audit-log", "off"]);
+    let port = s.base.rsplit(':').next().unwrap().to_string();
+    let send = |headers: &str, body: &str| -> (u16, String) {
+        let mut conn = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+        write!(
+            conn,
+            "POST /v1/shield/scan HTTP/1.1\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).unwrap();
+        let status = text[9..12].parse().unwrap();
+        (status, text)
+    };
+    let body = r#"{"text": "x = 1"}"#;
+    let json = "content-type: application/json\r\n";
+    let (code, text) = send(&format!("host: localhost:{port}\r\n{json}"), body);
+    assert_eq!(code, 200, "{text}");
+    let (code, text) = send(
+        &format!("host: 127.0.0.1:{port}\r\norigin: http://localhost:3000\r\n{json}"),
+        body,
+    );
+    assert_eq!(code, 200, "a local page is a local client: {text}");
+    let (code, text) = send(&format!("host: attacker.example:{port}\r\n{json}"), body);
+    assert_eq!(code, 403, "DNS rebinding: {text}");
+    let (code, text) = send(
+        &format!("host: localhost:{port}\r\norigin: https://attacker.example\r\n{json}"),
+        body,
+    );
+    assert_eq!(code, 403, "cross-origin: {text}");
+    let (code, text) = send(
+        &format!("host: localhost:{port}\r\ncontent-type: text/plain\r\n"),
+        body,
+    );
+    assert_eq!(code, 415, "a form-style body: {text}");
+    assert!(text.contains("application/json"), "{text}");
 }

@@ -48,6 +48,75 @@ impl Bucket {
 
 pub struct KeyStore {
     keys: HashMap<[u8; 32], Key>,
+    /// Keyless on loopback: refuse what only a browser would send (see `browser_check`).
+    loopback_only: bool,
+}
+
+/// Whether `host` (a Host header's name, port stripped) names this machine's loopback.
+fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        }),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.to_ascii_lowercase().ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Without keys the gateway trusts whoever reaches its loopback address, so a web page
+/// must not be able to reach it through the user's browser: a request for another host
+/// name (DNS rebinding), from another origin, or with a body a form can send (anything
+/// but JSON) is refused.
+fn browser_check(req: &HttpRequest) -> Result<(), ApiError> {
+    let forbidden = |message: &str| ApiError {
+        status: StatusCode::FORBIDDEN,
+        code: Some("forbidden".into()),
+        ..ApiError::invalid(message)
+    };
+    if let Some(host) = req.headers().get("host") {
+        let ok = host.to_str().is_ok_and(loopback_host);
+        if !ok {
+            return Err(forbidden(
+                "this keyless gateway answers only requests addressed to a loopback host name (localhost, 127.0.0.1, [::1]); configure API keys to serve others",
+            ));
+        }
+    }
+    if let Some(origin) = req.headers().get("origin") {
+        let host = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .map(|(_, rest)| rest.split('/').next().unwrap_or(""));
+        if !host.is_some_and(loopback_host) {
+            return Err(forbidden(
+                "cross-origin requests are refused by a keyless gateway; configure API keys",
+            ));
+        }
+    }
+    if req.method() == actix_web::http::Method::POST {
+        let json = req
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return Err(ApiError {
+                status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                code: Some("unsupported_media_type".into()),
+                ..ApiError::invalid("send the body as JSON with `Content-Type: application/json`")
+            });
+        }
+    }
+    Ok(())
 }
 
 fn bearer(req: &HttpRequest) -> Option<&str> {
@@ -91,14 +160,24 @@ impl KeyStore {
                 ))
             })
             .collect();
-        Self { keys }
+        Self {
+            keys,
+            loopback_only: false,
+        }
+    }
+
+    /// Keyless and listening on loopback: refuse requests only a browser would send.
+    pub fn guard_loopback(mut self, on: bool) -> Self {
+        self.loopback_only = on && self.keys.is_empty();
+        self
     }
 
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
 
-    /// With no keys configured everyone is an anonymous caller (the server is on loopback).
+    /// With no keys configured everyone is an anonymous caller (the server is on loopback;
+    /// requests only a browser would send are refused, `browser_check`).
     /// Otherwise: 401 for a missing or unknown key, 403 for an endpoint the key may not
     /// call, 429 (with Retry-After) past its rate limit. `key_id` is set as soon as the key
     /// is known, so that refusals are audited under it.
@@ -109,6 +188,9 @@ impl KeyStore {
         key_id: &mut Option<String>,
     ) -> Result<Caller, ApiError> {
         if self.keys.is_empty() {
+            if self.loopback_only {
+                browser_check(req)?;
+            }
             return Ok(Caller::default());
         }
         let token = bearer(req).ok_or_else(|| {
@@ -162,6 +244,30 @@ pub fn check_admin(req: &HttpRequest, expected: &[u8; 32]) -> Result<(), ApiErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_host_names_are_told_apart() {
+        for ok in [
+            "localhost",
+            "localhost:8080",
+            "127.0.0.1:8080",
+            "127.1.2.3",
+            "[::1]:8080",
+            "app.localhost",
+        ] {
+            assert!(loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8080",
+            "10.0.0.1:8080",
+            "localhost.evil.example",
+            "[2001:db8::1]:80",
+            "",
+        ] {
+            assert!(!loopback_host(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn the_bucket_allows_its_rate_and_says_when_to_retry() {

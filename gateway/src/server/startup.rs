@@ -36,7 +36,7 @@ pub fn run(cli: &Cli, serve_args: &ServeArgs) -> Result<()> {
         .listen
         .parse()
         .with_context(|| format!("--listen `{}` is not ADDR:PORT", args.listen))?;
-    let keys = auth::KeyStore::new(&args.keys);
+    let keys = auth::KeyStore::new(&args.keys).guard_loopback(addr.ip().is_loopback());
     if keys.is_empty() {
         if !addr.ip().is_loopback() && !args.allow_insecure_listen {
             bail!(
