@@ -226,9 +226,13 @@ pub struct ServeArgs {
     /// Largest request body accepted [default: 2 MiB].
     #[arg(long)]
     pub max_body_bytes: Option<usize>,
-    /// Bearer token for the admin endpoints (policy reload); unset disables them unless the
-    /// config file has admin_key_sha256.
-    #[arg(long, env = "SAFEGATE_ADMIN_KEY", hide_env_values = true)]
+    /// A file holding the bearer token for the admin endpoints (policy reload), or set
+    /// SAFEGATE_ADMIN_KEY; neither (and no admin_key_sha256 in the config) disables them.
+    /// Never a flag: command lines are visible to every user of the machine (`ps`).
+    #[arg(long)]
+    pub admin_key_file: Option<PathBuf>,
+    /// Refused: a secret on the command line shows in `ps` (use the file or the variable).
+    #[arg(long, hide = true)]
     pub admin_key: Option<String>,
     /// Audit log (one JSON line per request; `off` to disable) [default: safegate-audit.jsonl].
     #[arg(long, env = "SAFEGATE_AUDIT_LOG")]

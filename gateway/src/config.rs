@@ -212,8 +212,31 @@ impl Settings {
                 .as_ref()
                 .map_or("the config".to_string(), |p| p.display().to_string())
         };
+        if args.admin_key.is_some() {
+            bail!(
+                "--admin-key would show the admin token to every user of this machine (ps); \
+                 put it in SAFEGATE_ADMIN_KEY or in a file given with --admin-key-file"
+            );
+        }
+        let from_file = match &args.admin_key_file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("--admin-key-file: cannot read {}", p.display()))?;
+                let token = text.lines().next().unwrap_or("").trim().to_string();
+                if token.is_empty() {
+                    bail!("--admin-key-file: {} is empty", p.display());
+                }
+                Some(token)
+            }
+            None => None,
+        };
+        let admin_key = from_file.or_else(|| {
+            std::env::var("SAFEGATE_ADMIN_KEY")
+                .ok()
+                .filter(|k| !k.is_empty())
+        });
         let admin_key_sha256 =
-            match (&args.admin_key, &file.admin_key_sha256) {
+            match (&admin_key, &file.admin_key_sha256) {
                 (Some(key), _) => Some(sha256(key)),
                 (None, Some(hex)) => Some(parse_sha256(hex).with_context(|| {
                     format!("{}: admin_key_sha256 is not 64 hex digits", where_())

@@ -75,7 +75,12 @@ fn every_metric_the_dashboard_and_alerts_query_is_exported() {
     let policies = policy_dir(
         "name: default\ninput: { threshold: 0.0, action: flag }\noutput: { timeout_ms: 1 }\non_error: fail_open\n",
     );
-    let s = start_guarded(&policies, &["--admin-key", "admin-secret"]);
+    let admin_key = policies.path().join("admin.key");
+    std::fs::write(&admin_key, "admin-secret\n").unwrap();
+    let s = start_guarded(
+        &policies,
+        &["--admin-key-file", admin_key.to_str().unwrap()],
+    );
     let (code, v) = post(
         &s.base,
         "/v1/chat/completions",

@@ -270,14 +270,19 @@ fn policies_reload_on_change_sighup_and_admin_call_and_bad_sets_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("default.yaml");
     std::fs::write(&file, "name: default\n").unwrap();
-    let s = start(&[
-        "--policies",
-        dir.path().to_str().unwrap(),
-        "--policy-poll-ms",
-        "100",
-        "--admin-key",
-        "sekret",
-    ]);
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("audit.jsonl");
+    let s = start_with_env(
+        &[
+            "--policies",
+            dir.path().to_str().unwrap(),
+            "--policy-poll-ms",
+            "100",
+            "--audit-log",
+            log.to_str().unwrap(),
+        ],
+        &[("SAFEGATE_ADMIN_KEY", "sekret")],
+    );
     assert_eq!(policy_version(&s.base), 1);
 
     // A valid edit goes into force.
@@ -331,6 +336,33 @@ fn policies_reload_on_change_sighup_and_admin_call_and_bad_sets_are_rejected() {
         .into_json()
         .unwrap();
     assert_eq!(r["policy_version"], v + 1);
+    // Admin calls are audited, the refused one too.
+    let admin: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["endpoint"] == "admin_policy_reload")
+        .collect();
+    assert_eq!(admin.len(), 2, "{admin:?}");
+    assert_eq!(
+        (&admin[0]["status"], &admin[0]["key_id"]),
+        (&json!(401), &Value::Null)
+    );
+    assert_eq!(
+        (&admin[1]["status"], &admin[1]["key_id"]),
+        (&json!(200), &json!("admin"))
+    );
+    assert_eq!(admin[1]["policy_version"], v + 1);
+    // A token on the command line is refused: `ps` would show it.
+    let out = Command::new(env!("CARGO_BIN_EXE_safegate"))
+        .args(["serve", "--admin-key", "sekret"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("SAFEGATE_ADMIN_KEY"),
+        "{stderr}"
+    );
 
     // SIGHUP reloads too.
     let status = Command::new("kill")

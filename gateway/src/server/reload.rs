@@ -98,36 +98,42 @@ pub fn spawn_sighup(state: web::Data<AppState>, paths: Vec<PathBuf>) {
     });
 }
 
-/// `POST /admin/policies/reload` with `Authorization: Bearer <admin key>`.
+/// `POST /admin/policies/reload` with `Authorization: Bearer <admin key>`. Audited like
+/// every request, refusals included (`key_id` is `admin` once the token checks out).
 pub async fn admin_reload(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
-    let Some(expected) = state.admin_key else {
-        return ApiError {
-            status: actix_web::http::StatusCode::FORBIDDEN,
-            ..ApiError::invalid(
-                "admin endpoints are disabled: start with --admin-key or admin_key_sha256 in the config",
-            )
+    let t0 = std::time::Instant::now();
+    let mut audit = super::audit::AuditRecord::default();
+    let result = async {
+        let Some(expected) = state.admin_key else {
+            return Err(ApiError {
+                status: actix_web::http::StatusCode::FORBIDDEN,
+                ..ApiError::invalid(
+                    "admin endpoints are disabled: start with SAFEGATE_ADMIN_KEY, --admin-key-file or admin_key_sha256 in the config",
+                )
+            });
+        };
+        super::auth::check_admin(&req, &expected)?;
+        audit.key_id = Some("admin".into());
+        let Some(paths) = state.policy_paths.clone() else {
+            return Err(ApiError::invalid(
+                "the server runs on the built-in presets; start with --policies to reload files",
+            ));
+        };
+        let s = state.clone();
+        match web::block(move || reload(&s, &paths, "admin")).await {
+            Ok(Ok(version)) => {
+                audit.policy_version = Some(version);
+                Ok(super::respond::Reply::from(
+                    json!({"status": "reloaded", "policy_version": version}),
+                ))
+            }
+            Ok(Err(errors)) => Err(ApiError {
+                code: Some("invalid_policy".into()),
+                ..ApiError::invalid(errors)
+            }),
+            Err(e) => Err(ApiError::internal(e.to_string())),
         }
-        .into_response();
-    };
-    if let Err(e) = super::auth::check_admin(&req, &expected) {
-        return e.into_response();
     }
-    let Some(paths) = state.policy_paths.clone() else {
-        return ApiError::invalid(
-            "the server runs on the built-in presets; start with --policies to reload files",
-        )
-        .into_response();
-    };
-    let s = state.clone();
-    match web::block(move || reload(&s, &paths, "admin")).await {
-        Ok(Ok(version)) => {
-            HttpResponse::Ok().json(json!({"status": "reloaded", "policy_version": version}))
-        }
-        Ok(Err(errors)) => ApiError {
-            code: Some("invalid_policy".into()),
-            ..ApiError::invalid(errors)
-        }
-        .into_response(),
-        Err(e) => ApiError::internal(e.to_string()).into_response(),
-    }
+    .await;
+    super::respond::respond(&state, "admin_policy_reload", t0, audit, result).await
 }
