@@ -102,6 +102,11 @@ pub struct Limits {
     pub request_timeout_ms: u64,
     /// Seconds a drained server waits for in-flight requests on shutdown.
     pub shutdown_grace_s: u64,
+    /// Time to receive a request body (408 past it: a slow sender holds no worker).
+    pub body_timeout_ms: u64,
+    /// Bytes of text the guard judges for one request at its input (the chat's turns, the
+    /// moderation inputs, the conversation to classify): 400 past it, never judged in part.
+    pub max_guard_bytes: usize,
 }
 
 impl Default for Limits {
@@ -112,6 +117,8 @@ impl Default for Limits {
             max_prompt_tokens: 32_768,
             request_timeout_ms: 300_000,
             shutdown_grace_s: 30,
+            body_timeout_ms: 30_000,
+            max_guard_bytes: 65_536,
         }
     }
 }
@@ -306,9 +313,14 @@ impl Settings {
             );
         }
         let limits = file.limits.clone().unwrap_or_default();
-        if limits.max_messages == 0 || limits.max_tokens == 0 || limits.request_timeout_ms == 0 {
+        if limits.max_messages == 0
+            || limits.max_tokens == 0
+            || limits.request_timeout_ms == 0
+            || limits.body_timeout_ms == 0
+            || limits.max_guard_bytes == 0
+        {
             bail!(
-                "{}: limits must be at least 1 (max_messages, max_tokens, request_timeout_ms)",
+                "{}: limits must be at least 1 (max_messages, max_tokens, request_timeout_ms, body_timeout_ms, max_guard_bytes)",
                 where_()
             );
         }

@@ -1412,6 +1412,129 @@ fn a_real_prometheus_scrapes_and_queries_the_metrics() {
     checks.unwrap();
 }
 
+/// Sends raw HTTP on a fresh connection; the status and the whole answer, and how long
+/// the answer took.
+fn raw_http(base: &str, head: &str, body: &[u8]) -> (u16, String, Duration) {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let t0 = Instant::now();
+    conn.write_all(head.as_bytes()).unwrap();
+    conn.write_all(body).unwrap();
+    let mut text = Vec::new();
+    let _ = conn.read_to_end(&mut text);
+    let text = String::from_utf8_lossy(&text).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text, t0.elapsed())
+}
+
+#[test]
+fn bodies_are_refused_early_as_json_counted_and_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("limits.toml");
+    let key = "sg-test-key";
+    std::fs::write(
+        &config,
+        format!(
+            "[limits]\nbody_timeout_ms = 500\n[[keys]]\nid = \"k\"\nsha256 = \"{}\"\n",
+            sha256_hex(key)
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let s = start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--audit-log",
+        log.to_str().unwrap(),
+        "--max-body-bytes",
+        "10000",
+    ]);
+    // No key, a 2 MB body announced and never sent: refused at once, from the headers.
+    let (code, text, took) = raw_http(
+        &s.base,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 2000000\r\n\r\n",
+        b"{",
+    );
+    assert_eq!(code, 401, "{text}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // Too large: 413 as OpenAI-style JSON.
+    let auth = format!("authorization: Bearer {key}\r\n");
+    let big = vec![b' '; 20_000];
+    let (code, text, _) = raw_http(
+        &s.base,
+        &format!("POST /v1/moderations HTTP/1.1\r\nhost: x\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", big.len()),
+        &big,
+    );
+    assert_eq!(code, 413, "{text}");
+    assert!(
+        text.contains("\"request_too_large\"") && text.contains("application/json"),
+        "{text}"
+    );
+    // A body that stops arriving: 408 within the body time limit.
+    let (code, text, took) = raw_http(
+        &s.base,
+        &format!("POST /v1/shield/scan HTTP/1.1\r\nhost: x\r\n{auth}content-type: application/json\r\ncontent-length: 100\r\n\r\n"),
+        b"{\"text\": ",
+    );
+    assert_eq!(code, 408, "{text}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let m = common::metrics(&s.base);
+    let audit: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let statuses: Vec<u64> = audit
+        .iter()
+        .map(|l| l["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, vec![401, 413, 408], "{audit:?}");
+    assert!(
+        m.contains(r#"safegate_requests_total{endpoint="moderations",outcome="client_error"} 1"#),
+        "{m}"
+    );
+}
+
+#[test]
+fn one_callers_long_text_is_refused_before_the_guard_sees_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("limits.toml");
+    std::fs::write(&config, "[limits]\nmax_guard_bytes = 1000\n").unwrap();
+    let pol = policy_dir("name: default\n");
+    let s = start_guarded(&pol, &["--config", config.to_str().unwrap()]);
+    let long = "word ".repeat(300);
+    let (code, v) = post(
+        &s.base,
+        "/v1/moderations",
+        &json!({"input": long}).to_string(),
+    );
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (400, Some("guard_input_too_large")),
+        "{v}"
+    );
+    assert_eq!(v["error"]["param"], "input");
+    let messages = json!([{"role": "user", "content": long}]);
+    for path in ["/v1/chat/completions", "/v1/guard/classify"] {
+        let (code, v) = post(&s.base, path, &json!({"messages": messages}).to_string());
+        assert_eq!(
+            (code, v["error"]["code"].as_str()),
+            (400, Some("guard_input_too_large")),
+            "{path}: {v}"
+        );
+    }
+    // Within the cap: judged as usual.
+    let (code, v) = post(
+        &s.base,
+        "/v1/moderations",
+        &json!({"input": "word ".repeat(100)}).to_string(),
+    );
+    assert_eq!(code, 200, "{v}");
+}
+
 #[test]
 fn request_limits_are_enforced_with_clear_errors() {
     let dir = tempfile::tempdir().unwrap();

@@ -176,6 +176,27 @@ impl KeyStore {
         self.keys.is_empty()
     }
 
+    /// What can be checked from the headers alone, before the body is read: without keys,
+    /// the browser checks; with keys, a bearer token that belongs to a key. (Endpoint
+    /// permissions and rate limits are `authenticate`'s, once per request.)
+    pub fn precheck(&self, req: &HttpRequest) -> Result<(), ApiError> {
+        if self.keys.is_empty() {
+            return if self.loopback_only {
+                browser_check(req)
+            } else {
+                Ok(())
+            };
+        }
+        let token = bearer(req).ok_or_else(|| {
+            unauthorized("missing API key: send it as `Authorization: Bearer <key>`")
+        })?;
+        if self.keys.contains_key(&sha256(token)) {
+            Ok(())
+        } else {
+            Err(unauthorized("incorrect API key provided"))
+        }
+    }
+
     /// With no keys configured everyone is an anonymous caller (the server is on loopback;
     /// requests only a browser would send are refused, `browser_check`).
     /// Otherwise: 401 for a missing or unknown key, 403 for an endpoint the key may not

@@ -16,17 +16,13 @@ use super::checks::{self, StreamShield};
 use super::reply::{
     finish_reason_name, observe_generation, record_output, response_id, unix_now, Prepared,
 };
-use super::respond::{self, filter_results, record_decision, Reply};
+use super::respond::{self, filter_results, record_decision, Body, Reply};
 use super::{ApiError, AppState};
 
-pub async fn completions(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    body: web::Bytes,
-) -> HttpResponse {
+pub async fn completions(state: web::Data<AppState>, req: HttpRequest, body: Body) -> HttpResponse {
     let t0 = Instant::now();
     let mut audit = AuditRecord::default();
-    let result = match prepare(&state, &req, &body, &mut audit).await {
+    let result = match prepare(&state, &req, body, &mut audit).await {
         Ok(p) if p.stream => {
             // The stream's task writes the audit line and the metrics when it ends.
             match super::stream::start(state.clone(), p, t0, &mut audit) {
@@ -104,15 +100,16 @@ fn choose_backend(
 async fn prepare(
     state: &AppState,
     http: &HttpRequest,
-    body: &[u8],
+    body: Body,
     audit: &mut AuditRecord,
 ) -> Result<Prepared, ApiError> {
     let caller = respond::authorize(state, http, "chat", audit)?;
+    let body = body.0?;
     let limits = safegate_api::ChatLimits {
         max_messages: state.limits.max_messages,
         max_tokens: state.limits.max_tokens,
     };
-    let params = respond::parse_request(body, |v| safegate_api::parse_chat(v, &limits))?;
+    let params = respond::parse_request(&body, |v| safegate_api::parse_chat(v, &limits))?;
     let sampling = SamplingParams {
         temperature: params.temperature as f32,
         top_p: params.top_p as f32,

@@ -135,6 +135,34 @@ async fn guard_stage_as(
     }
 }
 
+/// Refuses input the guard would take too long to judge (`limits.max_guard_bytes`): one
+/// caller's 100 KB must not hold the guard while everyone else's short requests time out,
+/// and text is never judged in part.
+pub(super) fn check_guard_size(
+    state: &AppState,
+    param: &str,
+    texts: &mut dyn Iterator<Item = &str>,
+) -> Result<(), ApiError> {
+    if state.guard.is_none() {
+        return Ok(());
+    }
+    let bytes: usize = texts.map(str::len).sum();
+    let max = state.limits.max_guard_bytes;
+    if bytes > max {
+        return Err(ApiError {
+            code: Some("guard_input_too_large".into()),
+            ..ApiError::invalid_param(
+                param,
+                format!(
+                    "{bytes} bytes of text to judge; the safety check takes at most {max} per request \
+                     (limits.max_guard_bytes)"
+                ),
+            )
+        });
+    }
+    Ok(())
+}
+
 /// The input stage of a chat: everything the model will read is judged. The user's (and
 /// system and tool) turns as the user's; assistant turns the client wrote itself (the
 /// model continues them as its own words) as an assistant's, all of them together, in a
@@ -144,6 +172,13 @@ pub(super) async fn input_guard(
     policy: &Policy,
     messages: &[ChatMessage],
 ) -> Result<Option<Verdict>, ApiError> {
+    if policy.input.enabled {
+        check_guard_size(
+            state,
+            "messages",
+            &mut messages.iter().map(|m| m.content.as_str()),
+        )?;
+    }
     let Some(last) = messages.iter().rposition(|m| m.role == "assistant") else {
         return guard_stage(state, policy, Stage::Input, messages.to_vec()).await;
     };

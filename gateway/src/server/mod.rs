@@ -54,6 +54,8 @@ pub struct AppState {
     pub audit: Option<audit::AuditLog>,
     pub keys: auth::KeyStore,
     pub limits: Limits,
+    /// Largest request body (413 past it).
+    pub max_body_bytes: usize,
     pub upstreams: Vec<crate::config::UpstreamModel>,
 }
 

@@ -10,9 +10,9 @@ use safegate_policies::{decide, Action, Stage};
 use serde_json::{json, Value};
 
 use super::audit::{conversation_sha256, sha256_hex, AuditRecord};
-use super::checks::guard_stage;
+use super::checks::{check_guard_size, guard_stage};
 use super::reply::response_id;
-use super::respond::{authorize, parse_request, record_decision, respond, Reply};
+use super::respond::{authorize, parse_request, record_decision, respond, Body, Reply};
 use super::{ApiError, AppState};
 
 fn require_guard(state: &AppState) -> Result<(), ApiError> {
@@ -27,17 +27,15 @@ fn require_guard(state: &AppState) -> Result<(), ApiError> {
 /// `POST /v1/moderations`: OpenAI's schema, the taxonomy mapped onto its 13 categories,
 /// the native S-codes and scores alongside under `safegate`. Each input's decision is
 /// counted like a chat's input stage.
-pub async fn moderations(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    body: web::Bytes,
-) -> HttpResponse {
+pub async fn moderations(state: web::Data<AppState>, req: HttpRequest, body: Body) -> HttpResponse {
     let t0 = Instant::now();
     let mut audit = AuditRecord::default();
     let result = async {
         let caller = authorize(&state, &req, "moderations", &mut audit)?;
+        let body = body.0?;
         let inputs = parse_request(&body, safegate_api::parse_moderation)?;
         require_guard(&state)?;
+        check_guard_size(&state, "input", &mut inputs.iter().map(String::as_str))?;
         let policy = state.policies.current().for_group(caller.group.as_deref());
         audit.policy = Some(policy.name.clone());
         audit.input_sha256 = Some(inputs.iter().map(|t| sha256_hex(t)).collect());
@@ -91,12 +89,13 @@ pub async fn moderations(
 pub async fn guard_classify(
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: web::Bytes,
+    body: Body,
 ) -> HttpResponse {
     let t0 = Instant::now();
     let mut audit = AuditRecord::default();
     let result = async {
         let caller = authorize(&state, &req, "guard", &mut audit)?;
+        let body = body.0?;
         let request = parse_request(&body, safegate_api::parse_classify)?;
         let stage = match request.agent_type {
             AgentType::User => Stage::Input,
@@ -117,6 +116,11 @@ pub async fn guard_classify(
         };
         require_guard(&state)?;
         let messages = crate::messages::to_chat_messages(request.messages);
+        check_guard_size(
+            &state,
+            "messages",
+            &mut messages.iter().map(|m| m.content.as_str()),
+        )?;
         audit.policy = Some(policy.name.clone());
         audit.conversation_sha256 = Some(conversation_sha256(&messages));
         let verdict = guard_stage(&state, &policy, stage, messages).await?;

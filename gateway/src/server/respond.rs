@@ -12,6 +12,78 @@ use super::audit::AuditRecord;
 use super::{ApiError, AppState};
 use crate::output::Outcome;
 
+/// A request body, read only after the headers passed `KeyStore::precheck` (an
+/// unauthenticated sender is refused before its body arrives), at most `max_body_bytes`
+/// (413) and within `limits.body_timeout_ms` (408). It never fails as an extractor: the
+/// handler takes the error with `?`, so it is answered as OpenAI-style JSON, counted and
+/// audited like any other.
+pub(super) struct Body(pub Result<actix_web::web::Bytes, ApiError>);
+
+impl actix_web::FromRequest for Body {
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
+        let Some(state) = req.app_data::<actix_web::web::Data<AppState>>().cloned() else {
+            return Box::pin(async { Ok(Body(Err(ApiError::internal("no server state")))) });
+        };
+        if let Err(e) = state.keys.precheck(req) {
+            return Box::pin(async { Ok(Body(Err(e))) });
+        }
+        let max = state.max_body_bytes;
+        let too_large = move |size: usize| ApiError {
+            status: actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+            code: Some("request_too_large".into()),
+            ..ApiError::invalid(format!(
+                "the request body has {size} bytes or more; this server accepts at most {max}"
+            ))
+        };
+        let declared = req
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if let Some(n) = declared.filter(|&n| n > max) {
+            let e = too_large(n);
+            return Box::pin(async { Ok(Body(Err(e))) });
+        }
+        let mut payload = payload.take();
+        let limit = std::time::Duration::from_millis(state.limits.body_timeout_ms);
+        Box::pin(async move {
+            let read = async {
+                let mut body = actix_web::web::BytesMut::new();
+                while let Some(chunk) = std::future::poll_fn(|cx| {
+                    futures_core::Stream::poll_next(std::pin::Pin::new(&mut payload), cx)
+                })
+                .await
+                {
+                    let chunk = chunk.map_err(|e| {
+                        ApiError::invalid(format!("the body could not be read: {e}"))
+                    })?;
+                    if body.len() + chunk.len() > max {
+                        return Err(too_large(body.len() + chunk.len()));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(body.freeze())
+            };
+            Ok(Body(
+                match actix_web::rt::time::timeout(limit, read).await {
+                    Ok(read) => read,
+                    Err(_) => Err(ApiError {
+                        status: actix_web::http::StatusCode::REQUEST_TIMEOUT,
+                        code: Some("request_timeout".into()),
+                        ..ApiError::invalid(format!(
+                            "the request body did not arrive within {} ms",
+                            limit.as_millis()
+                        ))
+                    }),
+                },
+            ))
+        })
+    }
+}
+
 /// A request's answer and how it ended.
 pub(super) struct Reply {
     pub body: Value,

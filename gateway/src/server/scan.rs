@@ -9,18 +9,15 @@ use serde_json::json;
 
 use super::audit::{sha256_hex, AuditRecord};
 use super::checks::shield_options;
-use super::respond::{authorize, parse_request, record_decision, respond, Reply};
+use super::respond::{authorize, parse_request, record_decision, respond, Body, Reply};
 use super::{ApiError, AppState};
 
-pub async fn shield_scan(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    body: web::Bytes,
-) -> HttpResponse {
+pub async fn shield_scan(state: web::Data<AppState>, req: HttpRequest, body: Body) -> HttpResponse {
     let t0 = Instant::now();
     let mut audit = AuditRecord::default();
     let result = async {
         let caller = authorize(&state, &req, "shield", &mut audit)?;
+        let body = body.0?;
         let request = parse_request(&body, safegate_api::parse_scan)?;
         let language = match &request.language {
             Some(l) => Some(

@@ -165,6 +165,7 @@ pub fn run(cli: &Cli, serve_args: &ServeArgs) -> Result<()> {
         },
         keys,
         limits: args.limits.clone(),
+        max_body_bytes: args.max_body_bytes,
         upstreams: args.upstreams.clone(),
     });
     if let Some(paths) = &args.policies {
@@ -176,7 +177,6 @@ pub fn run(cli: &Cli, serve_args: &ServeArgs) -> Result<()> {
     }
     tracing::info!(%addr, "safegate listening");
     eprintln!("safegate listening on http://{addr}");
-    let max_body = args.max_body_bytes;
     // On SIGTERM/SIGINT actix stops accepting, lets in-flight requests (streams included)
     // finish within this grace period, then exits; audit lines are fsynced as written.
     let shutdown_grace = args.limits.shutdown_grace_s;
@@ -186,23 +186,18 @@ pub fn run(cli: &Cli, serve_args: &ServeArgs) -> Result<()> {
         if let Some((state, paths)) = sighup {
             reload::spawn_sighup(state, paths);
         }
-        HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .app_data(web::PayloadConfig::new(max_body))
-                .configure(super::routes)
-        })
-        // Stream frames leave at once instead of waiting on Nagle's algorithm.
-        .on_connect(|conn, _| {
-            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                let _ = tcp.set_nodelay(true);
-            }
-        })
-        .workers(2)
-        .shutdown_timeout(shutdown_grace)
-        .bind(addr)?
-        .run()
-        .await
+        HttpServer::new(move || App::new().app_data(state.clone()).configure(super::routes))
+            // Stream frames leave at once instead of waiting on Nagle's algorithm.
+            .on_connect(|conn, _| {
+                if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                    let _ = tcp.set_nodelay(true);
+                }
+            })
+            .workers(2)
+            .shutdown_timeout(shutdown_grace)
+            .bind(addr)?
+            .run()
+            .await
     })?;
     Ok(())
 }
