@@ -251,6 +251,10 @@ pub struct ServeArgs {
     /// How often the policy files are checked for changes, in ms [default: 1000].
     #[arg(long)]
     pub policy_poll_ms: Option<u64>,
+    /// Serve /metrics and /readyz on this ADDR:PORT only (e.g. a port only the cluster's
+    /// Prometheus and probes reach), not beside the API [default: with the API].
+    #[arg(long, env = "SAFEGATE_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -29,6 +29,7 @@ pub struct FileConfig {
     pub audit_keep: Option<usize>,
     pub audit_fsync: Option<bool>,
     pub policy_poll_ms: Option<u64>,
+    pub metrics_listen: Option<String>,
     pub limits: Option<Limits>,
     #[serde(default)]
     pub keys: Vec<KeyConfig>,
@@ -160,6 +161,8 @@ pub struct Settings {
     pub audit_keep: usize,
     pub audit_fsync: bool,
     pub policy_poll_ms: u64,
+    /// /metrics and /readyz on their own address (None: beside the API).
+    pub metrics_listen: Option<String>,
     pub limits: Limits,
     pub keys: Vec<KeyConfig>,
     pub upstreams: Vec<UpstreamModel>,
@@ -360,6 +363,7 @@ impl Settings {
             audit_keep: args.audit_keep.or(file.audit_keep).unwrap_or(0),
             audit_fsync: !args.no_audit_fsync && file.audit_fsync.unwrap_or(true),
             policy_poll_ms: args.policy_poll_ms.or(file.policy_poll_ms).unwrap_or(1000),
+            metrics_listen: args.metrics_listen.clone().or(file.metrics_listen),
             limits,
             keys: file.keys,
             upstreams: file.models,

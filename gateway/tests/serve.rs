@@ -1536,6 +1536,38 @@ fn one_callers_long_text_is_refused_before_the_guard_sees_it() {
 }
 
 #[test]
+fn metrics_and_readiness_can_have_their_own_address() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ops = format!("127.0.0.1:{port}");
+    let s = start(&["--metrics-listen", &ops, "--audit-log", "off"]);
+    let status = |url: String| match ureq::get(&url).call() {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(code, _)) => code,
+        Err(e) => panic!("{url}: {e}"),
+    };
+    let mut up = false;
+    for _ in 0..50 {
+        if std::net::TcpStream::connect(&ops).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(up, "nothing listens on {ops}");
+    assert_eq!(status(format!("http://{ops}/metrics")), 200);
+    assert_eq!(status(format!("http://{ops}/readyz")), 200);
+    assert_eq!(status(format!("http://{ops}/v1/models")), 404);
+    // Not beside the API any more.
+    assert_eq!(status(format!("{}/metrics", s.base)), 404);
+    assert_eq!(status(format!("{}/readyz", s.base)), 404);
+    assert_eq!(status(format!("{}/healthz", s.base)), 200);
+}
+
+#[test]
 fn request_limits_are_enforced_with_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("limits.toml");

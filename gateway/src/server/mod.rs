@@ -59,17 +59,42 @@ pub struct AppState {
     pub upstreams: Vec<crate::config::UpstreamModel>,
 }
 
-/// Every endpoint.
-fn routes(cfg: &mut web::ServiceConfig) {
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// /metrics and /readyz.
+fn ops_endpoints(cfg: &mut web::ServiceConfig) {
     use actix_web::http::Method;
-    let health = || async { HttpResponse::Ok().json(json!({"status": "ok"})) };
-    cfg.service(endpoint("/healthz", Method::GET, web::get().to(health)))
-        .service(endpoint("/readyz", Method::GET, web::get().to(readyz)))
+    cfg.service(endpoint("/readyz", Method::GET, web::get().to(readyz)))
         .service(endpoint(
             "/metrics",
             Method::GET,
             web::get().to(metrics::scrape),
-        ))
+        ));
+}
+
+/// The operations endpoints alone, for `--metrics-listen`.
+fn ops_routes(cfg: &mut web::ServiceConfig) {
+    ops_endpoints(cfg);
+    cfg.service(endpoint(
+        "/healthz",
+        actix_web::http::Method::GET,
+        web::get().to(health),
+    ))
+    .default_service(web::to(|| async {
+        ApiError::not_found("no such endpoint").into_response()
+    }));
+}
+
+/// Every endpoint of the API listener; /metrics and /readyz too unless they have their own
+/// listener (`with_ops`).
+fn routes(cfg: &mut web::ServiceConfig, with_ops: bool) {
+    use actix_web::http::Method;
+    if with_ops {
+        ops_endpoints(cfg);
+    }
+    cfg.service(endpoint("/healthz", Method::GET, web::get().to(health)))
         .service(endpoint("/v1/models", Method::GET, web::get().to(models)))
         .service(endpoint(
             "/v1/shield/scan",

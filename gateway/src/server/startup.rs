@@ -175,6 +175,18 @@ pub fn run(cli: &Cli, serve_args: &ServeArgs) -> Result<()> {
             std::time::Duration::from_millis(args.policy_poll_ms),
         );
     }
+    let ops_addr: Option<SocketAddr> = args
+        .metrics_listen
+        .as_deref()
+        .map(|a| {
+            a.parse()
+                .with_context(|| format!("--metrics-listen `{a}` is not ADDR:PORT"))
+        })
+        .transpose()?;
+    if let Some(ops) = ops_addr {
+        tracing::info!(%ops, "metrics and readiness on their own address");
+        eprintln!("safegate metrics and readiness on http://{ops}");
+    }
     tracing::info!(%addr, "safegate listening");
     eprintln!("safegate listening on http://{addr}");
     // On SIGTERM/SIGINT actix stops accepting, lets in-flight requests (streams included)
@@ -186,18 +198,43 @@ pub fn run(cli: &Cli, serve_args: &ServeArgs) -> Result<()> {
         if let Some((state, paths)) = sighup {
             reload::spawn_sighup(state, paths);
         }
-        HttpServer::new(move || App::new().app_data(state.clone()).configure(super::routes))
-            // Stream frames leave at once instead of waiting on Nagle's algorithm.
-            .on_connect(|conn, _| {
-                if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                    let _ = tcp.set_nodelay(true);
-                }
-            })
-            .workers(2)
-            .shutdown_timeout(shutdown_grace)
-            .bind(addr)?
-            .run()
-            .await
+        let ops = match ops_addr {
+            Some(ops_addr) => {
+                let state = state.clone();
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .app_data(state.clone())
+                        .configure(super::ops_routes)
+                })
+                .workers(1)
+                .shutdown_timeout(shutdown_grace)
+                .bind(ops_addr)?
+                .run();
+                Some(actix_web::rt::spawn(server))
+            }
+            None => None,
+        };
+        let with_ops = ops.is_none();
+        let api = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .configure(|cfg| super::routes(cfg, with_ops))
+        })
+        // Stream frames leave at once instead of waiting on Nagle's algorithm.
+        .on_connect(|conn, _| {
+            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                let _ = tcp.set_nodelay(true);
+            }
+        })
+        .workers(2)
+        .shutdown_timeout(shutdown_grace)
+        .bind(addr)?
+        .run()
+        .await;
+        if let Some(ops) = ops {
+            ops.abort();
+        }
+        api
     })?;
     Ok(())
 }
