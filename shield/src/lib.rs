@@ -109,13 +109,48 @@ impl Default for ScanOptions {
     }
 }
 
-/// The compiled rule packs. Build once ([`Shield::embedded`]) and share.
+/// The compiled rule packs. Build once ([`Shield::embedded`]) and share. A language's
+/// rules are compiled the first time text in that language is scanned (a one-file scan
+/// from the command line compiles one language, not all of them).
 pub struct Shield {
-    by_language: HashMap<Language, Vec<Rule>>,
-    agnostic: Vec<Rule>,
-    /// Per language (and for the agnostic rules), one set of all rules' prefilters: one
-    /// fast pass over the code says which rules can match at all.
-    prefilters: HashMap<Option<Language>, Prefilters>,
+    packs: Vec<rules::Pack>,
+    by_language: HashMap<Language, OnceLock<LanguageRules>>,
+    agnostic: OnceLock<LanguageRules>,
+}
+
+/// One language's rules (or the language-agnostic ones), compiled, and one set of all
+/// their prefilters: one fast pass over the code says which rules can match at all.
+struct LanguageRules {
+    rules: Vec<Rule>,
+    prefilters: Prefilters,
+}
+
+/// Compiles the rules every pack has for `language` (None: the agnostic packs).
+fn compile_language(
+    packs: &[rules::Pack],
+    language: Option<Language>,
+) -> Result<LanguageRules, ShieldError> {
+    let mut rules = Vec::new();
+    for pack in packs {
+        let applies = match language {
+            None => pack.languages.is_empty(),
+            Some(l) => pack.languages.contains(&l),
+        };
+        if applies {
+            // Queries are compiled once per grammar.
+            rules.extend(rules::compile_pack(pack.file, language, pack.text)?);
+        }
+    }
+    let mut ids = std::collections::HashSet::new();
+    if let Some(dup) = rules.iter().find(|r| !ids.insert(&r.spec.id)) {
+        return Err(ShieldError::Rules(format!(
+            "rule id `{}` appears twice for {}",
+            dup.spec.id,
+            language.map_or("all languages", Language::name)
+        )));
+    }
+    let prefilters = Prefilters::new(&rules);
+    Ok(LanguageRules { rules, prefilters })
 }
 
 struct Prefilters {
@@ -365,53 +400,58 @@ impl Shield {
     /// The rule packs compiled into the binary.
     pub fn embedded() -> &'static Shield {
         static SHIELD: OnceLock<Shield> = OnceLock::new();
-        SHIELD.get_or_init(|| {
-            Shield::from_packs(rules::EMBEDDED).expect("embedded rule packs compile (tested)")
-        })
+        SHIELD.get_or_init(|| Shield::lazy(rules::EMBEDDED))
     }
 
-    pub fn from_packs(packs: &[rules::Pack]) -> Result<Shield, ShieldError> {
-        let mut by_language: HashMap<Language, Vec<Rule>> = HashMap::new();
-        let mut agnostic = Vec::new();
-        for pack in packs {
-            if pack.languages.is_empty() {
-                agnostic.extend(rules::compile_pack(pack.file, None, pack.text)?);
-            }
-            // Queries are compiled once per grammar.
-            for &lang in pack.languages {
-                by_language
-                    .entry(lang)
-                    .or_default()
-                    .extend(rules::compile_pack(pack.file, Some(lang), pack.text)?);
-            }
-        }
-        for (lang, rules) in &by_language {
-            let mut ids = std::collections::HashSet::new();
-            if let Some(dup) = rules.iter().find(|r| !ids.insert(&r.spec.id)) {
-                return Err(ShieldError::Rules(format!(
-                    "rule id `{}` appears twice for {lang}",
-                    dup.spec.id
-                )));
-            }
-        }
-        let mut prefilters: HashMap<Option<Language>, Prefilters> = by_language
+    /// A shield whose languages compile on first use (for packs known to compile: the
+    /// embedded ones are, by their tests).
+    fn lazy(packs: &[rules::Pack]) -> Shield {
+        let by_language = packs
             .iter()
-            .map(|(l, rules)| (Some(*l), Prefilters::new(rules)))
+            .flat_map(|p| p.languages.iter().copied())
+            .map(|l| (l, OnceLock::new()))
             .collect();
-        prefilters.insert(None, Prefilters::new(&agnostic));
-        Ok(Shield {
+        Shield {
+            packs: packs.to_vec(),
             by_language,
-            agnostic,
-            prefilters,
-        })
+            agnostic: OnceLock::new(),
+        }
+    }
+
+    /// Compiles every pack now: an error in any of them is returned here.
+    pub fn from_packs(packs: &[rules::Pack]) -> Result<Shield, ShieldError> {
+        let shield = Shield::lazy(packs);
+        for (&lang, cell) in &shield.by_language {
+            let _ = cell.set(compile_language(packs, Some(lang))?);
+        }
+        let _ = shield.agnostic.set(compile_language(packs, None)?);
+        Ok(shield)
+    }
+
+    /// A language's compiled rules (None: the agnostic ones); None for a language no pack
+    /// covers.
+    fn compiled(&self, language: Option<Language>) -> Option<&LanguageRules> {
+        let cell = match language {
+            Some(l) => self.by_language.get(&l)?,
+            None => &self.agnostic,
+        };
+        Some(cell.get_or_init(|| {
+            compile_language(&self.packs, language)
+                .expect("rule packs given to Shield::lazy compile (embedded packs are tested)")
+        }))
     }
 
     /// Every rule, for listing and validation (`policies` checks rule ids against it).
     pub fn rules(&self) -> impl Iterator<Item = (Option<Language>, &Rule)> {
         self.by_language
-            .iter()
-            .flat_map(|(l, rs)| rs.iter().map(move |r| (Some(*l), r)))
-            .chain(self.agnostic.iter().map(|r| (None, r)))
+            .keys()
+            .map(|&l| Some(l))
+            .chain(std::iter::once(None))
+            .flat_map(move |l| {
+                self.compiled(l)
+                    .into_iter()
+                    .flat_map(move |c| c.rules.iter().map(move |r| (l, r)))
+            })
     }
 
     pub fn has_rule(&self, id: &str) -> bool {
@@ -437,9 +477,10 @@ impl Shield {
         parsed: Option<tree_sitter::Tree>,
         out: &mut Vec<RawFinding>,
     ) -> bool {
-        let Some(rules) = self.by_language.get(&language) else {
+        let Some(compiled) = self.compiled(Some(language)) else {
             return false;
         };
+        let rules = &compiled.rules;
         let source = language.prepare_source(code);
         let tree = if parsed.is_some() {
             // Detection already parsed this very text with this grammar.
@@ -487,7 +528,7 @@ impl Shield {
                 }
             }
         };
-        let may_match = self.prefilters[&Some(language)].candidates(code);
+        let may_match = compiled.prefilters.candidates(code);
         for (rule, _) in rules.iter().zip(&may_match).filter(|(_, m)| **m) {
             if options.disabled_rules.iter().any(|d| d == &rule.spec.id) {
                 continue;
@@ -560,8 +601,11 @@ impl Shield {
         options: &ScanOptions,
         out: &mut Vec<RawFinding>,
     ) {
-        let may_match = self.prefilters[&None].candidates(text);
-        for (rule, _) in self.agnostic.iter().zip(&may_match).filter(|(_, m)| **m) {
+        let Some(agnostic) = self.compiled(None) else {
+            return;
+        };
+        let may_match = agnostic.prefilters.candidates(text);
+        for (rule, _) in agnostic.rules.iter().zip(&may_match).filter(|(_, m)| **m) {
             if options.disabled_rules.iter().any(|d| d == &rule.spec.id) {
                 continue;
             }

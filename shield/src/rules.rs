@@ -206,6 +206,7 @@ pub fn prefilter_pattern(pattern: &str) -> Option<String> {
 
 /// A rule pack compiled into the binary: file name, the languages it applies to (empty:
 /// language-agnostic), and its text.
+#[derive(Debug, Clone, Copy)]
 pub struct Pack {
     pub file: &'static str,
     pub languages: &'static [Language],
