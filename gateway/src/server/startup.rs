@@ -50,6 +50,9 @@ pub fn run(cli: &Cli, serve_args: &ServeArgs) -> Result<()> {
         );
     }
     let shield = Shield::embedded();
+    // Every language's rules compiled before the first request, not during it.
+    let rules = shield.rules().count();
+    tracing::debug!(rules, "shield rules compiled");
     let set = match &args.policies {
         Some(paths) => {
             let files = crate::cmd_policy::read_policy_files(paths)?;
