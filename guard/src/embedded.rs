@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use safegate_engine::session::SessionOptions;
 use safegate_engine::{
@@ -266,8 +266,9 @@ pub struct TextScore {
 struct Job {
     windows: Vec<Vec<u32>>,
     reply: mpsc::Sender<Result<Vec<Vec<f32>>, GuardError>>,
-    /// When the caller stops waiting (its stage budget); past it the work is dropped.
-    deadline: Option<Instant>,
+    /// When the caller stops waiting (its stage budget, or its client went away); then the
+    /// work is dropped.
+    until: crate::Until,
 }
 
 /// The embedded guard backend.
@@ -374,7 +375,7 @@ impl EmbeddedGuard {
 
     /// Pooled features of each window (blocking).
     pub fn features(&self, windows: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, GuardError> {
-        self.features_until(windows, None)
+        self.features_until(windows, &crate::Until::default())
     }
 
     /// Pooled features of each window, or `Timeout` once `deadline` passes: the caller
@@ -382,14 +383,14 @@ impl EmbeddedGuard {
     pub fn features_until(
         &self,
         windows: Vec<Vec<u32>>,
-        deadline: Option<Instant>,
+        until: &crate::Until,
     ) -> Result<Vec<Vec<f32>>, GuardError> {
         let (tx, rx) = mpsc::channel();
         self.waiting.fetch_add(1, Ordering::SeqCst);
         let job = Job {
             windows,
             reply: tx,
-            deadline,
+            until: until.clone(),
         };
         if let Err(e) = self.jobs.try_send(job) {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
@@ -398,18 +399,29 @@ impl EmbeddedGuard {
                 mpsc::TrySendError::Disconnected(_) => GuardError::Engine(EngineError::Stopped),
             });
         }
-        let Some(deadline) = deadline else {
+        if until.deadline.is_none() && until.cancelled.is_none() {
             return rx
                 .recv()
                 .map_err(|_| GuardError::Engine(EngineError::Stopped))?;
-        };
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(answer) => answer,
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(GuardError::Timeout(
-                "no verdict before the caller's deadline".into(),
-            )),
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                Err(GuardError::Engine(EngineError::Stopped))
+        }
+        // Wait in slices, so that a caller who went away frees this thread too.
+        const SLICE: Duration = Duration::from_millis(50);
+        loop {
+            let now = Instant::now();
+            if until.given_up(now) {
+                return Err(GuardError::Timeout(
+                    "no verdict before the caller stopped waiting".into(),
+                ));
+            }
+            let left = until
+                .deadline
+                .map_or(SLICE, |d| d.saturating_duration_since(now).min(SLICE));
+            match rx.recv_timeout(left) {
+                Ok(answer) => return answer,
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(GuardError::Engine(EngineError::Stopped))
+                }
             }
         }
     }
@@ -444,17 +456,17 @@ impl EmbeddedGuard {
         windows: Vec<Vec<u32>>,
         agent: AgentType,
     ) -> Result<TextScore, GuardError> {
-        self.score_windows_until(windows, agent, None)
+        self.score_windows_until(windows, agent, &crate::Until::default())
     }
 
     fn score_windows_until(
         &self,
         windows: Vec<Vec<u32>>,
         agent: AgentType,
-        deadline: Option<Instant>,
+        until: &crate::Until,
     ) -> Result<TextScore, GuardError> {
         let tokens = windows.iter().map(Vec::len).sum();
-        let features = self.features_until(windows, deadline)?;
+        let features = self.features_until(windows, until)?;
         let head = match agent {
             AgentType::User => &self.head.prompt,
             AgentType::Agent => &self.head.response,
@@ -485,6 +497,21 @@ impl EmbeddedGuard {
         prompt: &GuardPrompt,
         deadline: Option<Instant>,
     ) -> Result<Classification, GuardError> {
+        self.classify_for(
+            prompt,
+            &crate::Until {
+                deadline,
+                cancelled: None,
+            },
+        )
+    }
+
+    /// [`Self::classify_until`] for a caller that may also go away (`until.cancelled`).
+    pub fn classify_for(
+        &self,
+        prompt: &GuardPrompt,
+        until: &crate::Until,
+    ) -> Result<Classification, GuardError> {
         let t0 = Instant::now();
         let mut windows = Vec::new();
         for text in judged_texts(&prompt.messages, prompt.agent) {
@@ -494,7 +521,7 @@ impl EmbeddedGuard {
             p_unsafe,
             given_unsafe: given,
             tokens,
-        } = self.score_windows_until(windows, prompt.agent, deadline)?;
+        } = self.score_windows_until(windows, prompt.agent, until)?;
         // Report under the prompt's category list: the taxonomy's codes it lists (the head
         // knows the Llama Guard 2 codes; custom categories get no score from it).
         let listed: Vec<(String, f64)> = prompt
@@ -573,7 +600,7 @@ impl Pending {
     fn order_key(&self, now: Instant, rate: f64) -> (u8, u64, usize, u64) {
         let remaining = self.remaining();
         let need = remaining as f64 / rate.max(1.0);
-        match self.job.deadline {
+        match self.job.until.deadline {
             Some(d) => {
                 let slack = d.saturating_duration_since(now).as_secs_f64() - need;
                 if slack >= 0.0 {
@@ -650,10 +677,10 @@ fn worker(
             seq += 1;
             pending.push(Pending::new(job, seq));
         }
-        // A caller that gave up (its deadline passed) gets no more encoder time; jobs
-        // encoded in full are answered.
+        // A caller that gave up (its deadline passed, or it went away) gets no more encoder
+        // time; jobs encoded in full are answered.
         let now = Instant::now();
-        for p in take_where(&mut pending, |p| p.job.deadline.is_some_and(|d| d <= now)) {
+        for p in take_where(&mut pending, |p| p.job.until.given_up(now)) {
             p.answer(
                 &waiting,
                 Err(GuardError::Timeout(
@@ -751,7 +778,10 @@ mod tests {
             Job {
                 windows: lens.iter().map(|&n| vec![1u32; n]).collect(),
                 reply,
-                deadline,
+                until: crate::Until {
+                    deadline,
+                    cancelled: None,
+                },
             },
             seq,
         )
@@ -788,7 +818,7 @@ mod tests {
     #[test]
     fn callers_closest_to_their_deadline_go_first_and_lost_causes_last() {
         let now = Instant::now();
-        let secs = |s: f64| Some(now + std::time::Duration::from_secs_f64(s));
+        let secs = |s: f64| Some(now + Duration::from_secs_f64(s));
         // At 1,000 tokens/s: a long job (2,560 tokens, 2.56 s of work) due in 5 s has 2.44 s
         // of slack; a short one (12 tokens) due in 5 s has 4.99 s: the long one goes first.
         let mut jobs = vec![job(&[12], secs(5.0), 2), job(&[256; 10], secs(5.0), 1)];

@@ -24,6 +24,25 @@ pub use prompt::{build_prompt, AgentType, CategorySelection, GuardPrompt};
 pub use remote::{RemoteConfig, RemoteGuard};
 
 /// A safety classifier: the local engine or a remote server, same verdict shape.
+/// When a caller stops waiting for a verdict: at its deadline, or as soon as it says so
+/// (its client went away). A backend that queues work drops what such a caller would get.
+#[derive(Debug, Clone, Default)]
+pub struct Until {
+    pub deadline: Option<std::time::Instant>,
+    pub cancelled: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl Until {
+    /// Whether the caller has stopped waiting by `now`.
+    pub fn given_up(&self, now: std::time::Instant) -> bool {
+        self.deadline.is_some_and(|d| d <= now)
+            || self
+                .cancelled
+                .as_ref()
+                .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
 pub trait SafetyClassifier: Send + Sync {
     /// Scores a prompt (blocking: call it from a worker thread, not an async task).
     fn classify(&self, prompt: &GuardPrompt) -> Result<Classification, GuardError>;
@@ -37,6 +56,18 @@ pub trait SafetyClassifier: Send + Sync {
     ) -> Result<Classification, GuardError> {
         let _ = deadline;
         self.classify(prompt)
+    }
+    /// [`Self::classify_until`] for a caller that may also go away before its deadline
+    /// (`until.cancelled`). The default honours the deadline only.
+    fn classify_for(
+        &self,
+        prompt: &GuardPrompt,
+        until: &Until,
+    ) -> Result<Classification, GuardError> {
+        match until.deadline {
+            Some(d) => self.classify_until(prompt, d),
+            None => self.classify(prompt),
+        }
     }
     /// `local`, `remote` or `embedded`, for logs and `/readyz`.
     fn backend(&self) -> &'static str;
@@ -81,6 +112,13 @@ impl SafetyClassifier for EmbeddedGuard {
         deadline: std::time::Instant,
     ) -> Result<Classification, GuardError> {
         EmbeddedGuard::classify_until(self, prompt, Some(deadline))
+    }
+    fn classify_for(
+        &self,
+        prompt: &GuardPrompt,
+        until: &Until,
+    ) -> Result<Classification, GuardError> {
+        EmbeddedGuard::classify_for(self, prompt, until)
     }
     fn backend(&self) -> &'static str {
         "embedded"

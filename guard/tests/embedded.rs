@@ -250,4 +250,38 @@ fn a_caller_past_its_deadline_is_answered_timeout_and_others_are_served() {
         .unwrap();
     assert!((with.verdict.p_unsafe - without.verdict.p_unsafe).abs() < 1e-9);
     assert_eq!(guard.queue_depth(), 0);
+
+    // A caller that goes away before its deadline (its client disconnected) stops waiting
+    // at once, through the trait too, and its queued work is dropped.
+    let gone = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let until = safegate_guard::Until {
+        deadline: Some(far),
+        cancelled: Some(gone.clone()),
+    };
+    let raiser = {
+        let gone = gone.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            gone.store(true, std::sync::atomic::Ordering::Relaxed);
+        })
+    };
+    let t0 = std::time::Instant::now();
+    let very_long = "Tell me about the history of the Roman aqueducts. ".repeat(4000);
+    let err = SafetyClassifier::classify_for(&guard, &prompt(&very_long), &until)
+        .expect_err("a caller that went away gets no verdict");
+    raiser.join().unwrap();
+    assert!(
+        matches!(err, safegate_guard::GuardError::Timeout(_)),
+        "{err}"
+    );
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t0.elapsed()
+    );
+    // The worker is free again soon after: the next caller is served.
+    let next = guard
+        .classify_until(&prompt("What is the capital of France?"), Some(far))
+        .unwrap();
+    assert!((next.verdict.p_unsafe - without.verdict.p_unsafe).abs() < 1e-9);
 }

@@ -58,6 +58,16 @@ fn observe_stage(state: &AppState, stage: &str, t: Instant) {
         .observe(t.elapsed().as_secs_f64());
 }
 
+/// A flag raised when the future holding it is dropped, finished or not.
+#[derive(Default)]
+struct CancelOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Runs the guard on a conversation, if one is configured and the stage is on. Past the
 /// stage's time budget the guard counts as failed (`on_error` decides) and its queued work
 /// is dropped by the guard's deadline.
@@ -107,10 +117,16 @@ async fn guard_stage_as(
         .map_err(|e| ApiError::invalid(e.to_string()))?;
     let t0 = Instant::now();
     let budget = Duration::from_millis(policy.stage(stage).timeout_ms);
-    let deadline = t0 + budget;
+    // The guard drops this work when the stage's budget runs out or when this future is
+    // dropped (the client went away, or the request ended otherwise): nobody waits for it.
+    let cancelled = CancelOnDrop::default();
+    let until = safegate_guard::Until {
+        deadline: Some(t0 + budget),
+        cancelled: Some(cancelled.0.clone()),
+    };
     let result = match actix_web::rt::time::timeout(
         budget,
-        web::block(move || guard.classify_until(&prompt, deadline)),
+        web::block(move || guard.classify_for(&prompt, &until)),
     )
     .await
     {
