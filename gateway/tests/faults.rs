@@ -77,7 +77,7 @@ fn every_acknowledged_request_survives_a_sigkill_in_the_audit_log() {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
     let ok_lines = complete.iter().filter(|v| v["status"] == 200).count();
-    assert!(acked > 20, "the load ran ({acked} responses)");
+    assert!(acked >= 5, "the load ran ({acked} responses)");
     assert!(
         ok_lines >= acked,
         "{acked} responses acknowledged, {ok_lines} audit lines on disk"
@@ -116,27 +116,98 @@ fn an_invalid_policy_reload_under_load_fails_no_request() {
         .into_iter()
         .map(|c| c.join().unwrap())
         .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-    assert!(ok > 20, "{ok}");
+    // At least one request answered around each of the six reloads.
+    assert!(ok >= 6, "{ok}");
     assert_eq!(failed, 0, "requests failed during reloads");
+    // Both kinds of reload happened (the series exist from start-up at 0: read the values).
     let metrics = metrics(&s.base);
+    let value = |series: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing: {metrics}"))
+    };
     assert!(
-        metrics.contains(r#"outcome="rejected""#) && metrics.contains(r#"outcome="ok""#),
+        value(r#"safegate_policy_reloads_total{outcome="rejected",trigger="file_change"}"#) >= 1,
+        "{metrics}"
+    );
+    assert!(
+        value(r#"safegate_policy_reloads_total{outcome="ok",trigger="file_change"}"#) >= 1,
         "{metrics}"
     );
 }
 
+/// An upstream that streams `deltas` words, one every `gap`, then `[DONE]`.
+fn slow_upstream(deltas: usize, gap: Duration) -> String {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
+                );
+                for _ in 0..deltas {
+                    std::thread::sleep(gap);
+                    let event = format!("data: {}\n\n", delta("word "));
+                    if stream.write_all(event.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+                let _ = stream.write_all(b"data: [DONE]\n\n");
+            });
+        }
+    });
+    base
+}
+
 #[test]
 fn sigterm_lets_a_running_stream_finish() {
-    let model = fixture("tiny-llama3");
-    let s = start(&["--model", model.to_str().unwrap()]);
+    // An upstream that takes 2 s for its reply: the stream is surely running at SIGTERM.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("slow.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[models]]\nname = \"slow\"\nupstream = \"{}\"\ntimeout_ms = 10000\n",
+            slow_upstream(40, Duration::from_millis(50))
+        ),
+    )
+    .unwrap();
+    let s = start(&["--config", config.to_str().unwrap(), "--audit-log", "off"]);
     let r = ureq::post(&format!("{}/v1/chat/completions", s.base))
-        .send_json(json!({"messages": [{"role": "user", "content": "hi"}],
-                          "max_tokens": 300, "stream": true}))
+        .send_json(
+            json!({"model": "slow", "messages": [{"role": "user", "content": "hi"}],
+                          "stream": true}),
+        )
         .unwrap();
     let mut reader = std::io::BufReader::new(r.into_reader());
-    let mut first = String::new();
-    reader.read_line(&mut first).unwrap();
-    assert!(first.starts_with("data: "));
+    // Wait for the first words of the reply: the generation is under way.
+    loop {
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "the stream ended early"
+        );
+        if line.contains("word") {
+            break;
+        }
+    }
     let t0 = Instant::now();
     let status = Command::new("kill")
         .args(["-TERM", &s.child.id().to_string()])
@@ -149,6 +220,14 @@ fn sigterm_lets_a_running_stream_finish() {
         rest.trim_end().ends_with("data: [DONE]"),
         "the stream was cut: ...{}",
         &rest[rest.len().saturating_sub(300)..]
+    );
+    // Words kept coming after the signal, for about the rest of the reply's 2 s.
+    let words_after = rest.matches("word").count();
+    assert!(words_after >= 20, "{words_after} words after SIGTERM");
+    assert!(
+        t0.elapsed() > Duration::from_millis(800),
+        "{:?}",
+        t0.elapsed()
     );
     assert!(t0.elapsed() < Duration::from_secs(30));
     // And the server has stopped accepting.

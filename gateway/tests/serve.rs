@@ -327,8 +327,21 @@ fn policies_reload_on_change_sighup_and_admin_call_and_bad_sets_are_rejected() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_millis(400));
-    let v = policy_version(&s.base);
+    // Settled: the version stays the same for five poll intervals (the second write's
+    // reload, if there is one, is done), so the admin call's version is the next one.
+    let mut v = policy_version(&s.base);
+    let mut stable_since = Instant::now();
+    while stable_since.elapsed() < Duration::from_millis(500) {
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(10),
+            "versions never settled"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        let now = policy_version(&s.base);
+        if now != v {
+            (v, stable_since) = (now, Instant::now());
+        }
+    }
     let r: Value = ureq::post(&format!("{}/admin/policies/reload", s.base))
         .set("authorization", "Bearer sekret")
         .call()
@@ -1400,10 +1413,17 @@ fn a_real_prometheus_scrapes_and_queries_the_metrics() {
             return Err("no shield findings series".into());
         }
         let p99 = query(
-            "histogram_quantile(0.99, sum by (le) (rate(safegate_request_duration_seconds_bucket[1m])))",
+            // Over the counts so far (a rate needs two scrapes after the traffic).
+            "histogram_quantile(0.99, sum by (le) (safegate_request_duration_seconds_bucket))",
         );
-        if p99.is_none() {
-            return Err("histogram query failed".into());
+        // A latency a dashboard can plot: a positive number of seconds, not NaN or empty.
+        let p99 = p99.ok_or("histogram query failed")?;
+        let seconds: Option<f64> = p99
+            .first()
+            .and_then(|r| r["value"][1].as_str())
+            .and_then(|v| v.parse().ok());
+        if !seconds.is_some_and(|s| s.is_finite() && s > 0.0) {
+            return Err(format!("p99 has no value: {p99:?}"));
         }
         Ok(())
     })();
