@@ -153,13 +153,16 @@ fn kubernetes_manifests_validate_against_the_schemas() {
         .chain(files.iter().map(|f| f.to_str().unwrap()))
         .collect();
     run_ok(validator.to_str().unwrap(), &args);
-    // The kustomizations as kubectl renders them (kubectl is on the CI machine; elsewhere
-    // the files above were validated one by one).
-    if Command::new("kubectl")
+    // The kustomizations as kubectl renders them: kubectl is required (the CI machine has
+    // it); a missing kubectl fails here rather than skipping the GPU overlay's checks.
+    let kubectl = Command::new("kubectl")
         .arg("version")
         .arg("--client")
-        .output()
-        .is_ok()
+        .output();
+    assert!(
+        kubectl.is_ok_and(|o| o.status.success()),
+        "kubectl is needed to render the kustomizations (https://kubernetes.io/docs/tasks/tools/)"
+    );
     {
         let dir = tempfile::tempdir().unwrap();
         for overlay in ["k8s/base", "k8s/overlays/gpu"] {
@@ -190,8 +193,6 @@ fn kubernetes_manifests_validate_against_the_schemas() {
                 &["--strict", file.to_str().unwrap()],
             );
         }
-    } else {
-        eprintln!("kubectl not found: kustomize rendering not checked");
     }
     // The validator does catch mistakes.
     let dir = tempfile::tempdir().unwrap();
