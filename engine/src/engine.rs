@@ -108,7 +108,15 @@ pub enum GenerationEvent {
 /// decode step.
 pub struct TokenStream {
     rx: mpsc::UnboundedReceiver<GenerationEvent>,
-    cancel: Arc<AtomicBool>,
+    control: Arc<Control>,
+}
+
+/// Shared between a generation's stream and the worker running it.
+#[derive(Debug, Default)]
+struct Control {
+    cancel: AtomicBool,
+    /// Decode steps run for this generation.
+    steps: AtomicUsize,
 }
 
 impl TokenStream {
@@ -122,7 +130,13 @@ impl TokenStream {
     }
 
     pub fn cancel(&self) {
-        self.cancel.store(true, Ordering::Relaxed);
+        self.control.cancel.store(true, Ordering::Relaxed);
+    }
+
+    /// Decode steps the worker has run for this generation so far (after `cancel`, at most
+    /// one more).
+    pub fn steps(&self) -> usize {
+        self.control.steps.load(Ordering::Relaxed)
     }
 }
 
@@ -149,7 +163,7 @@ enum Job {
     Generate {
         request: GenerateRequest,
         events: mpsc::UnboundedSender<GenerationEvent>,
-        cancel: Arc<AtomicBool>,
+        control: Arc<Control>,
         submitted: Instant,
     },
     Score(ScoreJob),
@@ -170,6 +184,8 @@ struct Shared {
     tokenizer: Arc<ChatTokenizer>,
     queued: AtomicUsize,
     scoring: BatchCounter,
+    /// Decode steps run by all workers (one per generated token of each sequence).
+    decode_steps: AtomicU64,
 }
 
 /// What a batching model runner has done so far: model runs and the sequences they carried
@@ -259,6 +275,7 @@ impl Engine {
             tokenizer,
             queued: AtomicUsize::new(0),
             scoring: BatchCounter::default(),
+            decode_steps: AtomicU64::new(0),
         });
         let score_batch = match (opts.score_batch, info.provider) {
             (0, Provider::Cuda) => 8,
@@ -311,6 +328,11 @@ impl Engine {
         self.shared.queued.load(Ordering::Relaxed)
     }
 
+    /// Decode steps run since the model was loaded (all generations).
+    pub fn decode_steps(&self) -> u64 {
+        self.shared.decode_steps.load(Ordering::Relaxed)
+    }
+
     /// Scoring work done since the model was loaded.
     pub fn score_stats(&self) -> ScoreStats {
         self.shared.scoring.stats()
@@ -358,14 +380,14 @@ impl Engine {
     pub fn generate(&self, request: GenerateRequest) -> Result<TokenStream> {
         self.check_request(&request)?;
         let (events, rx) = mpsc::unbounded_channel();
-        let cancel = Arc::new(AtomicBool::new(false));
+        let control = Arc::new(Control::default());
         self.submit(Job::Generate {
             request,
             events,
-            cancel: cancel.clone(),
+            control: control.clone(),
             submitted: Instant::now(),
         })?;
-        Ok(TokenStream { rx, cancel })
+        Ok(TokenStream { rx, control })
     }
 
     fn submit_score(
@@ -467,7 +489,7 @@ struct Active {
     decoder: IncrementalDecoder,
     stops: StopMatcher,
     events: mpsc::UnboundedSender<GenerationEvent>,
-    cancel: Arc<AtomicBool>,
+    control: Arc<Control>,
     submitted: Instant,
     started: Instant,
     first_token: Option<Instant>,
@@ -475,7 +497,7 @@ struct Active {
 
 impl Active {
     fn cancelled(&self) -> bool {
-        self.cancel.load(Ordering::Relaxed) || self.events.is_closed()
+        self.control.cancel.load(Ordering::Relaxed) || self.events.is_closed()
     }
 }
 
@@ -543,7 +565,7 @@ impl Worker {
             Job::Generate {
                 request,
                 events,
-                cancel,
+                control,
                 submitted,
             } => {
                 let cache = match self.session.empty_cache() {
@@ -565,7 +587,7 @@ impl Worker {
                     decoder: IncrementalDecoder::default(),
                     stops: StopMatcher::new(request.stop),
                     events,
-                    cancel,
+                    control,
                     submitted,
                     started: Instant::now(),
                     first_token: None,
@@ -712,6 +734,8 @@ impl Worker {
                 seq.sampler.sample(logits, &seq.seen)
             })?;
         seq.generated += 1;
+        seq.control.steps.fetch_add(1, Ordering::Relaxed);
+        self.shared.decode_steps.fetch_add(1, Ordering::Relaxed);
         if seq.first_token.is_none() {
             seq.first_token = Some(Instant::now());
         }

@@ -115,6 +115,9 @@ fn cancelling_stops_the_work() {
         Some(GenerationEvent::Token { .. })
     ));
     stream.cancel();
+    // Measured: the worker's decode steps for this sequence when it was cancelled, and
+    // after the stream ended: at most one more step ran.
+    let at_cancel = stream.steps();
     let mut tokens = 1;
     while let Some(ev) = stream.blocking_next() {
         match ev {
@@ -122,9 +125,16 @@ fn cancelling_stops_the_work() {
             other => panic!("a cancelled stream ends without a completion, got {other:?}"),
         }
     }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let after = stream.steps();
     assert!(
-        tokens < 400,
-        "generation went on after cancel: {tokens} tokens"
+        after <= at_cancel + 1,
+        "{} decode steps ran after cancel ({at_cancel} before)",
+        after - at_cancel
+    );
+    assert!(
+        tokens < 400 && after < 400,
+        "generation went on after cancel: {tokens} tokens, {after} steps"
     );
     // The worker is free again.
     let (ids, _, _) = run(&engine, request(prompt, 3));

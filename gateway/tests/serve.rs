@@ -806,6 +806,30 @@ fn a_client_that_disconnects_cancels_its_generation() {
                 v.get("usage").is_none(),
                 "the generation did not run to its end"
             );
+            // Measured: once the gateway has noticed, the model runs at most one more
+            // decode step.
+            let steps = |m: &str| -> u64 {
+                m.lines()
+                    .find_map(|l| {
+                        l.strip_prefix("safegate_decode_steps_total ")?
+                            .trim()
+                            .parse()
+                            .ok()
+                    })
+                    .unwrap_or_else(|| panic!("no decode step counter: {m}"))
+            };
+            let noticed = steps(&common::metrics(&s.base));
+            std::thread::sleep(Duration::from_millis(300));
+            let later = steps(&common::metrics(&s.base));
+            assert!(
+                later <= noticed + 1,
+                "{} steps after the disconnect",
+                later - noticed
+            );
+            assert!(
+                later < 400,
+                "{later} decode steps for a stream cut after one frame"
+            );
             break;
         }
         assert!(

@@ -24,6 +24,7 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     pub guard_batches: prometheus::IntCounter,
     pub guard_batch_rows: prometheus::IntCounter,
+    pub decode_steps: prometheus::IntCounter,
     /// Serialises the catch-up of the guard counters between concurrent scrapes.
     guard_sync: std::sync::Mutex<()>,
 }
@@ -177,6 +178,13 @@ impl Metrics {
                 "Sequences those guard model runs carried (rows / batches = mean batch size)",
             )?,
         )?;
+        let decode_steps = registered(
+            &registry,
+            prometheus::IntCounter::new(
+                "safegate_decode_steps_total",
+                "Decode steps the chat model ran (one per generated token; a cancelled generation stops within one)",
+            )?,
+        )?;
         // Series a dashboard or an alert reads exist from start-up, at 0, so panels show 0
         // rather than "no data" until the first error or reload.
         for check in ["guard", "shield"] {
@@ -206,6 +214,7 @@ impl Metrics {
             queue_depth,
             guard_batches,
             guard_batch_rows,
+            decode_steps,
             guard_sync: std::sync::Mutex::new(()),
         })
     }
@@ -226,6 +235,10 @@ pub async fn scrape(state: web::Data<AppState>) -> HttpResponse {
         depth
             .with_label_values(&["chat"])
             .set(e.queue_depth() as i64);
+        let m = &state.metrics;
+        let _one_at_a_time = m.guard_sync.lock();
+        m.decode_steps
+            .inc_by(e.decode_steps().saturating_sub(m.decode_steps.get()));
     }
     if let Some(g) = &state.guard {
         depth
