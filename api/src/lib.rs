@@ -196,7 +196,8 @@ pub fn parse_chat(v: &Value, limits: &ChatLimits) -> Result<ChatParams, RequestE
         ));
     }
     let seed = match num("seed")? {
-        Some(s) if s < 0.0 || s.fract() != 0.0 || s > u64::MAX as f64 => {
+        // 2^64 (u64::MAX as f64 rounds up to it) is already out of range.
+        Some(s) if s < 0.0 || s.fract() != 0.0 || s >= u64::MAX as f64 => {
             return Err(RequestError::param(
                 "seed",
                 "`seed` must be a non-negative integer",
@@ -469,5 +470,56 @@ mod tests {
         assert_eq!(c.agent_type, AgentType::User);
         let e = parse_classify(&json!({"messages": m, "agent_type": "bot"})).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("agent_type"));
+    }
+
+    #[test]
+    fn boundaries_and_defaults_are_exact() {
+        // Display is the message.
+        let e = parse_chat(&json!({"messages": []}), &LIMITS).unwrap_err();
+        assert_eq!(e.to_string(), e.message);
+        // A null content (an assistant turn that only called tools) is empty text.
+        let m = parse_messages(&json!([{"role": "assistant", "content": null}]), "r").unwrap();
+        assert_eq!(m[0].content, "");
+        // Exactly the message limit is accepted.
+        let four = json!([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                          {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]);
+        assert!(parse_chat(&json!({"messages": four}), &LIMITS).is_ok());
+        // Seeds: 0 and 2^53 accepted; fractions, negatives and 2^64 refused.
+        let m = json!([{"role": "user", "content": "hi"}]);
+        let seed =
+            |s: Value| parse_chat(&json!({"messages": m, "seed": s}), &LIMITS).map(|p| p.seed);
+        assert_eq!(seed(json!(0)).unwrap(), Some(0));
+        assert_eq!(
+            seed(json!(9007199254740992u64)).unwrap(),
+            Some(9007199254740992)
+        );
+        for bad in [
+            json!(1.5),
+            json!(-0.5),
+            json!(-1),
+            json!(18446744073709551616.0),
+            json!(1e20),
+        ] {
+            assert_eq!(
+                seed(bad.clone()).unwrap_err().param.as_deref(),
+                Some("seed"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn moderation_parts_must_be_text_and_agent_types_follow_the_rules() {
+        let e =
+            parse_moderation(&json!({"input": [{"type": "image_url", "text": "x"}]})).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("input"));
+        let user_last =
+            json!([{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]);
+        let c = parse_classify(&json!({"messages": user_last})).unwrap();
+        assert_eq!(c.agent_type, AgentType::User, "the last turn is the user's");
+        let c = parse_classify(&json!({"messages": user_last, "agent_type": "agent"})).unwrap();
+        assert_eq!(c.agent_type, AgentType::Agent, "named explicitly");
+        let c = parse_classify(&json!({"messages": user_last, "policy": "strict"})).unwrap();
+        assert_eq!(c.policy.as_deref(), Some("strict"));
     }
 }
