@@ -7,9 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo-mutants >/dev/null || cargo install cargo-mutants --version 27.1.0 --locked >&2
 OUT=${OUT:-target/mutants}
+mkdir -p "$OUT"
 crates=("$@"); [ ${#crates[@]} -gt 0 ] || crates=(api policies sse)
 for c in "${crates[@]}"; do
-  cargo mutants -p "safegate-$c" --timeout 300 --output "$OUT/$c" >/dev/null 2>&1 || true
+  mkdir -p "$OUT/$c"
+  cargo mutants -p "safegate-$c" --timeout 300 --output "$OUT/$c" >"$OUT/$c.log" 2>&1 || true
   dir="$OUT/$c/mutants.out"
   count() { [ -f "$dir/$1.txt" ] && wc -l < "$dir/$1.txt" || echo 0; }
   caught=$(count caught); missed=$(count missed); unviable=$(count unviable); timeout=$(count timeout)

@@ -129,4 +129,15 @@ mod tests {
             Err(SseError::Upstream("overloaded".into()))
         );
     }
+
+    #[test]
+    fn errors_say_what_the_upstream_did() {
+        assert_eq!(
+            SseError::Upstream("overloaded".into()).to_string(),
+            "the upstream failed mid-stream: overloaded"
+        );
+        assert!(SseError::Malformed("x".into())
+            .to_string()
+            .starts_with("the upstream sent a malformed stream event"));
+    }
 }
