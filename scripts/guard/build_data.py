@@ -383,6 +383,15 @@ def main():
         add(line, "prompt", 0, [], "everyday-benign")
     for line in hand_written("lookalike_benign.txt"):
         add(line, "prompt", 0, [], "lookalike-benign")
+    # The served chat model's own replies to those training prompts
+    # (scripts/guard/model_replies.py): benign replies in the style the response head
+    # judges in production, which other models' answers did not teach it.
+    replies = ROOT / "scripts/guard/model_replies.jsonl"
+    if replies.exists():
+        for line in replies.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                add(r["reply"], "response", 0, [], "model-replies", context=r["prompt"])
     # Content rather than requests: what a user pastes or says (a moderation call's input).
     for line in hand_written("statements.txt"):
         code, text = line.split("\t", 1)
