@@ -7,7 +7,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{post, start_with_env};
+use common::{install_default_guard, post, start_with_env};
 use serde_json::json;
 
 fn root() -> PathBuf {
@@ -19,12 +19,7 @@ fn the_default_guard_blocks_a_harmful_prompt_with_its_category_and_answers_a_ben
     let dir = tempfile::tempdir().unwrap();
     // Where the README's config example expects them, relative to the config file.
     let guard = dir.path().join("models/safegate-guard");
-    let status = Command::new(root().join("scripts/guard/install_default.sh"))
-        .arg(&guard)
-        .env("SAFEGATE_BIN", env!("CARGO_BIN_EXE_safegate"))
-        .status()
-        .unwrap();
-    assert!(status.success(), "install_default.sh failed");
+    install_default_guard(&guard);
     let model = dir.path().join("models/smollm2-135m-instruct");
     let status = Command::new(env!("CARGO_BIN_EXE_safegate"))
         .args(["models", "import-gguf"])

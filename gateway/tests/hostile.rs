@@ -56,13 +56,7 @@ fn random_request_bodies_get_an_answer_never_a_server_error() {
     // policy), the tiny model answering.
     let dir = tempfile::tempdir().unwrap();
     let guard = dir.path().join("safegate-guard");
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = std::process::Command::new(root.join("scripts/guard/install_default.sh"))
-        .arg(&guard)
-        .env("SAFEGATE_BIN", env!("CARGO_BIN_EXE_safegate"))
-        .status()
-        .unwrap();
-    assert!(status.success(), "install_default.sh failed");
+    install_default_guard(&guard);
     let model = fixture("tiny-llama3");
     let s = start(&[
         "--model",

@@ -1383,11 +1383,7 @@ fn a_real_prometheus_scrapes_and_queries_the_metrics() {
         ),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut child = Command::new(prometheus)
         .arg(format!("--config.file={}", config.display()))
         .arg(format!(
@@ -1577,11 +1573,7 @@ fn one_callers_long_text_is_refused_before_the_guard_sees_it() {
 
 #[test]
 fn metrics_and_readiness_can_have_their_own_address() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let ops = format!("127.0.0.1:{port}");
     let s = start(&["--metrics-listen", &ops, "--audit-log", "off"]);
     let status = |url: String| match ureq::get(&url).call() {

@@ -28,8 +28,8 @@ struct Logits {
     values: Vec<f32>,
 }
 
-#[test]
-fn smollm2_imports_and_matches_transformers_token_for_token() {
+/// The transformers reference, and the GGUF it was recorded on.
+fn reference() -> (Reference, PathBuf) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let reference: Reference = serde_json::from_str(
         &std::fs::read_to_string(root.join("tests/fixtures/smollm2-reference.json")).unwrap(),
@@ -41,16 +41,27 @@ fn smollm2_imports_and_matches_transformers_token_for_token() {
         "run scripts/setup.sh (it fetches {})",
         gguf.display()
     );
+    (reference, gguf)
+}
+
+/// The GGUF imported with `options` into a temporary folder, loaded on the CPU.
+fn import_and_load(gguf: &std::path::Path, options: &ImportOptions) -> (tempfile::TempDir, Engine) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("smollm2");
-    import(&gguf, &out, &ImportOptions::default(), |_, _| {}).unwrap();
-
+    import(gguf, &out, options, |_, _| {}).unwrap();
     safegate_engine::runtime::init(None).expect("ONNX Runtime (run scripts/setup.sh)");
     let opts = EngineOptions {
         device: safegate_engine::Device::Cpu,
         ..Default::default()
     };
     let engine = Engine::load(&out, &opts).unwrap();
+    (dir, engine)
+}
+
+#[test]
+fn smollm2_imports_and_matches_transformers_token_for_token() {
+    let (reference, gguf) = reference();
+    let (_dir, engine) = import_and_load(&gguf, &ImportOptions::default());
     for case in &reference.cases {
         let ids = engine
             .tokenizer()
@@ -109,30 +120,12 @@ fn smollm2_imports_and_matches_transformers_token_for_token() {
 #[test]
 fn smollm2_int4_stays_close_to_transformers() {
     use safegate_gguf::WeightFormat;
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let reference: Reference = serde_json::from_str(
-        &std::fs::read_to_string(root.join("tests/fixtures/smollm2-reference.json")).unwrap(),
-    )
-    .unwrap();
-    let gguf = root.join(".cache/smollm2").join(&reference.gguf);
-    assert!(
-        gguf.exists(),
-        "run scripts/setup.sh (it fetches {})",
-        gguf.display()
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("smollm2-int4");
+    let (reference, gguf) = reference();
     let options = ImportOptions {
         format: WeightFormat::Int4 { accuracy_level: 4 },
         ..Default::default()
     };
-    import(&gguf, &out, &options, |_, _| {}).unwrap();
-    safegate_engine::runtime::init(None).expect("ONNX Runtime (run scripts/setup.sh)");
-    let opts = EngineOptions {
-        device: safegate_engine::Device::Cpu,
-        ..Default::default()
-    };
-    let engine = Engine::load(&out, &opts).unwrap();
+    let (_dir, engine) = import_and_load(&gguf, &options);
     let mut worst = 0f32;
     let mut first_tokens_equal = 0;
     for case in &reference.cases {

@@ -157,12 +157,12 @@ async fn guard_stage_as(
 pub(super) fn check_guard_size(
     state: &AppState,
     param: &str,
-    texts: &mut dyn Iterator<Item = &str>,
+    texts: impl IntoIterator<Item = impl AsRef<str>>,
 ) -> Result<(), ApiError> {
     if state.guard.is_none() {
         return Ok(());
     }
-    let bytes: usize = texts.map(str::len).sum();
+    let bytes: usize = texts.into_iter().map(|t| t.as_ref().len()).sum();
     let max = state.limits.max_guard_bytes;
     if bytes > max {
         return Err(ApiError {
@@ -189,11 +189,7 @@ pub(super) async fn input_guard(
     messages: &[ChatMessage],
 ) -> Result<Option<Verdict>, ApiError> {
     if policy.input.enabled {
-        check_guard_size(
-            state,
-            "messages",
-            &mut messages.iter().map(|m| m.content.as_str()),
-        )?;
+        check_guard_size(state, "messages", messages.iter().map(|m| &m.content))?;
     }
     let Some(last) = messages.iter().rposition(|m| m.role == "assistant") else {
         return guard_stage(state, policy, Stage::Input, messages.to_vec()).await;

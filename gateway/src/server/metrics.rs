@@ -25,8 +25,8 @@ pub struct Metrics {
     pub guard_batches: prometheus::IntCounter,
     pub guard_batch_rows: prometheus::IntCounter,
     pub decode_steps: prometheus::IntCounter,
-    /// Serialises the catch-up of the guard counters between concurrent scrapes.
-    guard_sync: std::sync::Mutex<()>,
+    /// Serialises the catch-up of the counters kept by the engines between concurrent scrapes.
+    catch_up: std::sync::Mutex<()>,
 }
 
 impl Metrics {
@@ -215,7 +215,7 @@ impl Metrics {
             guard_batches,
             guard_batch_rows,
             decode_steps,
-            guard_sync: std::sync::Mutex::new(()),
+            catch_up: std::sync::Mutex::new(()),
         })
     }
 }
@@ -236,7 +236,7 @@ pub async fn scrape(state: web::Data<AppState>) -> HttpResponse {
             .with_label_values(&["chat"])
             .set(e.queue_depth() as i64);
         let m = &state.metrics;
-        let _one_at_a_time = m.guard_sync.lock();
+        let _one_at_a_time = m.catch_up.lock();
         m.decode_steps
             .inc_by(e.decode_steps().saturating_sub(m.decode_steps.get()));
     }
@@ -247,7 +247,7 @@ pub async fn scrape(state: web::Data<AppState>) -> HttpResponse {
         if let Some(stats) = g.batch_stats() {
             // The backend keeps the totals; the counters catch up to them at each scrape.
             let m = &state.metrics;
-            let _one_at_a_time = m.guard_sync.lock();
+            let _one_at_a_time = m.catch_up.lock();
             m.guard_batches
                 .inc_by(stats.prefills.saturating_sub(m.guard_batches.get()));
             m.guard_batch_rows

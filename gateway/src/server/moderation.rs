@@ -35,7 +35,7 @@ pub async fn moderations(state: web::Data<AppState>, req: HttpRequest, body: Bod
         let body = body.0?;
         let inputs = parse_request(&body, safegate_api::parse_moderation)?;
         require_guard(&state)?;
-        check_guard_size(&state, "input", &mut inputs.iter().map(String::as_str))?;
+        check_guard_size(&state, "input", &inputs)?;
         let policy = state.policies.current().for_group(caller.group.as_deref());
         audit.policy = Some(policy.name.clone());
         audit.input_sha256 = Some(inputs.iter().map(|t| sha256_hex(t)).collect());
@@ -116,11 +116,7 @@ pub async fn guard_classify(
         };
         require_guard(&state)?;
         let messages = crate::messages::to_chat_messages(request.messages);
-        check_guard_size(
-            &state,
-            "messages",
-            &mut messages.iter().map(|m| m.content.as_str()),
-        )?;
+        check_guard_size(&state, "messages", messages.iter().map(|m| &m.content))?;
         audit.policy = Some(policy.name.clone());
         audit.conversation_sha256 = Some(conversation_sha256(&messages));
         let verdict = guard_stage(&state, &policy, stage, messages).await?;

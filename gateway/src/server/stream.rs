@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use super::audit::AuditRecord;
 use super::backend::{Event, Source};
 use super::checks::{self, StreamShield};
-use super::reply::{self as chat, Prepared};
+use super::reply::{self, Prepared};
 use super::respond::{self, filter_results};
 use super::{ApiError, AppState};
 use crate::output::{Outcome, OutputChecks};
@@ -54,8 +54,8 @@ pub(super) fn start(
     let (tx, rx) = tokio::sync::mpsc::channel(32);
     let sse = Sse {
         tx,
-        id: chat::response_id("chatcmpl"),
-        created: chat::unix_now(),
+        id: reply::response_id("chatcmpl"),
+        created: reply::unix_now(),
         model: prepared.backend.model_name(),
         include_usage: prepared.include_usage,
     };
@@ -215,7 +215,7 @@ async fn run(
     // connection), whatever happens to the rest of the response.
     drop(generation);
 
-    let output = chat::record_output(&state, &checks, &mut audit);
+    let output = reply::record_output(&state, &checks, &mut audit);
     // What is still to go out of an answered reply leaves after the audit line, which
     // already counts it.
     let rest = match &end {
@@ -237,7 +237,7 @@ async fn run(
         audit.error = Some(e.code.clone().unwrap_or_else(|| e.kind.to_string()));
     }
     if let End::Settled(c) = &end {
-        chat::observe_generation(&state, c);
+        reply::observe_generation(&state, c);
         audit.usage = Some(c.usage);
     }
     respond::observe_request(
@@ -266,7 +266,7 @@ async fn run(
             }
             let last = sse.chunk(
                 Delta::default(),
-                Some(chat::finish_reason_name(c.finish_reason)),
+                Some(reply::finish_reason_name(c.finish_reason)),
                 Some(filter_results(&output)),
             );
             if !sse.send(&last).await {

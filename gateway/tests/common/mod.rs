@@ -31,11 +31,7 @@ pub fn start(extra: &[&str]) -> Server {
 
 /// `start` with environment variables set for the server.
 pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let child = Command::new(env!("CARGO_BIN_EXE_safegate"))
         .args([
@@ -109,29 +105,56 @@ pub fn metrics(base: &str) -> String {
         .unwrap()
 }
 
+/// A loopback port free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Reads one HTTP request (head and body) from `reader`; the body.
+pub fn read_request(reader: &mut impl std::io::BufRead) -> Vec<u8> {
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; length];
+    let _ = reader.read_exact(&mut body);
+    body
+}
+
+/// Builds the embedded default guard into `dir` as scripts/run.sh does
+/// (scripts/guard/install_default.sh, with this test build's binary).
+pub fn install_default_guard(dir: &std::path::Path) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status = Command::new(root.join("scripts/guard/install_default.sh"))
+        .arg(dir)
+        .env("SAFEGATE_BIN", env!("CARGO_BIN_EXE_safegate"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "install_default.sh failed");
+}
+
 /// Serves raw HTTP on a fresh loopback port, one request per connection: `respond(n,
 /// body)` gives the bytes to send back for the n-th request (None: stop serving). Stands
 /// in for upstream models and guard servers, well-behaved or not. Returns `http://ADDR`.
 pub fn serve_raw(respond: impl Fn(usize, &[u8]) -> Option<Vec<u8>> + Send + 'static) -> String {
-    use std::io::{BufRead, Read, Write};
+    use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     std::thread::spawn(move || {
         for (n, stream) in listener.incoming().enumerate() {
             let Ok(stream) = stream else { return };
             let mut reader = std::io::BufReader::new(stream);
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; length];
-            let _ = reader.read_exact(&mut body);
+            let body = read_request(&mut reader);
             let Some(response) = respond(n, &body) else {
                 return;
             };
