@@ -46,7 +46,13 @@ pub fn parse_line(line: &str) -> Result<Line, SseError> {
     let Some(data) = line.strip_prefix("data:") else {
         return Ok(Line::Ignored);
     };
-    let data = data.trim_start();
+    parse_data(data)
+}
+
+/// Parses the data of one event (what follows `data:`, or several `data:` lines joined
+/// with line breaks, as server-sent events allow).
+pub fn parse_data(data: &str) -> Result<Line, SseError> {
+    let data = data.trim();
     if data == "[DONE]" {
         return Ok(Line::Done);
     }
@@ -64,6 +70,12 @@ pub fn parse_line(line: &str) -> Result<Line, SseError> {
             .unwrap_or("unknown error");
         return Err(SseError::Upstream(message.to_string()));
     }
+    Ok(chunk_of(&event))
+}
+
+/// What one event carries: a streamed chunk (`choices[0].delta`) or, from an upstream
+/// that answers a stream request with a whole completion, `choices[0].message`.
+fn chunk_of(event: &Value) -> Line {
     let usage = event.get("usage").filter(|u| u.is_object()).map(|u| {
         let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0) as usize;
         (n("prompt_tokens"), n("completion_tokens"))
@@ -71,7 +83,10 @@ pub fn parse_line(line: &str) -> Result<Line, SseError> {
     let choice = event.pointer("/choices/0");
     let chunk = Chunk {
         text: choice
-            .and_then(|c| c.pointer("/delta/content"))
+            .and_then(|c| {
+                c.pointer("/delta/content")
+                    .or_else(|| c.pointer("/message/content"))
+            })
             .and_then(Value::as_str)
             .filter(|t| !t.is_empty())
             .map(str::to_string),
@@ -82,9 +97,9 @@ pub fn parse_line(line: &str) -> Result<Line, SseError> {
         usage,
     };
     if chunk == Chunk::default() {
-        return Ok(Line::Ignored);
+        return Line::Ignored;
     }
-    Ok(Line::Chunk(chunk))
+    Line::Chunk(chunk)
 }
 
 #[cfg(test)]
@@ -127,6 +142,48 @@ mod tests {
         assert_eq!(
             parse_line(r#"data: {"error":{"message":"overloaded"}}"#),
             Err(SseError::Upstream("overloaded".into()))
+        );
+    }
+
+    #[test]
+    fn dialects_of_real_servers() {
+        // TGI: no space after `data:`, finish reasons of its own, usage with the last choice.
+        let tgi = r#"data:{"choices":[{"index":0,"delta":{"role":"assistant","content":"x"},"finish_reason":"eos_token"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
+        assert_eq!(
+            parse_line(tgi),
+            Ok(Line::Chunk(Chunk {
+                text: Some("x".into()),
+                finish_reason: Some("eos_token".into()),
+                usage: Some((3, 1)),
+            }))
+        );
+        // vLLM's usage-only last chunk: empty choices.
+        let usage =
+            r#"data: {"id":"c","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":2}}"#;
+        assert_eq!(
+            parse_line(usage),
+            Ok(Line::Chunk(Chunk {
+                usage: Some((9, 2)),
+                ..Chunk::default()
+            }))
+        );
+        // A whole completion where a stream was asked for.
+        let whole = r#"{"choices":[{"message":{"role":"assistant","content":"Hello"},"finish_reason":"stop"}]}"#;
+        assert_eq!(
+            parse_data(whole),
+            Ok(Line::Chunk(Chunk {
+                text: Some("Hello".into()),
+                finish_reason: Some("stop".into()),
+                usage: None,
+            }))
+        );
+        // One event's JSON over two `data:` lines, joined as the SSE format says.
+        assert_eq!(
+            parse_data("{\"choices\":[{\"delta\":\n{\"content\":\"a\"}}]}"),
+            Ok(Line::Chunk(Chunk {
+                text: Some("a".into()),
+                ..Chunk::default()
+            }))
         );
     }
 
