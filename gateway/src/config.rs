@@ -74,19 +74,79 @@ fn default_guard_retries() -> u32 {
 pub struct UpstreamModel {
     /// The id clients send as `model` (and see in /v1/models).
     pub name: String,
-    /// Base URL of the OpenAI-compatible API, e.g. `http://vllm:8000/v1` (plain HTTP).
+    /// Base URL of the OpenAI-compatible API, `http://` or `https://`, e.g.
+    /// `http://vllm:8000/v1` (Azure OpenAI: `https://R.openai.azure.com/openai/deployments/D`).
     pub upstream: String,
     /// The model id sent upstream (default: `name`).
     pub upstream_model: Option<String>,
-    /// Environment variable holding the upstream's bearer token.
+    /// Environment variable holding the upstream's API key (it must be set).
     pub api_key_env: Option<String>,
-    /// Connect + per-read time limit.
+    /// A file holding the upstream's API key (its first line), e.g. a mounted secret.
+    pub api_key_file: Option<PathBuf>,
+    /// `openai` (Bearer token) or `azure` (`api-key` header, `api-version` query).
+    #[serde(default)]
+    pub api_style: ApiStyleName,
+    /// Azure OpenAI's `api-version` (required with `api_style = "azure"`).
+    pub api_version: Option<String>,
+    /// CA certificates (PEM) trusted for this upstream besides the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Time to connect (TCP and TLS).
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    /// Time to the reply's first event, and between two events.
     #[serde(default = "default_upstream_timeout")]
     pub timeout_ms: u64,
+    /// Time for the whole call, retries included.
+    #[serde(default = "default_total_timeout")]
+    pub total_timeout_ms: u64,
+    /// Retries of a call that failed before the upstream generated anything (connection
+    /// refused, 429, 5xx), with jittered exponential backoff from `retry_backoff_ms`, or
+    /// the upstream's `Retry-After`.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    #[serde(default = "default_retry_backoff")]
+    pub retry_backoff_ms: u64,
+    /// A longer line from the upstream ends the call (502).
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: usize,
+    /// Other `[[models]]` tried in order when this one fails before its reply starts.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+    /// A folder with the upstream model's `tokenizer.json` (or the file): the request's
+    /// `max_tokens` is counted in its tokens; without one, in stream deltas.
+    pub tokenizer: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiStyleName {
+    #[default]
+    Openai,
+    Azure,
+}
+
+fn default_connect_timeout() -> u64 {
+    5_000
 }
 
 fn default_upstream_timeout() -> u64 {
     60_000
+}
+
+fn default_total_timeout() -> u64 {
+    300_000
+}
+
+fn default_retries() -> u32 {
+    2
+}
+
+fn default_retry_backoff() -> u64 {
+    200
+}
+
+fn default_max_line_bytes() -> usize {
+    1 << 20
 }
 
 /// Request limits.
@@ -208,6 +268,14 @@ fn read_file(path: &Path) -> Result<FileConfig> {
     if let Some(g) = cfg.guard_remote.as_mut() {
         rebase(&mut g.tokenizer);
     }
+    for m in &mut cfg.models {
+        for p in [&mut m.api_key_file, &mut m.ca_file, &mut m.tokenizer]
+            .into_iter()
+            .flatten()
+        {
+            rebase(p);
+        }
+    }
     Ok(cfg)
 }
 
@@ -299,14 +367,45 @@ impl Settings {
             if m.name.is_empty() || !names.insert(m.name.clone()) {
                 bail!("{at}: `name` must be non-empty and unique");
             }
-            if !m.upstream.starts_with("http://") {
+            if !m.upstream.starts_with("http://") && !m.upstream.starts_with("https://") {
                 bail!(
-                    "{at}: `upstream` must be an http:// URL (e.g. http://vllm:8000/v1); got `{}`",
+                    "{at}: `upstream` must be an http:// or https:// URL (e.g. http://vllm:8000/v1); got `{}`",
                     m.upstream
                 );
             }
-            if m.timeout_ms == 0 {
-                bail!("{at}: timeout_ms must be at least 1");
+            if m.timeout_ms == 0
+                || m.connect_timeout_ms == 0
+                || m.total_timeout_ms == 0
+                || m.max_line_bytes == 0
+            {
+                bail!("{at}: timeout_ms, connect_timeout_ms, total_timeout_ms and max_line_bytes must be at least 1");
+            }
+            if m.api_key_env.is_some() && m.api_key_file.is_some() {
+                bail!("{at}: api_key_env and api_key_file both name a key; keep one");
+            }
+            match (m.api_style, &m.api_version) {
+                (ApiStyleName::Azure, None) => {
+                    bail!("{at}: api_style = \"azure\" needs api_version (e.g. \"2024-10-21\")")
+                }
+                (ApiStyleName::Openai, Some(_)) => {
+                    bail!("{at}: api_version applies to api_style = \"azure\" only")
+                }
+                _ => {}
+            }
+        }
+        for (i, m) in file.models.iter().enumerate() {
+            let at = format!("{}: models[{i}] (`{}`)", where_(), m.name);
+            for f in &m.fallbacks {
+                if f == &m.name || !names.contains(f) {
+                    bail!(
+                        "{at}: fallback `{f}` is not another [[models]] entry (have: {})",
+                        file.models
+                            .iter()
+                            .map(|m| m.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
             }
         }
         if let (Some(_), Some(_)) = (&args.guard_model, &file.guard_remote) {

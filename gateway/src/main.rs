@@ -1,5 +1,6 @@
 //! `safegate`: the gateway binary and its command-line tools.
 
+mod budget;
 mod cli;
 mod cmd_bench;
 mod cmd_generate;

@@ -6,9 +6,11 @@ use safegate_engine::{
 };
 use serde_json::{json, Value};
 
-use super::upstream::UpstreamEvent;
+use std::sync::Arc;
+
+use super::metrics::UpstreamMetrics;
+use super::upstream::{Relay, Target, UpstreamEvent};
 use super::ApiError;
-use crate::config::UpstreamModel;
 
 /// A validated chat request.
 pub(super) struct ChatRequest {
@@ -54,12 +56,15 @@ impl Backend for Local {
     }
 }
 
-/// An OpenAI-compatible upstream server.
-pub(super) struct Upstream(pub UpstreamModel);
+/// An OpenAI-compatible upstream server: the requested model's, then its fallbacks.
+pub(super) struct Upstream {
+    pub chain: Vec<Arc<Target>>,
+    pub metrics: UpstreamMetrics,
+}
 
 impl Backend for Upstream {
     fn model_name(&self) -> String {
-        self.0.name.clone()
+        self.chain[0].name().to_string()
     }
 
     fn kind(&self) -> &'static str {
@@ -82,11 +87,14 @@ impl Backend for Upstream {
         if !req.stop.is_empty() {
             params.insert("stop".into(), json!(req.stop));
         }
-        Ok(Source::Upstream(super::upstream::start(
-            &self.0,
-            Value::Array(messages),
+        Ok(Source::Upstream(super::upstream::start(Relay {
+            chain: self.chain.clone(),
+            messages: Value::Array(messages),
             params,
-        )))
+            max_tokens: req.max_tokens,
+            headers: Vec::new(),
+            metrics: self.metrics.clone(),
+        })))
     }
 }
 

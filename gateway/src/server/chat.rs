@@ -48,16 +48,28 @@ fn choose_backend(
     requested: Option<&str>,
     messages: &[ChatMessage],
 ) -> Result<Box<dyn Backend>, ApiError> {
-    if let Some(model) = requested.and_then(|name| state.upstreams.iter().find(|m| m.name == name))
-    {
-        return Ok(Box::new(backend::Upstream(model.clone())));
+    let upstream = |name: &str| state.upstreams.iter().find(|t| t.name() == name);
+    if let Some(target) = requested.and_then(upstream) {
+        let chain = std::iter::once(target.clone())
+            .chain(
+                target
+                    .config
+                    .fallbacks
+                    .iter()
+                    .filter_map(|f| upstream(f).cloned()),
+            )
+            .collect();
+        return Ok(Box::new(backend::Upstream {
+            chain,
+            metrics: state.metrics.upstream.clone(),
+        }));
     }
     let available = || {
         state
             .engine
             .iter()
             .map(|e| e.info().name.clone())
-            .chain(state.upstreams.iter().map(|m| m.name.clone()))
+            .chain(state.upstreams.iter().map(|t| t.name().to_string()))
             .collect::<Vec<_>>()
             .join(", ")
     };

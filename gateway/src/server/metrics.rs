@@ -25,6 +25,7 @@ pub struct Metrics {
     pub guard_batches: prometheus::IntCounter,
     pub guard_batch_rows: prometheus::IntCounter,
     pub decode_steps: prometheus::IntCounter,
+    pub upstream: UpstreamMetrics,
     /// Serialises the catch-up of the counters kept by the engines between concurrent scrapes.
     catch_up: std::sync::Mutex<()>,
 }
@@ -185,6 +186,7 @@ impl Metrics {
                 "Decode steps the chat model ran (one per generated token; a cancelled generation stops within one)",
             )?,
         )?;
+        let upstream = UpstreamMetrics::new(&registry)?;
         // Series a dashboard or an alert reads exist from start-up, at 0, so panels show 0
         // rather than "no data" until the first error or reload.
         for check in ["guard", "shield"] {
@@ -215,8 +217,107 @@ impl Metrics {
             guard_batches,
             guard_batch_rows,
             decode_steps,
+            upstream,
             catch_up: std::sync::Mutex::new(()),
         })
+    }
+}
+
+/// Per upstream model (label values: the configured `[[models]]` names).
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    calls: IntCounterVec,
+    retries: IntCounterVec,
+    fallbacks_taken: IntCounterVec,
+    first_byte: HistogramVec,
+    open: IntGaugeVec,
+}
+
+impl UpstreamMetrics {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
+        Ok(Self {
+            calls: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "safegate_upstream_calls_total",
+                        "Upstream calls by model and result (ok, or the error kind: connect, timeout_connect, timeout_first_byte, timeout_idle, timeout_total, status_429, status_4xx, status_5xx, line_too_long, malformed, failed_midstream, broke_off, truncated), after retries",
+                    ),
+                    &["upstream", "result"],
+                )?,
+            )?,
+            retries: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "safegate_upstream_retries_total",
+                        "Upstream retries by model and the error that caused them",
+                    ),
+                    &["upstream", "reason"],
+                )?,
+            )?,
+            fallbacks_taken: registered(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "safegate_upstream_fallbacks_total",
+                        "Requests passed from a failing upstream model to its next fallback",
+                    ),
+                    &["from", "to"],
+                )?,
+            )?,
+            first_byte: registered(
+                registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "safegate_upstream_first_byte_seconds",
+                        "Time from sending an upstream call (retries included) to its first event",
+                    )
+                    .buckets(vec![
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    ]),
+                    &["upstream"],
+                )?,
+            )?,
+            open: registered(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "safegate_upstream_open_calls",
+                        "Upstream calls in progress (each holds one connection)",
+                    ),
+                    &["upstream"],
+                )?,
+            )?,
+        })
+    }
+
+    /// Series at 0 from start-up for each configured model.
+    pub fn declare(&self, name: &str) {
+        self.calls.with_label_values(&[name, "ok"]);
+        self.open.with_label_values(&[name]);
+    }
+
+    pub fn call(&self, name: &str, result: &str) {
+        self.calls.with_label_values(&[name, result]).inc();
+    }
+
+    pub fn retry(&self, name: &str, reason: &str) {
+        self.retries.with_label_values(&[name, reason]).inc();
+    }
+
+    pub fn fallbacks(&self, from: &str, to: &str) {
+        self.fallbacks_taken.with_label_values(&[from, to]).inc();
+    }
+
+    pub fn first_byte(&self, name: &str, after: std::time::Duration) {
+        self.first_byte
+            .with_label_values(&[name])
+            .observe(after.as_secs_f64());
+    }
+
+    pub fn open_calls(&self, name: &str, open: usize) {
+        self.open.with_label_values(&[name]).set(open as i64);
     }
 }
 
@@ -253,6 +354,12 @@ pub async fn scrape(state: web::Data<AppState>) -> HttpResponse {
             m.guard_batch_rows
                 .inc_by(stats.rows.saturating_sub(m.guard_batch_rows.get()));
         }
+    }
+    for target in &state.upstreams {
+        state
+            .metrics
+            .upstream
+            .open_calls(target.name(), target.open_calls());
     }
     let mut buf = Vec::new();
     let families = state.metrics.registry.gather();

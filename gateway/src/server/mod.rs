@@ -56,7 +56,7 @@ pub struct AppState {
     pub limits: Limits,
     /// Largest request body (413 past it).
     pub max_body_bytes: usize,
-    pub upstreams: Vec<crate::config::UpstreamModel>,
+    pub upstreams: Vec<Arc<upstream::Target>>,
 }
 
 async fn health() -> HttpResponse {
@@ -172,6 +172,9 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         },
         "policy_version": set.version,
         "policies": set.policies.keys().collect::<Vec<_>>(),
+        // How each upstream's calls went lately; a failing upstream does not make this
+        // replica unready (every replica shares it), it shows here and in the metrics.
+        "upstreams": state.upstreams.iter().map(|t| t.health_json()).collect::<Vec<_>>(),
     }))
 }
 
@@ -184,7 +187,7 @@ async fn models(state: web::Data<AppState>, req: actix_web::HttpRequest) -> Http
         .iter()
         .map(|e| json!({"id": e.info().name, "object": "model", "created": 0, "owned_by": "safegate"}))
         .chain(state.upstreams.iter().map(|m| {
-            json!({"id": m.name, "object": "model", "created": 0, "owned_by": "upstream"})
+            json!({"id": m.name(), "object": "model", "created": 0, "owned_by": "upstream"})
         }))
         .collect();
     HttpResponse::Ok().json(json!({"object": "list", "data": data}))

@@ -15,7 +15,7 @@ use safegate_guard::{
 use safegate_policies::{PolicySet, PolicyStore};
 use safegate_shield::Shield;
 
-use super::{audit, auth, reload, AppState, Metrics};
+use super::{audit, auth, reload, upstream, AppState, Metrics};
 use crate::cli::{Cli, ServeArgs};
 use crate::config::Settings;
 
@@ -140,6 +140,10 @@ pub fn run(cli: &Cli, serve_args: &ServeArgs) -> Result<()> {
         );
     }
     let metrics = Metrics::new()?;
+    let upstreams = upstream::build_targets(&args.upstreams)?;
+    for t in &upstreams {
+        metrics.upstream.declare(t.name());
+    }
     if let Some(e) = &engine {
         metrics
             .provider
@@ -169,7 +173,7 @@ pub fn run(cli: &Cli, serve_args: &ServeArgs) -> Result<()> {
         keys,
         limits: args.limits.clone(),
         max_body_bytes: args.max_body_bytes,
-        upstreams: args.upstreams.clone(),
+        upstreams,
     });
     if let Some(paths) = &args.policies {
         reload::spawn_watcher(

@@ -1,20 +1,28 @@
-//! Generation on an OpenAI-compatible upstream server (vLLM, TGI, llama.cpp's server, Ollama,
-//! another safegate), with the same output checks as local generation. The request is
-//! always sent with `stream: true`, so whole and streamed responses both arrive as deltas
-//! that the checks see as they come. Plain HTTP (the usual in-cluster hop).
+//! Generation on OpenAI-compatible upstream servers (vLLM, TGI, llama.cpp's server, Ollama,
+//! hosted APIs, another safegate), with the same output checks as local generation. The
+//! request is always sent with `stream: true`, so whole and streamed responses both arrive
+//! as deltas that the checks see as they come.
 //!
-//! The upstream connection is read on a blocking thread; deltas reach the async side
-//! through a bounded channel. When the receiver goes away (the client left, or a check
-//! blocked), the thread stops and drops the connection.
+//! The relay is a task on the worker's runtime (`safegate_upstream` does the HTTP): it
+//! tries the model's upstream, then its fallbacks in order, while nothing of a reply has
+//! been relayed; it holds the reply to the request's `max_tokens` (`crate::budget`); and it
+//! ends, dropping the upstream connection, as soon as the receiver goes (the client left,
+//! or a check blocked), even while the upstream is silent.
 
-use std::io::BufRead;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
+use anyhow::Context;
 use safegate_engine::{Completion, FinishReason, Usage};
+use safegate_upstream::{
+    ApiStyle, Deadlines, Endpoint, EndpointConfig, RetryPolicy, UpstreamError,
+};
 use serde_json::{json, Value};
 
+use super::metrics::UpstreamMetrics;
 use super::ApiError;
-use crate::config::UpstreamModel;
+use crate::budget::TokenBudget;
+use crate::config::{ApiStyleName, UpstreamModel};
 
 /// What the upstream sent.
 pub enum UpstreamEvent {
@@ -23,207 +31,378 @@ pub enum UpstreamEvent {
     Failed(ApiError),
 }
 
-fn bad_gateway(message: String) -> ApiError {
-    ApiError {
-        status: actix_web::http::StatusCode::BAD_GATEWAY,
-        code: Some("upstream_error".into()),
-        ..ApiError::internal(message)
+/// One configured upstream model, ready to call.
+pub struct Target {
+    pub config: UpstreamModel,
+    endpoint: Endpoint,
+    tokenizer: Option<tokenizers::Tokenizer>,
+    health: Mutex<Health>,
+}
+
+/// What the calls to an upstream found lately (for /readyz).
+#[derive(Default)]
+struct Health {
+    consecutive_failures: u32,
+    last_ok_unix: Option<u64>,
+    last_error: Option<(&'static str, u64)>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The configured upstream models, with credentials read and TLS settings built: a missing
+/// key, CA file or tokenizer stops the start-up, not the first request.
+pub fn build_targets(models: &[UpstreamModel]) -> anyhow::Result<Vec<Arc<Target>>> {
+    models
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            Target::build(m)
+                .map(Arc::new)
+                .with_context(|| format!("models[{i}] (`{}`)", m.name))
+        })
+        .collect()
+}
+
+impl Target {
+    fn build(m: &UpstreamModel) -> anyhow::Result<Self> {
+        let api_key = match (&m.api_key_env, &m.api_key_file) {
+            (Some(var), _) => Some(
+                std::env::var(var)
+                    .ok()
+                    .filter(|k| !k.is_empty())
+                    .with_context(|| format!("api_key_env: {var} is not set"))?,
+            ),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("api_key_file: cannot read {}", path.display()))?;
+                let key = text.lines().next().unwrap_or("").trim().to_string();
+                anyhow::ensure!(!key.is_empty(), "api_key_file: {} is empty", path.display());
+                Some(key)
+            }
+            (None, None) => None,
+        };
+        let style = match m.api_style {
+            ApiStyleName::Openai => ApiStyle::OpenAi,
+            ApiStyleName::Azure => ApiStyle::Azure {
+                api_version: m.api_version.clone().unwrap_or_default(),
+            },
+        };
+        let endpoint = Endpoint::new(EndpointConfig {
+            base_url: m.upstream.clone(),
+            style,
+            api_key,
+            ca_file: m.ca_file.clone(),
+            deadlines: Deadlines {
+                connect: Duration::from_millis(m.connect_timeout_ms),
+                first_byte: Duration::from_millis(m.timeout_ms),
+                idle: Duration::from_millis(m.timeout_ms),
+                total: Duration::from_millis(m.total_timeout_ms),
+            },
+            retry: RetryPolicy {
+                retries: m.retries,
+                backoff: Duration::from_millis(m.retry_backoff_ms),
+                max_wait: Duration::from_millis(m.total_timeout_ms).min(Duration::from_secs(30)),
+            },
+            max_line_bytes: m.max_line_bytes,
+        })?;
+        let tokenizer = match &m.tokenizer {
+            Some(p) => {
+                let file = if p.is_dir() {
+                    p.join("tokenizer.json")
+                } else {
+                    p.clone()
+                };
+                Some(
+                    tokenizers::Tokenizer::from_file(&file)
+                        .map_err(|e| anyhow::anyhow!("tokenizer {}: {e}", file.display()))?,
+                )
+            }
+            None => None,
+        };
+        Ok(Self {
+            config: m.clone(),
+            endpoint,
+            tokenizer,
+            health: Mutex::default(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Calls in progress (each holds one connection).
+    pub fn open_calls(&self) -> usize {
+        self.endpoint.open_calls()
+    }
+
+    /// For /readyz: where it is (without credentials) and how its calls went lately.
+    pub fn health_json(&self) -> Value {
+        let h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        json!({
+            "name": self.config.name,
+            "url": self.config.upstream,
+            "fallbacks": self.config.fallbacks,
+            "status": if h.consecutive_failures == 0 { "ok" } else { "failing" },
+            "consecutive_failures": h.consecutive_failures,
+            "last_ok_unix": h.last_ok_unix,
+            "last_error": h.last_error.map(|(kind, at)| json!({"kind": kind, "at_unix": at})),
+            "open_calls": self.open_calls(),
+        })
+    }
+
+    fn record(&self, result: Result<(), &UpstreamError>) {
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(()) => {
+                h.consecutive_failures = 0;
+                h.last_ok_unix = Some(unix_now());
+            }
+            Err(e) => {
+                h.consecutive_failures = h.consecutive_failures.saturating_add(1);
+                h.last_error = Some((e.kind(), unix_now()));
+            }
+        }
     }
 }
 
-/// One connection pool per upstream model, kept for the life of the process.
-fn agent_for(model: &UpstreamModel) -> ureq::Agent {
-    static AGENTS: std::sync::OnceLock<
-        std::sync::Mutex<std::collections::HashMap<String, ureq::Agent>>,
-    > = std::sync::OnceLock::new();
-    let mut agents = AGENTS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    agents
-        .entry(model.name.clone())
-        .or_insert_with(|| {
-            let timeout = Duration::from_millis(model.timeout_ms);
-            ureq::AgentBuilder::new()
-                .timeout_connect(Duration::from_secs(5).min(timeout))
-                .timeout_read(timeout)
-                .max_idle_connections_per_host(256)
-                .build()
-        })
-        .clone()
+/// One upstream request: the model's chain (its upstream, then its fallbacks) and what to
+/// send.
+pub struct Relay {
+    pub chain: Vec<Arc<Target>>,
+    pub messages: Value,
+    pub params: serde_json::Map<String, Value>,
+    pub max_tokens: usize,
+    /// Headers passed on (`traceparent`).
+    pub headers: Vec<(&'static str, String)>,
+    pub metrics: UpstreamMetrics,
 }
 
-/// Starts the upstream request; events arrive on the returned channel.
-pub fn start(
-    model: &UpstreamModel,
-    messages: Value,
-    params: serde_json::Map<String, Value>,
-) -> tokio::sync::mpsc::Receiver<UpstreamEvent> {
+/// Starts the relay; events arrive on the returned channel. Dropping the receiver ends the
+/// relay and its upstream call.
+pub fn start(relay: Relay) -> tokio::sync::mpsc::Receiver<UpstreamEvent> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let model = model.clone();
-    std::thread::spawn(move || {
-        let t0 = Instant::now();
-        let result = relay(&model, messages, params, t0, &tx);
-        if let Err(e) = result {
-            let _ = tx.blocking_send(UpstreamEvent::Failed(e));
+    actix_web::rt::spawn(async move {
+        tokio::select! {
+            _ = tx.closed() => {}
+            () = run(&relay, &tx) => {}
         }
     });
     rx
 }
 
-fn relay(
-    model: &UpstreamModel,
-    messages: Value,
-    params: serde_json::Map<String, Value>,
-    t0: Instant,
+async fn run(relay: &Relay, tx: &tokio::sync::mpsc::Sender<UpstreamEvent>) {
+    for (i, target) in relay.chain.iter().enumerate() {
+        if let Some(previous) = i.checked_sub(1).map(|p| &relay.chain[p]) {
+            relay.metrics.fallbacks(previous.name(), target.name());
+            tracing::warn!(
+                from = previous.name(),
+                to = target.name(),
+                "upstream fallback"
+            );
+        }
+        match call(relay, target, tx).await {
+            Ok(()) => return,
+            Err(Failure { error, relayed }) => {
+                let last = i + 1 == relay.chain.len();
+                if relayed || last || !error.falls_back() {
+                    let _ = tx
+                        .send(UpstreamEvent::Failed(to_api_error(target, &error)))
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+struct Failure {
+    error: UpstreamError,
+    /// Part of the reply went on already: no other upstream may start it again.
+    relayed: bool,
+}
+
+/// One upstream, retries included, to the end of its reply.
+async fn call(
+    relay: &Relay,
+    target: &Target,
     tx: &tokio::sync::mpsc::Sender<UpstreamEvent>,
-) -> Result<(), ApiError> {
+) -> Result<(), Failure> {
     let mut body = json!({
-        "model": model.upstream_model.as_deref().unwrap_or(&model.name),
-        "messages": messages,
+        "model": target.config.upstream_model.as_deref().unwrap_or(&target.config.name),
+        "messages": relay.messages,
         "stream": true,
         "stream_options": {"include_usage": true},
     });
     if let Some(obj) = body.as_object_mut() {
-        obj.extend(params);
+        obj.extend(relay.params.clone());
     }
-    let url = format!("{}/chat/completions", model.upstream.trim_end_matches('/'));
-    let timeout = Duration::from_millis(model.timeout_ms);
-    let agent = agent_for(model);
-    let mut request = agent.post(&url).set("accept", "text/event-stream");
-    if let Some(var) = &model.api_key_env {
-        if let Ok(key) = std::env::var(var) {
-            request = request.set("authorization", &format!("Bearer {key}"));
-        }
-    }
-    let response = match request.send_json(body) {
-        Ok(r) => r,
-        Err(ureq::Error::Status(code, r)) => {
-            // What the upstream said stays in the server log: an error body can carry
-            // anything (stack traces, connection strings), and nothing an upstream says
-            // reaches the client without the checks. The client learns the model and the
-            // status.
-            let text: String = r
-                .into_string()
-                .unwrap_or_default()
-                .chars()
-                .take(2000)
-                .collect();
-            tracing::warn!(model = %model.name, status = code, body = %text, "upstream error answer");
-            return Err(
-                if (400..500).contains(&code) && code != 401 && code != 403 {
-                    ApiError {
-                        code: Some("upstream_rejected".into()),
-                        ..ApiError::invalid(format!(
-                            "the upstream model `{}` refused the request (HTTP {code})",
-                            model.name
-                        ))
-                    }
-                } else {
-                    bad_gateway(format!(
-                        "the upstream for `{}` answered HTTP {code}",
-                        model.name
-                    ))
-                },
-            );
-        }
-        Err(ureq::Error::Transport(t)) => {
-            let timed_out = t.to_string().contains("timed out");
-            tracing::warn!(model = %model.name, error = %t, "upstream unreachable");
-            return Err(if timed_out {
-                ApiError {
-                    status: actix_web::http::StatusCode::GATEWAY_TIMEOUT,
-                    ..ApiError::timeout(timeout)
-                }
-            } else {
-                bad_gateway(format!(
-                    "the upstream for `{}` cannot be reached",
-                    model.name
-                ))
-            });
-        }
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    let name = target.name();
+    let metrics = &relay.metrics;
+    let t0 = Instant::now();
+    let failed = |error: UpstreamError, relayed: bool| {
+        metrics.call(name, error.kind());
+        target.record(Err(&error));
+        log_failure(name, &error);
+        Failure { error, relayed }
     };
+    let mut upstream_call = target
+        .endpoint
+        .open(&body, &relay.headers, |e, wait| {
+            metrics.retry(name, e.kind());
+            tracing::info!(model = name, error = %e, wait_ms = wait.as_millis() as u64, "upstream retry");
+        })
+        .await
+        .map_err(|e| failed(e, false))?;
+    metrics.open_calls(name, target.open_calls());
+    let mut budget = TokenBudget::new(target.tokenizer.as_ref(), relay.max_tokens);
     let mut finish = None;
-    let mut usage = Usage::default();
-    let mut first_token = None;
-    let mut completion_chars = 0usize;
-    let mut reader = std::io::BufReader::new(response.into_reader());
-    let mut buf = String::new();
+    let mut usage = None;
+    let mut first_event = None;
+    let mut first_text = None;
+    let mut relayed = false;
+    let mut cut = false;
     loop {
-        buf.clear();
-        let read = reader.read_line(&mut buf).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::TimedOut
-                || e.kind() == std::io::ErrorKind::WouldBlock
-            {
-                ApiError::timeout(timeout)
-            } else {
-                tracing::warn!(model = %model.name, error = %e, "upstream stream broke off");
-                bad_gateway(format!(
-                    "the upstream for `{}` broke off its stream",
-                    model.name
-                ))
-            }
-        })?;
-        if read == 0 {
-            break;
-        }
-        let chunk = match safegate_sse::parse_line(&buf) {
-            Ok(safegate_sse::Line::Ignored) => continue,
-            Ok(safegate_sse::Line::Chunk(chunk)) => chunk,
-            Ok(safegate_sse::Line::Done) => {
-                let finish_reason = match finish.as_deref() {
-                    Some("length") => FinishReason::Length,
-                    _ => FinishReason::Stop,
-                };
-                if usage.completion_tokens == 0 && completion_chars > 0 {
-                    // An upstream that sends no usage: count deltas as tokens, roughly.
-                    usage.completion_tokens = completion_chars;
-                }
-                // Read to the end of the body so the connection goes back to the pool.
-                let _ = std::io::copy(&mut reader, &mut std::io::sink());
-                let ttft = first_token.unwrap_or_else(|| t0.elapsed());
-                let _ = tx.blocking_send(UpstreamEvent::Done(Completion {
-                    finish_reason,
-                    usage,
-                    tail_text: String::new(),
-                    time_to_first_token: ttft,
-                    queue_time: Duration::ZERO,
-                    decode_time: t0.elapsed().saturating_sub(ttft),
-                }));
-                return Ok(());
-            }
-            Err(e) => {
-                // The event's text (a malformed line, an in-stream error message) goes to
-                // the log only, as for error answers above.
-                tracing::warn!(model = %model.name, error = %e, "upstream stream error");
-                let what = match e {
-                    safegate_sse::SseError::Malformed(_) => "sent a malformed stream event",
-                    safegate_sse::SseError::Upstream(_) => "failed mid-stream",
-                };
-                return Err(bad_gateway(format!(
-                    "the upstream for `{}` {what}",
-                    model.name
-                )));
-            }
+        let chunk = match upstream_call.next().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(e) => return Err(failed(e, relayed)),
         };
-        if let Some((prompt_tokens, completion_tokens)) = chunk.usage {
-            usage = Usage {
-                prompt_tokens,
-                completion_tokens,
-            };
+        if first_event.is_none() {
+            first_event = Some(t0.elapsed());
+            metrics.first_byte(name, t0.elapsed());
+        }
+        if let Some(u) = chunk.usage {
+            usage = Some(u);
         }
         if let Some(f) = chunk.finish_reason {
             finish = Some(f);
         }
         if let Some(text) = chunk.text {
-            first_token.get_or_insert_with(|| t0.elapsed());
-            completion_chars += 1;
-            if tx.blocking_send(UpstreamEvent::Delta(text)).is_err() {
-                return Ok(()); // nobody listens any more: drop the connection
+            first_text.get_or_insert_with(|| t0.elapsed());
+            let pass = budget.push(&text);
+            if !pass.text.is_empty() {
+                relayed = true;
+                if tx.send(UpstreamEvent::Delta(pass.text)).await.is_err() {
+                    return Ok(()); // nobody listens any more: drop the connection
+                }
+            }
+            if pass.spent {
+                cut = true;
+                break;
             }
         }
     }
-    Err(bad_gateway(
-        "the upstream stream ended without [DONE]".into(),
-    ))
+    drop(upstream_call); // back to the pool when read to its end; closed when cut short
+    metrics.open_calls(name, target.open_calls());
+    let tail = budget.finish();
+    cut |= tail.spent;
+    metrics.call(name, "ok");
+    target.record(Ok(()));
+    let finish_reason = match finish.as_deref() {
+        _ if cut => FinishReason::Length,
+        Some("length") => FinishReason::Length,
+        _ => FinishReason::Stop,
+    };
+    let usage = match usage {
+        Some((prompt_tokens, completion_tokens)) if !cut => Usage {
+            prompt_tokens,
+            completion_tokens,
+        },
+        // Cut short (the upstream's count never came) or not reported: ours.
+        other => Usage {
+            prompt_tokens: other.map_or(0, |u| u.0),
+            completion_tokens: budget.used(),
+        },
+    };
+    let ttft = first_text.unwrap_or_else(|| t0.elapsed());
+    let _ = tx
+        .send(UpstreamEvent::Done(Completion {
+            finish_reason,
+            usage,
+            tail_text: tail.text,
+            time_to_first_token: ttft,
+            queue_time: Duration::ZERO,
+            decode_time: t0.elapsed().saturating_sub(ttft),
+        }))
+        .await;
+    Ok(())
+}
+
+fn log_failure(name: &str, e: &UpstreamError) {
+    // What the upstream said stays in the server log: an error body can carry anything
+    // (stack traces, connection strings), and nothing an upstream says reaches the client
+    // without the checks. The client learns the model and what went wrong.
+    match e {
+        UpstreamError::Status { status, body, .. } => {
+            tracing::warn!(model = name, status, body = %body, "upstream error answer")
+        }
+        other => {
+            tracing::warn!(model = name, error = %other, kind = other.kind(), "upstream call failed")
+        }
+    }
+}
+
+fn to_api_error(target: &Target, e: &UpstreamError) -> ApiError {
+    use actix_web::http::StatusCode;
+    let name = target.name();
+    let bad_gateway = |message: String| ApiError {
+        status: StatusCode::BAD_GATEWAY,
+        code: Some("upstream_error".into()),
+        ..ApiError::internal(message)
+    };
+    match e {
+        UpstreamError::Status {
+            status: 429,
+            retry_after,
+            ..
+        } => ApiError {
+            retry_after: Some(retry_after.map_or(1, |d| d.as_secs().max(1))),
+            ..ApiError::rate_limited(format!(
+                "the upstream for `{name}` is rate-limiting this gateway; retry later"
+            ))
+        },
+        UpstreamError::Status { status, .. }
+            if (400..500).contains(status) && !matches!(status, 401 | 403) =>
+        {
+            ApiError {
+                code: Some("upstream_rejected".into()),
+                ..ApiError::invalid(format!(
+                    "the upstream model `{name}` refused the request (HTTP {status})"
+                ))
+            }
+        }
+        UpstreamError::Status { status, .. } => {
+            bad_gateway(format!("the upstream for `{name}` answered HTTP {status}"))
+        }
+        UpstreamError::Timeout(_, limit) => ApiError {
+            message: format!("the upstream for `{name}` {e}"),
+            ..ApiError::timeout(*limit)
+        },
+        UpstreamError::Connect(_) => {
+            bad_gateway(format!("the upstream for `{name}` cannot be reached"))
+        }
+        // The event's text (a malformed line, an in-stream error message) goes to the log
+        // only, as for error answers.
+        UpstreamError::Malformed(_) => bad_gateway(format!(
+            "the upstream for `{name}` sent a malformed stream event"
+        )),
+        UpstreamError::Failed(_) => {
+            bad_gateway(format!("the upstream for `{name}` failed mid-stream"))
+        }
+        UpstreamError::BrokeOff(_) => {
+            bad_gateway(format!("the upstream for `{name}` broke off its stream"))
+        }
+        UpstreamError::Truncated => bad_gateway(format!(
+            "the upstream stream for `{name}` ended without [DONE] or a finish reason"
+        )),
+        UpstreamError::LineTooLong { .. } | UpstreamError::Config(_) => {
+            bad_gateway(format!("the upstream for `{name}` {e}"))
+        }
+    }
 }
