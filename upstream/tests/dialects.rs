@@ -28,8 +28,7 @@ fn serve(
             let mut request = Vec::new();
             let mut buf = [0u8; 4096];
             // Headers, then the body by its length.
-            loop {
-                let Ok(k) = stream.read(&mut buf) else { break };
+            while let Ok(k) = stream.read(&mut buf) {
                 if k == 0 {
                     break;
                 }
@@ -176,9 +175,8 @@ fn each_servers_dialect_gives_the_same_reply() {
 
 #[test]
 fn a_missing_done_is_fine_after_a_finish_but_not_before() {
-    let finished = concat!(
-        "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"},\"finish_reason\":\"stop\"}]}\n\n"
-    );
+    let finished =
+        "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"},\"finish_reason\":\"stop\"}]}\n\n";
     let (base, _) = serve(answer_with(finished));
     assert_eq!(text_of(&collect(config(&base)).unwrap()), "Hi");
     // The last line need not end with a line break either.
