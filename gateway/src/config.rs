@@ -39,6 +39,91 @@ pub struct FileConfig {
     /// Llama Guard on an OpenAI-compatible completions server with logprobs (vLLM), shared
     /// by all replicas, instead of a local guard model.
     pub guard_remote: Option<RemoteGuardConfig>,
+    /// OpenTelemetry traces (OTLP over HTTP); off without this section or the standard
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT` variables.
+    pub tracing: Option<TracingConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// The receiver's base URL (`/v1/traces` is appended), e.g. `http://otel-collector:4318`;
+    /// a URL already ending in `/v1/traces` is used as it is.
+    pub otlp_endpoint: String,
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Share of new traces recorded (a caller's `traceparent` decides for its own).
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+    /// Prompt and reply text as span attributes: for debugging only (they leave the
+    /// gateway in every trace).
+    #[serde(default)]
+    pub include_prompts: bool,
+    /// CA certificates (PEM) for an https:// receiver, besides the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Headers sent with each export, e.g. a hosted backend's key; values may name an
+    /// environment variable as `env:NAME`.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    #[serde(default = "default_export_interval")]
+    pub export_interval_ms: u64,
+}
+
+fn default_service_name() -> String {
+    "safegate".into()
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
+}
+
+fn default_export_interval() -> u64 {
+    1_000
+}
+
+impl TracingConfig {
+    pub fn traces_url(&self) -> String {
+        let base = self.otlp_endpoint.trim_end_matches('/');
+        if base.ends_with("/v1/traces") {
+            base.to_string()
+        } else {
+            format!("{base}/v1/traces")
+        }
+    }
+
+    /// From the standard OpenTelemetry environment variables, when they are set.
+    fn from_env() -> Option<Self> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .map(|full| {
+                // The traces variable is the full URL already.
+                if full.trim_end_matches('/').ends_with("/v1/traces") {
+                    full
+                } else {
+                    format!("{}/v1/traces", full.trim_end_matches('/'))
+                }
+            })
+            .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))?;
+        let headers = var("OTEL_EXPORTER_OTLP_HEADERS")
+            .map(|h| {
+                h.split(',')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(Self {
+            otlp_endpoint: endpoint,
+            service_name: var("OTEL_SERVICE_NAME").unwrap_or_else(default_service_name),
+            sample_ratio: var("OTEL_TRACES_SAMPLER_ARG")
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(1.0),
+            include_prompts: false,
+            ca_file: None,
+            headers,
+            export_interval_ms: default_export_interval(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -227,6 +312,7 @@ pub struct Settings {
     pub keys: Vec<KeyConfig>,
     pub upstreams: Vec<UpstreamModel>,
     pub guard_remote: Option<RemoteGuardConfig>,
+    pub tracing: Option<TracingConfig>,
 }
 
 pub fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
@@ -267,6 +353,9 @@ fn read_file(path: &Path) -> Result<FileConfig> {
     }
     if let Some(g) = cfg.guard_remote.as_mut() {
         rebase(&mut g.tokenizer);
+    }
+    if let Some(p) = cfg.tracing.as_mut().and_then(|t| t.ca_file.as_mut()) {
+        rebase(p);
     }
     for m in &mut cfg.models {
         for p in [&mut m.api_key_file, &mut m.ca_file, &mut m.tokenizer]
@@ -414,6 +503,19 @@ impl Settings {
                 where_()
             );
         }
+        let mut tracing = file.tracing.clone().or_else(TracingConfig::from_env);
+        if let Some(t) = tracing.as_mut() {
+            if !(0.0..=1.0).contains(&t.sample_ratio) {
+                bail!("{}: [tracing] sample_ratio must be within 0..1", where_());
+            }
+            for (name, value) in t.headers.iter_mut() {
+                if let Some(var) = value.strip_prefix("env:") {
+                    *value = std::env::var(var).with_context(|| {
+                        format!("{}: [tracing] header {name}: {var} is not set", where_())
+                    })?;
+                }
+            }
+        }
         let limits = file.limits.clone().unwrap_or_default();
         if limits.max_messages == 0
             || limits.max_tokens == 0
@@ -467,6 +569,7 @@ impl Settings {
             keys: file.keys,
             upstreams: file.models,
             guard_remote: file.guard_remote,
+            tracing,
         })
     }
 }

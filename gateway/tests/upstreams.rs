@@ -594,3 +594,243 @@ fn retries_then_fallbacks_in_order_and_never_after_the_reply_began() {
         "the fallback was called"
     );
 }
+
+// ---------------------------------------------------------------- OpenTelemetry
+
+/// A small OTLP/HTTP receiver: collects the spans of every `POST /v1/traces` (JSON).
+fn otlp_receiver() -> (String, Arc<std::sync::Mutex<Vec<Value>>>) {
+    let spans = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = spans.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let kept = kept.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    let body = read_request(&mut reader);
+                    if body.is_empty() {
+                        return;
+                    }
+                    let request: Value = serde_json::from_slice(&body).unwrap();
+                    for rs in request["resourceSpans"].as_array().unwrap() {
+                        assert_eq!(
+                            rs["resource"]["attributes"][0]["value"]["stringValue"],
+                            "safegate"
+                        );
+                        for ss in rs["scopeSpans"].as_array().unwrap() {
+                            kept.lock()
+                                .unwrap()
+                                .extend(ss["spans"].as_array().unwrap().iter().cloned());
+                        }
+                    }
+                    if stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (base, spans)
+}
+
+fn attribute<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
+    span["attributes"]
+        .as_array()?
+        .iter()
+        .find(|a| a["key"] == key)
+        .map(|a| &a["value"])
+}
+
+#[test]
+fn traces_reach_an_otlp_receiver_with_stages_parents_and_the_upstream_linked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (receiver, spans) = otlp_receiver();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let headers = seen.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            headers.lock().unwrap().push(head.to_ascii_lowercase());
+            let reply = if n == 1 {
+                sse_response(&[delta(
+                    "Sure:\n```python\nimport os\nos.system(input())\n```\n",
+                )])
+            } else {
+                words_reply(4)
+            };
+            let _ = stream.write_all(&reply);
+        }
+    });
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[tracing]\notlp_endpoint = \"{receiver}\"\nexport_interval_ms = 100\n\n[[models]]\nname = \"traced\"\nupstream = \"{url}\"\nupstream_model = \"llama-up\"\n"
+        ),
+    )
+    .unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let server = common::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--audit-log",
+        audit.to_str().unwrap(),
+    ]);
+    let send = |traceparent: &str, stream: bool| {
+        let r = ureq::post(&format!("{}/v1/chat/completions", server.base))
+            .set("content-type", "application/json")
+            .set("traceparent", traceparent)
+            .send_string(&chat("traced", 50, stream))
+            .unwrap();
+        r.into_string().unwrap()
+    };
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let client_span = "00f067aa0ba902b7";
+    send(&format!("00-{trace_id}-{client_span}-01"), false);
+    // A second request (streamed, its reply blocked by the shield) in a new trace.
+    let blocked_trace = "5bf92f3577b34da6a3ce929d0e0e4737";
+    send(&format!("00-{blocked_trace}-{client_span}-01"), true);
+    // The caller's decision not to sample holds.
+    let unsampled = "6bf92f3577b34da6a3ce929d0e0e4738";
+    send(&format!("00-{unsampled}-{client_span}-00"), false);
+    assert!(wait_until(Duration::from_secs(5), || {
+        spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s["parentSpanId"] == client_span)
+            .count()
+            >= 2
+    }));
+    std::thread::sleep(Duration::from_millis(300));
+    let spans = spans.lock().unwrap().clone();
+    assert!(
+        spans.iter().all(|s| s["traceId"] != unsampled),
+        "an unsampled request was traced"
+    );
+    let text = serde_json::to_string(&spans).unwrap();
+    assert!(
+        !text.contains("Tell me about rivers"),
+        "prompt text in a span"
+    );
+
+    let of_trace = |id: &str| {
+        spans
+            .iter()
+            .filter(|s| s["traceId"] == id)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let first = of_trace(trace_id);
+    let root = first
+        .iter()
+        .find(|s| s["parentSpanId"] == client_span)
+        .unwrap();
+    assert_eq!(root["name"], "chat traced");
+    assert_eq!(root["kind"], 2);
+    assert_eq!(
+        attribute(root, "gen_ai.operation.name").unwrap()["stringValue"],
+        "chat"
+    );
+    assert_eq!(
+        attribute(root, "gen_ai.request.model").unwrap()["stringValue"],
+        "traced"
+    );
+    assert_eq!(
+        attribute(root, "gen_ai.request.max_tokens").unwrap()["intValue"],
+        "50"
+    );
+    assert_eq!(
+        attribute(root, "gen_ai.usage.output_tokens").unwrap()["intValue"],
+        "4"
+    );
+    assert_eq!(
+        attribute(root, "safegate.outcome").unwrap()["stringValue"],
+        "ok"
+    );
+    assert_eq!(
+        attribute(root, "http.response.status_code").unwrap()["intValue"],
+        "200"
+    );
+    let children: Vec<&Value> = first
+        .iter()
+        .filter(|s| s["parentSpanId"] == root["spanId"])
+        .collect();
+    let names: Vec<&str> = children
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    for stage in ["chat llama-up", "shield", "audit"] {
+        assert!(names.contains(&stage), "no {stage} span in {names:?}");
+    }
+    assert_eq!(first.len(), children.len() + 1, "{names:?}");
+    let call = children
+        .iter()
+        .find(|s| s["name"] == "chat llama-up")
+        .unwrap();
+    assert_eq!(call["kind"], 3);
+    assert!(
+        call["startTimeUnixNano"].as_str().unwrap() >= root["startTimeUnixNano"].as_str().unwrap()
+    );
+    // The upstream was told its caller is that client span.
+    let upstream_heads = seen.lock().unwrap().clone();
+    let expected = format!(
+        "traceparent: 00-{trace_id}-{}-01",
+        call["spanId"].as_str().unwrap()
+    );
+    assert!(
+        upstream_heads[0].contains(&expected),
+        "{}\nwanted {expected}",
+        upstream_heads[0]
+    );
+
+    let second = of_trace(blocked_trace);
+    let root = second
+        .iter()
+        .find(|s| s["parentSpanId"] == client_span)
+        .unwrap();
+    assert_eq!(
+        attribute(root, "safegate.outcome").unwrap()["stringValue"],
+        "blocked"
+    );
+    assert_eq!(
+        attribute(root, "safegate.stream").unwrap()["boolValue"],
+        true
+    );
+    let rules = &attribute(root, "safegate.rule_ids").unwrap()["arrayValue"]["values"];
+    assert!(
+        rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["stringValue"].as_str().unwrap().contains("py.")),
+        "{rules}"
+    );
+}

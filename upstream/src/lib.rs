@@ -12,7 +12,7 @@
 
 mod lines;
 mod retry;
-mod tls;
+pub mod tls;
 
 use std::cell::RefCell;
 use std::collections::HashMap;

@@ -46,6 +46,7 @@ impl Backend for Local {
     }
 
     fn start(&self, req: &ChatRequest) -> Result<Source, ApiError> {
+        super::trace::generation_started(None);
         Ok(Source::Local(self.engine.generate(GenerateRequest {
             prompt_ids: self.prompt_ids.clone(),
             max_tokens: req.max_tokens,
@@ -87,12 +88,20 @@ impl Backend for Upstream {
         if !req.stop.is_empty() {
             params.insert("stop".into(), json!(req.stop));
         }
+        let first = &self.chain[0].config;
+        let traceparent = super::trace::generation_started(Some((
+            first.upstream_model.as_deref().unwrap_or(&first.name),
+            &first.upstream,
+        )));
         Ok(Source::Upstream(super::upstream::start(Relay {
             chain: self.chain.clone(),
             messages: Value::Array(messages),
             params,
             max_tokens: req.max_tokens,
-            headers: Vec::new(),
+            headers: traceparent
+                .map(|t| ("traceparent", t))
+                .into_iter()
+                .collect(),
             metrics: self.metrics.clone(),
         })))
     }

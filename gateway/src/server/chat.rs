@@ -17,7 +17,7 @@ use super::reply::{
     finish_reason_name, observe_generation, record_output, response_id, unix_now, Prepared,
 };
 use super::respond::{self, filter_results, record_decision, Body, Reply};
-use super::{ApiError, AppState};
+use super::{trace, ApiError, AppState};
 
 pub async fn completions(state: web::Data<AppState>, req: HttpRequest, body: Body) -> HttpResponse {
     let t0 = Instant::now();
@@ -138,6 +138,22 @@ async fn prepare(
         stop: params.stop,
     };
     let backend = choose_backend(state, params.model.as_deref(), &req.messages)?;
+    let model = backend.model_name();
+    trace::name(format!("chat {model}"));
+    trace::attr("gen_ai.operation.name", "chat");
+    trace::attr("gen_ai.request.model", model.clone());
+    trace::attr("gen_ai.response.model", model);
+    trace::attr("gen_ai.request.max_tokens", req.max_tokens);
+    trace::attr("gen_ai.request.temperature", params.temperature);
+    trace::attr("gen_ai.request.top_p", params.top_p);
+    trace::attr("safegate.stream", params.stream);
+    trace::attr("safegate.backend", backend.kind());
+    trace::text_attr("safegate.debug.prompt", || {
+        req.messages
+            .last()
+            .map(|m| m.content.clone())
+            .unwrap_or_default()
+    });
     let set = state.policies.current();
     let policy = set.for_group(caller.group.as_deref());
     audit.policy = Some(policy.name.clone());

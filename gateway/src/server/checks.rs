@@ -51,6 +51,7 @@ pub(super) fn on_check_error(
 }
 
 fn observe_stage(state: &AppState, stage: &str, t: Instant) {
+    super::trace::stage(stage, t);
     state
         .metrics
         .stage_duration

@@ -6,7 +6,8 @@
 //! (`chat` + `stream` with what they share in `reply`, `moderation`, `scan`, `reload`); `respond` (auth, metrics and the
 //! audit line around every request); `checks` (the guard and shield as the server runs
 //! them, feeding `crate::output::OutputChecks`); `backend` (the engine and upstreams behind
-//! one trait); `upstream` (the relay); `audit`, `auth`, `error`, `metrics`.
+//! one trait); `upstream` (the relay); `trace` (OpenTelemetry spans); `audit`, `auth`, `error`,
+//! `metrics`.
 
 // ApiError carries an OpenAI-style body; it is the slow path and boxing it buys nothing.
 #![allow(clippy::result_large_err)]
@@ -25,6 +26,7 @@ mod respond;
 mod scan;
 mod startup;
 mod stream;
+mod trace;
 mod upstream;
 
 use std::sync::Arc;
@@ -57,6 +59,8 @@ pub struct AppState {
     /// Largest request body (413 past it).
     pub max_body_bytes: usize,
     pub upstreams: Vec<Arc<upstream::Target>>,
+    /// OpenTelemetry traces (None: off).
+    pub tracing: Option<trace::Tracing>,
 }
 
 async fn health() -> HttpResponse {

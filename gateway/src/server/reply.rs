@@ -46,6 +46,11 @@ impl Prepared {
 /// Generation metrics shared by both response modes.
 pub(super) fn observe_generation(state: &AppState, completion: &Completion) {
     let m = &state.metrics;
+    super::trace::generation_ended(None);
+    super::trace::attr(
+        "gen_ai.response.finish_reasons",
+        vec![finish_reason_name(completion.finish_reason).to_string()],
+    );
     let stage = |name: &str, d: std::time::Duration| {
         m.stage_duration
             .with_label_values(&[name])
@@ -77,6 +82,8 @@ pub(super) fn record_output(
     });
     audit.findings = Some(FindingRecord::list(checks.findings()));
     audit.response_sha256 = Some(sha256_hex(checks.text()));
+    // The whole reply as generated (debugging traces only; a blocked part included).
+    super::trace::text_attr("safegate.debug.completion", || checks.text().to_string());
     output
 }
 

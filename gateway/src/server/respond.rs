@@ -207,6 +207,7 @@ pub(super) async fn write_audit(
     mut record: AuditRecord,
 ) -> std::io::Result<()> {
     let Some(log) = &state.audit else {
+        super::trace::finish(state.tracing.as_ref(), &record);
         return Ok(());
     };
     let now = std::time::SystemTime::now()
@@ -217,9 +218,13 @@ pub(super) async fn write_audit(
     record.request_id = format!("req-{:x}-{seq}", now.as_secs());
     record.endpoint = endpoint;
     record.latency_ms = t0.elapsed().as_secs_f64() * 1e3;
-    log.write(&record).await.inspect_err(|_| {
+    let t = Instant::now();
+    let written = log.write(&record).await.inspect_err(|_| {
         state.metrics.audit_errors.inc();
-    })
+    });
+    super::trace::stage("audit", t);
+    super::trace::finish(state.tracing.as_ref(), &record);
+    written
 }
 
 /// Counts a policy decision: by policy, stage and action; the guard categories and shield

@@ -15,7 +15,7 @@ use safegate_guard::{
 use safegate_policies::{PolicySet, PolicyStore};
 use safegate_shield::Shield;
 
-use super::{audit, auth, reload, upstream, AppState, Metrics};
+use super::{audit, auth, reload, trace, upstream, AppState, Metrics};
 use crate::cli::{Cli, ServeArgs};
 use crate::config::Settings;
 
@@ -174,6 +174,11 @@ pub fn run(cli: &Cli, serve_args: &ServeArgs) -> Result<()> {
         limits: args.limits.clone(),
         max_body_bytes: args.max_body_bytes,
         upstreams,
+        tracing: args
+            .tracing
+            .as_ref()
+            .map(trace::Tracing::start)
+            .transpose()?,
     });
     if let Some(paths) = &args.policies {
         reload::spawn_watcher(
@@ -225,6 +230,26 @@ pub fn run(cli: &Cli, serve_args: &ServeArgs) -> Result<()> {
         let api = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                // Each API request's trace (when tracing is on) is the task's current one.
+                .wrap_fn(|req, srv| {
+                    use actix_web::dev::Service;
+                    let handle = req
+                        .app_data::<web::Data<AppState>>()
+                        .filter(|_| {
+                            req.path().starts_with("/v1/") || req.path().starts_with("/admin/")
+                        })
+                        .and_then(|s| {
+                            trace::begin(
+                                s.tracing.as_ref(),
+                                req.method().as_str(),
+                                req.path(),
+                                req.headers()
+                                    .get("traceparent")
+                                    .and_then(|v| v.to_str().ok()),
+                            )
+                        });
+                    trace::scoped(handle, srv.call(req))
+                })
                 .configure(|cfg| super::routes(cfg, with_ops))
         })
         // Stream frames leave at once instead of waiting on Nagle's algorithm.

@@ -60,7 +60,10 @@ pub(super) fn start(
         include_usage: prepared.include_usage,
     };
     let audit = std::mem::take(audit);
-    actix_web::rt::spawn(run(state, prepared, generation, sse, t0, audit));
+    actix_web::rt::spawn(super::trace::scoped(
+        super::trace::current(),
+        run(state, prepared, generation, sse, t0, audit),
+    ));
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))

@@ -1,0 +1,167 @@
+//! Posts finished spans to an OTLP/HTTP receiver from a thread of its own.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::SpanData;
+
+#[derive(Debug, Clone)]
+pub struct ExporterConfig {
+    /// The receiver's traces URL, e.g. `http://otel-collector:4318/v1/traces`.
+    pub url: String,
+    pub service_name: String,
+    /// Extra CA certificates (PEM) for an `https://` receiver.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Headers sent with each export (e.g. a vendor's API key).
+    pub headers: Vec<(String, String)>,
+    /// Spans waiting to be sent; more are dropped (and counted).
+    pub queue: usize,
+    /// Spans per request to the receiver.
+    pub batch: usize,
+    /// The longest a span waits for its batch.
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+/// The sending side; cheap to share.
+pub struct Exporter {
+    tx: SyncSender<SpanData>,
+    stats: Arc<Stats>,
+}
+
+#[derive(Default)]
+struct Stats {
+    dropped: AtomicU64,
+    exported: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Exporter {
+    /// Starts the export thread. Errors: a URL or CA file that cannot work.
+    pub fn start(config: ExporterConfig) -> Result<Self, String> {
+        let url = reqwest::Url::parse(&config.url).map_err(|e| format!("`{}`: {e}", config.url))?;
+        let tls = match url.scheme() {
+            "https" => Some(
+                safegate_upstream::tls::client_config(config.ca_file.as_deref())
+                    .map_err(|e| e.to_string())?,
+            ),
+            "http" => None,
+            other => {
+                return Err(format!(
+                    "`{}`: {other}:// is not http:// or https://",
+                    config.url
+                ))
+            }
+        };
+        let (tx, rx) = sync_channel(config.queue.max(1));
+        let stats = Arc::new(Stats::default());
+        let thread_stats = stats.clone();
+        std::thread::Builder::new()
+            .name("otlp-export".into())
+            .spawn(move || run(config, tls, rx, &thread_stats))
+            .map_err(|e| e.to_string())?;
+        Ok(Self { tx, stats })
+    }
+
+    /// Queues spans for export; never waits (a full queue drops them).
+    pub fn export(&self, spans: impl IntoIterator<Item = SpanData>) {
+        for span in spans {
+            match self.tx.try_send(span) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// (exported, dropped, failed) spans so far.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        (
+            self.stats.exported.load(Ordering::Relaxed),
+            self.stats.dropped.load(Ordering::Relaxed),
+            self.stats.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+fn run(
+    config: ExporterConfig,
+    tls: Option<rustls::ClientConfig>,
+    rx: Receiver<SpanData>,
+    stats: &Stats,
+) {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        tracing::error!("the OTLP exporter cannot start its runtime; no traces are sent");
+        return;
+    };
+    // reqwest wants a process-wide TLS provider even for plain HTTP.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = reqwest::Client::builder()
+        .timeout(config.timeout)
+        .connect_timeout(config.timeout);
+    if let Some(tls) = tls {
+        builder = builder.tls_backend_preconfigured(tls);
+    }
+    let client = match builder.build() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "the OTLP exporter cannot build its client; no traces are sent");
+            return;
+        }
+    };
+    let mut batch = Vec::with_capacity(config.batch);
+    let mut last_warning: Option<Instant> = None;
+    loop {
+        let deadline = Instant::now() + config.interval;
+        let mut closed = false;
+        while batch.len() < config.batch {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(span) => batch.push(span),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            let body = crate::encode(&config.service_name, &batch).to_string();
+            let mut request = client
+                .post(&config.url)
+                .header("content-type", "application/json")
+                .body(body);
+            for (k, v) in &config.headers {
+                request = request.header(k, v);
+            }
+            let result = runtime.block_on(async { request.send().await });
+            let n = batch.len() as u64;
+            match result {
+                Ok(r) if r.status().is_success() => {
+                    stats.exported.fetch_add(n, Ordering::Relaxed);
+                }
+                other => {
+                    stats.failed.fetch_add(n, Ordering::Relaxed);
+                    // One warning a minute at most: a missing collector must not flood the log.
+                    if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                        last_warning = Some(Instant::now());
+                        let why = match other {
+                            Ok(r) => format!("HTTP {}", r.status()),
+                            Err(e) => e.to_string(),
+                        };
+                        tracing::warn!(url = %config.url, error = %why, spans = n, "OTLP export failed; spans dropped");
+                    }
+                }
+            }
+            batch.clear();
+        }
+        if closed {
+            return;
+        }
+    }
+}
