@@ -6,8 +6,11 @@
 #
 # Rows: direct to the fake upstream; through safegate with the checks off (no guard, shield
 # disabled, audit log off); with the shield on; with the shield on and the audit log
-# fsynced (group commit). No guard model: a guard is a model inference per request and is
-# measured separately (docs/benchmarks.md, guard latency). Needs wrk (apt-get install wrk).
+# fsynced (group commit); with the checks off to the same fake upstream over HTTPS (a CA made
+# for the run with openssl, given as the entry's ca_file). With SAFEGATE_BASELINE=BINARY, one
+# more row: that binary (e.g. an earlier build) with the checks off, for a before/after in
+# the same run. No guard model: a guard is a model inference per request and is measured
+# separately (docs/benchmarks.md, guard latency). Needs wrk (apt-get install wrk), openssl.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 LAT=${1:-20}; CONN=${2:-32}; SECS=${3:-15}
@@ -18,8 +21,17 @@ trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$wo
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_up() { for _ in $(seq 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "not up: $1" >&2; exit 1; }
 
-UP=$(free_port)
-target/release/examples/fake_upstream "127.0.0.1:$UP" "$LAT" & 
+UP=$(free_port); UPS=$(free_port)
+target/release/examples/fake_upstream "127.0.0.1:$UP" "$LAT" &
+# A CA and a server certificate for 127.0.0.1, for the HTTPS upstream.
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=bench CA" \
+  -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+  -keyout "$work/server.key" -out "$work/server.csr" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\n' > "$work/san.ext"
+openssl x509 -req -in "$work/server.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" \
+  -CAcreateserial -days 1 -extfile "$work/san.ext" -out "$work/server.pem" 2>/dev/null
+target/release/examples/fake_upstream "127.0.0.1:$UPS" "$LAT" "$work/server.pem" "$work/server.key" &
 mkdir -p "$work/off" "$work/on"
 cat > "$work/off/default.yaml" <<'YAML'
 name: default
@@ -29,15 +41,25 @@ cat > "$work/on/default.yaml" <<'YAML'
 name: default
 YAML
 printf '[[models]]\nname = "fake"\nupstream = "http://127.0.0.1:%s/v1"\n' "$UP" > "$work/config.toml"
+printf '[[models]]\nname = "fake"\nupstream = "https://127.0.0.1:%s/v1"\nca_file = "%s"\n' \
+  "$UPS" "$work/ca.pem" > "$work/config-https.toml"
 
-G1=$(free_port); G2=$(free_port); G3=$(free_port)
+G1=$(free_port); G2=$(free_port); G3=$(free_port); G4=$(free_port); G5=$(free_port)
 target/release/safegate serve --config "$work/config.toml" --listen "127.0.0.1:$G1" \
   --policies "$work/off" --audit-log off 2>/dev/null &
 target/release/safegate serve --config "$work/config.toml" --listen "127.0.0.1:$G2" \
   --policies "$work/on" --audit-log off 2>/dev/null &
 target/release/safegate serve --config "$work/config.toml" --listen "127.0.0.1:$G3" \
   --policies "$work/on" --audit-log "$work/audit.jsonl" 2>/dev/null &
-for g in $G1 $G2 $G3; do wait_up "http://127.0.0.1:$g/healthz"; done
+target/release/safegate serve --config "$work/config-https.toml" --listen "127.0.0.1:$G4" \
+  --policies "$work/off" --audit-log off 2>/dev/null &
+GATEWAYS="$G1 $G2 $G3 $G4"
+if [ -n "${SAFEGATE_BASELINE:-}" ]; then
+  "$SAFEGATE_BASELINE" serve --config "$work/config.toml" --listen "127.0.0.1:$G5" \
+    --policies "$work/off" --audit-log off 2>/dev/null &
+  GATEWAYS="$GATEWAYS $G5"
+fi
+for g in $GATEWAYS; do wait_up "http://127.0.0.1:$g/healthz"; done
 
 cat > "$work/post.lua" <<'LUA'
 wrk.method = "POST"
@@ -47,7 +69,7 @@ LUA
 sed 's/"stream": true/"stream": false/' "$work/post.lua" > "$work/post-whole.lua"
 
 run() { # label url script
-  local out; out=$(wrk -t2 -c"$CONN" -d"${SECS}s" --latency -s "$3" "$2")
+  local out; out=$(wrk -t"$(( CONN < 2 ? 1 : 2 ))" -c"$CONN" -d"${SECS}s" --latency -s "$3" "$2")
   local rps p50 p99
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out"); p99=$(awk '$1=="99%" {print $2}' <<<"$out")
@@ -61,5 +83,9 @@ echo "|---|---|---|---|---|"
 run "direct to the fake upstream" "http://127.0.0.1:$UP/v1/chat/completions" "$work/post.lua"
 run "safegate, checks off, audit off (client non-stream)" "http://127.0.0.1:$G1/v1/chat/completions" "$work/post-whole.lua"
 run "safegate, checks off, audit off (client stream)" "http://127.0.0.1:$G1/v1/chat/completions" "$work/post.lua"
+run "safegate, checks off, audit off, HTTPS upstream (client non-stream)" "http://127.0.0.1:$G4/v1/chat/completions" "$work/post-whole.lua"
+if [ -n "${SAFEGATE_BASELINE:-}" ]; then
+  run "baseline $(basename "$SAFEGATE_BASELINE"), checks off, audit off (client non-stream)" "http://127.0.0.1:$G5/v1/chat/completions" "$work/post-whole.lua"
+fi
 run "safegate, shield on, audit off (client non-stream)" "http://127.0.0.1:$G2/v1/chat/completions" "$work/post-whole.lua"
 run "safegate, shield on, audit fsynced per request (client non-stream)" "http://127.0.0.1:$G3/v1/chat/completions" "$work/post-whole.lua"
