@@ -98,8 +98,14 @@ fn private_ca(dir: &std::path::Path) -> (std::path::PathBuf, rustls::ServerConfi
 }
 
 /// An HTTPS upstream (HTTP/1.1 over TLS) streaming `words` words per request; counts the
-/// requests whose TLS handshake succeeded.
-fn tls_upstream(config: rustls::ServerConfig, words: usize, served: Arc<AtomicUsize>) -> String {
+/// requests whose TLS handshake succeeded, and keeps the protocols each client offered
+/// (ALPN).
+fn tls_upstream(
+    config: rustls::ServerConfig,
+    words: usize,
+    served: Arc<AtomicUsize>,
+    offered: Arc<std::sync::Mutex<Vec<Vec<String>>>>,
+) -> String {
     let config = Arc::new(config);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!(
@@ -111,8 +117,34 @@ fn tls_upstream(config: rustls::ServerConfig, words: usize, served: Arc<AtomicUs
             let Ok(stream) = stream else { return };
             let config = config.clone();
             let served = served.clone();
+            let offered = offered.clone();
             std::thread::spawn(move || {
-                let conn = rustls::ServerConnection::new(config).unwrap();
+                let mut stream = stream;
+                let mut acceptor = rustls::server::Acceptor::default();
+                let accepted = loop {
+                    if acceptor.read_tls(&mut stream).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    match acceptor.accept() {
+                        Ok(Some(accepted)) => break accepted,
+                        Ok(None) => continue,
+                        Err(_) => return,
+                    }
+                };
+                let alpn = accepted
+                    .client_hello()
+                    .alpn()
+                    .map(|protocols| {
+                        protocols
+                            .map(|p| String::from_utf8_lossy(p).into_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                offered.lock().unwrap().push(alpn);
+                // HTTP/1.1 only here: the client must fall back to it.
+                let Ok(conn) = accepted.into_connection(config) else {
+                    return;
+                };
                 let mut tls = rustls::StreamOwned::new(conn, stream);
                 let mut reader = BufReader::new(&mut tls);
                 // The handshake happens on the first read; a client that refuses the
@@ -137,7 +169,8 @@ fn an_https_upstream_with_a_private_ca() {
     let dir = tempfile::tempdir().unwrap();
     let (ca_file, tls) = private_ca(dir.path());
     let served = counter();
-    let url = tls_upstream(tls, 6, served.clone());
+    let offered = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let url = tls_upstream(tls, 6, served.clone(), offered.clone());
     let server = gateway(
         &dir,
         &[
@@ -183,6 +216,8 @@ fn an_https_upstream_with_a_private_ca() {
         assert_eq!(body["content"], "w0 w1 w2 w3 w4 w5 ", "stream={stream}");
     }
     assert_eq!(served.load(Ordering::SeqCst), 2);
+    // HTTP/2 is offered (ALPN), HTTP/1.1 taken when the server has only that.
+    assert_eq!(offered.lock().unwrap()[0], ["h2", "http/1.1"]);
     // Without the CA the certificate is refused: no request reaches the upstream.
     let (status, body) = post(
         &server.base,
