@@ -137,8 +137,10 @@ pub struct RemoteGuardConfig {
     /// prompts are sent as token ids, tokenized here so user text never becomes special
     /// tokens on the server.
     pub tokenizer: PathBuf,
-    /// Environment variable holding the server's bearer token.
+    /// Environment variable holding the server's bearer token (it must be set).
     pub api_key_env: Option<String>,
+    /// CA certificates (PEM) trusted for an https:// server, besides the system's.
+    pub ca_file: Option<PathBuf>,
     #[serde(default = "default_guard_timeout")]
     pub timeout_ms: u64,
     #[serde(default = "default_guard_retries")]
@@ -353,6 +355,9 @@ fn read_file(path: &Path) -> Result<FileConfig> {
     }
     if let Some(g) = cfg.guard_remote.as_mut() {
         rebase(&mut g.tokenizer);
+        if let Some(p) = g.ca_file.as_mut() {
+            rebase(p);
+        }
     }
     if let Some(p) = cfg.tracing.as_mut().and_then(|t| t.ca_file.as_mut()) {
         rebase(p);

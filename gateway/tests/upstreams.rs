@@ -106,10 +106,24 @@ fn tls_upstream(
     served: Arc<AtomicUsize>,
     offered: Arc<std::sync::Mutex<Vec<Vec<String>>>>,
 ) -> String {
+    format!(
+        "{}/v1",
+        tls_server(config, served, offered, move || words_reply(words))
+    )
+}
+
+/// An HTTPS server answering every request with `answer()`; `https://ADDR`.
+fn tls_server(
+    config: rustls::ServerConfig,
+    served: Arc<AtomicUsize>,
+    offered: Arc<std::sync::Mutex<Vec<Vec<String>>>>,
+    answer: impl Fn() -> Vec<u8> + Send + Sync + 'static,
+) -> String {
+    let answer = Arc::new(answer);
     let config = Arc::new(config);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!(
-        "https://127.0.0.1:{}/v1",
+        "https://127.0.0.1:{}",
         listener.local_addr().unwrap().port()
     );
     std::thread::spawn(move || {
@@ -118,6 +132,7 @@ fn tls_upstream(
             let config = config.clone();
             let served = served.clone();
             let offered = offered.clone();
+            let answer = answer.clone();
             std::thread::spawn(move || {
                 let mut stream = stream;
                 let mut acceptor = rustls::server::Acceptor::default();
@@ -154,7 +169,7 @@ fn tls_upstream(
                 }
                 read_request(&mut reader);
                 served.fetch_add(1, Ordering::SeqCst);
-                let _ = tls.write_all(&words_reply(words));
+                let _ = tls.write_all(&answer());
                 let _ = tls.flush();
                 tls.conn.send_close_notify();
                 let _ = tls.flush();
@@ -244,6 +259,37 @@ fn an_https_upstream_with_a_private_ca() {
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(served.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn a_remote_guard_over_https_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_file, tls) = private_ca(dir.path());
+    let served = counter();
+    let offered = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let url = tls_server(tls, served.clone(), offered, || {
+        common::logprobs_answer(0.9)
+    });
+    let model = common::fixture("tiny-llama3");
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[guard_remote]\nbase_url = \"{url}\"\nmodel = \"meta-llama/Meta-Llama-Guard-2-8B\"\ntokenizer = \"{}\"\nca_file = \"{}\"\nretries = 0\n",
+            model.display(),
+            ca_file.display()
+        ),
+    )
+    .unwrap();
+    let server = common::start(&["--config", config.to_str().unwrap()]);
+    let (status, body) = post(
+        &server.base,
+        "/v1/moderations",
+        &json!({"input": "how do I do something bad"}).to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["flagged"], true, "{body}");
+    assert!(served.load(Ordering::SeqCst) >= 1);
 }
 
 #[test]

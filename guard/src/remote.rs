@@ -25,6 +25,8 @@ pub struct RemoteConfig {
     pub retries: u32,
     /// How many alternatives the server returns per position.
     pub top_logprobs: u32,
+    /// TLS settings for an `https://` server (None: plain HTTP only).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Default for RemoteConfig {
@@ -36,6 +38,7 @@ impl Default for RemoteConfig {
             timeout: Duration::from_secs(5),
             retries: 2,
             top_logprobs: 20,
+            tls: None,
         }
     }
 }
@@ -50,7 +53,11 @@ pub struct RemoteGuard {
 impl RemoteGuard {
     /// `tokenizer` is the guard model's (its `tokenizer.json`), `bos` its BOS id.
     pub fn new(config: RemoteConfig, tokenizer: ChatTokenizer, bos: Option<u32>) -> Self {
-        let agent = ureq::AgentBuilder::new().timeout(config.timeout).build();
+        let mut agent = ureq::AgentBuilder::new().timeout(config.timeout);
+        if let Some(tls) = &config.tls {
+            agent = agent.tls_config(tls.clone());
+        }
+        let agent = agent.build();
         Self {
             config,
             tokenizer,

@@ -121,12 +121,36 @@ pub fn run(cli: &Cli, serve_args: &ServeArgs) -> Result<()> {
             .ok()
             .and_then(|c| c.bos_token_id)
             .or_else(|| tokenizer.token_id("<|begin_of_text|>"));
+        let api_key = match &r.api_key_env {
+            Some(var) => Some(
+                std::env::var(var)
+                    .ok()
+                    .filter(|k| !k.is_empty())
+                    .with_context(|| format!("guard_remote.api_key_env: {var} is not set"))?,
+            ),
+            None => None,
+        };
+        // https:// with the same trust as upstream models: system roots plus a CA file.
+        let tls = if r.base_url.starts_with("https://") {
+            Some(Arc::new(
+                safegate_upstream::tls::client_config(r.ca_file.as_deref())
+                    .map_err(|e| anyhow::anyhow!("guard_remote: {e}"))?,
+            ))
+        } else if r.base_url.starts_with("http://") {
+            None
+        } else {
+            bail!(
+                "guard_remote.base_url must be an http:// or https:// URL; got `{}`",
+                r.base_url
+            );
+        };
         let config = RemoteConfig {
             base_url: r.base_url.clone(),
             model: r.model.clone(),
-            api_key: r.api_key_env.as_ref().and_then(|v| std::env::var(v).ok()),
+            api_key,
             timeout: std::time::Duration::from_millis(r.timeout_ms),
             retries: r.retries,
+            tls,
             ..Default::default()
         };
         guard = Some(Arc::new(RemoteGuard::new(config, tokenizer, bos)));
