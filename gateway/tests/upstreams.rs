@@ -915,3 +915,39 @@ fn traces_reach_an_otlp_receiver_with_stages_parents_and_the_upstream_linked() {
         "{rules}"
     );
 }
+
+#[test]
+fn spans_still_queued_at_sigterm_are_sent_before_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (receiver, spans) = otlp_receiver();
+    let url = upstream(counter(), |_| words_reply(2));
+    let config = dir.path().join("gateway.toml");
+    // A batch would wait a minute: only the flush at shutdown sends it.
+    std::fs::write(
+        &config,
+        format!(
+            "[tracing]\notlp_endpoint = \"{receiver}/v1/traces\"\nexport_interval_ms = 60000\n\n[[models]]\nname = \"m\"\nupstream = \"{url}\"\n"
+        ),
+    )
+    .unwrap();
+    let mut server = common::start(&["--config", config.to_str().unwrap(), "--audit-log", "off"]);
+    let (status, body) = post(&server.base, "/v1/chat/completions", &chat("m", 10, false));
+    assert_eq!(status, 200, "{body}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(spans.lock().unwrap().is_empty());
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let t0 = Instant::now();
+    while server.child.try_wait().unwrap().is_none() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let spans = spans.lock().unwrap().clone();
+    assert!(
+        spans.iter().any(|s| s["name"] == "chat m"),
+        "{} spans after exit",
+        spans.len()
+    );
+}

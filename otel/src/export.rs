@@ -27,8 +27,14 @@ pub struct ExporterConfig {
 
 /// The sending side; cheap to share.
 pub struct Exporter {
-    tx: SyncSender<SpanData>,
+    tx: SyncSender<Message>,
     stats: Arc<Stats>,
+}
+
+enum Message {
+    Span(Box<SpanData>),
+    /// Send what is queued, then say so and stop.
+    Flush(std::sync::mpsc::Sender<()>),
 }
 
 #[derive(Default)]
@@ -68,13 +74,31 @@ impl Exporter {
     /// Queues spans for export; never waits (a full queue drops them).
     pub fn export(&self, spans: impl IntoIterator<Item = SpanData>) {
         for span in spans {
-            match self.tx.try_send(span) {
+            match self.tx.try_send(Message::Span(Box::new(span))) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                     self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
+    }
+
+    /// At shutdown: sends what is queued, waiting at most `limit`.
+    pub fn flush(&self, limit: Duration) {
+        let (done, wait) = std::sync::mpsc::channel();
+        let deadline = Instant::now() + limit;
+        let mut message = Message::Flush(done);
+        loop {
+            match self.tx.try_send(message) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                    message = m;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(_) => return,
+            }
+        }
+        let _ = wait.recv_timeout(deadline.saturating_duration_since(Instant::now()));
     }
 
     /// (exported, dropped, failed) spans so far.
@@ -90,7 +114,7 @@ impl Exporter {
 fn run(
     config: ExporterConfig,
     tls: Option<rustls::ClientConfig>,
-    rx: Receiver<SpanData>,
+    rx: Receiver<Message>,
     stats: &Stats,
 ) {
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
@@ -120,9 +144,15 @@ fn run(
     loop {
         let deadline = Instant::now() + config.interval;
         let mut closed = false;
+        let mut flushed = None;
         while batch.len() < config.batch {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(span) => batch.push(span),
+                Ok(Message::Span(span)) => batch.push(*span),
+                Ok(Message::Flush(done)) => {
+                    flushed = Some(done);
+                    closed = true;
+                    break;
+                }
                 Err(RecvTimeoutError::Timeout) => break,
                 Err(RecvTimeoutError::Disconnected) => {
                     closed = true;
@@ -161,6 +191,9 @@ fn run(
             batch.clear();
         }
         if closed {
+            if let Some(done) = flushed {
+                let _ = done.send(());
+            }
             return;
         }
     }

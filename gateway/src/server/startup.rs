@@ -230,6 +230,7 @@ pub fn run(cli: &Cli, serve_args: &ServeArgs) -> Result<()> {
     let shutdown_grace = args.limits.shutdown_grace_s;
     let system = actix_web::rt::System::new();
     let sighup = args.policies.clone().map(|p| (state.clone(), p));
+    let at_exit = state.clone();
     system.block_on(async move {
         if let Some((state, paths)) = sighup {
             reload::spawn_sighup(state, paths);
@@ -292,5 +293,8 @@ pub fn run(cli: &Cli, serve_args: &ServeArgs) -> Result<()> {
         }
         api
     })?;
+    if let Some(tracing) = &at_exit.tracing {
+        tracing.flush();
+    }
     Ok(())
 }

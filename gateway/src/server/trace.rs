@@ -49,6 +49,13 @@ impl Tracing {
     }
 }
 
+impl Tracing {
+    /// At shutdown: the spans still queued go out (a few seconds at most).
+    pub fn flush(&self) {
+        self.exporter.flush(Duration::from_secs(5));
+    }
+}
+
 struct Stage {
     name: String,
     kind: SpanKind,
