@@ -39,9 +39,47 @@ pub struct FileConfig {
     /// Llama Guard on an OpenAI-compatible completions server with logprobs (vLLM), shared
     /// by all replicas, instead of a local guard model.
     pub guard_remote: Option<RemoteGuardConfig>,
+    /// Rate limits and token budgets shared by all replicas (without it each process keeps
+    /// its own).
+    pub redis: Option<RedisConfig>,
     /// OpenTelemetry traces (OTLP over HTTP); off without this section or the standard
     /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT` variables.
     pub tracing: Option<TracingConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`; the password may come from `password_env`.
+    pub url: String,
+    /// Environment variable holding the password (kept out of the config text).
+    pub password_env: Option<String>,
+    /// Time for one limiter round trip (connect included); past it `on_error` applies.
+    #[serde(default = "default_redis_timeout")]
+    pub timeout_ms: u64,
+    /// When Redis cannot answer: `local` (each replica's own buckets and windows, with a
+    /// warning and a metric) or `closed` (503 until Redis answers again).
+    #[serde(default)]
+    pub on_error: RedisOnError,
+    /// Prefix of the keys safegate writes.
+    #[serde(default = "default_redis_prefix")]
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisOnError {
+    #[default]
+    Local,
+    Closed,
+}
+
+fn default_redis_timeout() -> u64 {
+    250
+}
+
+fn default_redis_prefix() -> String {
+    "safegate".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -283,6 +321,12 @@ pub struct KeyConfig {
     pub group: Option<String>,
     /// Requests per minute (token bucket); unset is unlimited.
     pub requests_per_minute: Option<u32>,
+    /// Model tokens (prompt + completion) per calendar minute (UTC); unset is unlimited. A
+    /// request is refused once the window's spending reached it; what a request spends is
+    /// counted when it ends.
+    pub tokens_per_minute: Option<u64>,
+    /// Model tokens per calendar day (UTC).
+    pub tokens_per_day: Option<u64>,
     /// Endpoints this key may call (chat, moderations, guard, shield, models); unset is all.
     pub endpoints: Option<Vec<String>>,
 }
@@ -315,6 +359,7 @@ pub struct Settings {
     pub upstreams: Vec<UpstreamModel>,
     pub guard_remote: Option<RemoteGuardConfig>,
     pub tracing: Option<TracingConfig>,
+    pub redis: Option<RedisConfig>,
 }
 
 pub fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
@@ -443,8 +488,11 @@ impl Settings {
             if !seen_hashes.insert(hash) {
                 bail!("{at}: the same key hash is listed twice");
             }
-            if k.requests_per_minute == Some(0) {
-                bail!("{at}: requests_per_minute must be at least 1 (leave it out for no limit)");
+            if k.requests_per_minute == Some(0)
+                || k.tokens_per_minute == Some(0)
+                || k.tokens_per_day == Some(0)
+            {
+                bail!("{at}: requests_per_minute, tokens_per_minute and tokens_per_day must be at least 1 (leave one out for no limit)");
             }
             for e in k.endpoints.iter().flatten() {
                 if !ENDPOINTS.contains(&e.as_str()) {
@@ -521,6 +569,18 @@ impl Settings {
                 }
             }
         }
+        if let Some(r) = &file.redis {
+            if !r.url.starts_with("redis://") && !r.url.starts_with("redis+unix://") {
+                bail!(
+                    "{}: [redis] url must be redis://HOST:PORT (or redis+unix://PATH); got `{}`",
+                    where_(),
+                    r.url
+                );
+            }
+            if r.timeout_ms == 0 {
+                bail!("{}: [redis] timeout_ms must be at least 1", where_());
+            }
+        }
         let limits = file.limits.clone().unwrap_or_default();
         if limits.max_messages == 0
             || limits.max_tokens == 0
@@ -575,6 +635,7 @@ impl Settings {
             upstreams: file.models,
             guard_remote: file.guard_remote,
             tracing,
+            redis: file.redis,
         })
     }
 }

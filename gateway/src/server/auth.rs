@@ -1,53 +1,37 @@
 //! Bearer-token authentication, per-key endpoint permissions and rate limits.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Instant;
 
 use actix_web::http::StatusCode;
 use actix_web::HttpRequest;
 
+use super::limiter::Limits;
 use super::ApiError;
 use crate::config::{sha256, KeyConfig};
+
+fn keys_limits(keys: &[KeyConfig]) -> HashMap<String, Limits> {
+    keys.iter().map(|k| (k.id.clone(), Limits::of(k))).collect()
+}
 
 /// Who is calling.
 #[derive(Debug, Clone, Default)]
 pub struct Caller {
     pub group: Option<String>,
+    /// The key's id and its limits (None: keyless).
+    pub key: Option<(String, Limits)>,
 }
 
 struct Key {
     id: String,
     group: Option<String>,
     endpoints: Option<Vec<String>>,
-    limiter: Option<Mutex<Bucket>>,
-}
-
-/// Token bucket: `capacity` requests, refilled at `capacity` per minute.
-struct Bucket {
-    capacity: f64,
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    /// Takes one request; `Err(seconds)` until the next one is allowed.
-    fn take(&mut self, now: Instant) -> Result<(), u64> {
-        let per_second = self.capacity / 60.0;
-        let elapsed = now.duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * per_second).min(self.capacity);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - self.tokens) / per_second).ceil().max(1.0) as u64)
-        }
-    }
+    limits: Limits,
 }
 
 pub struct KeyStore {
     keys: HashMap<[u8; 32], Key>,
+    /// Limits by key id (for spending a finished request's tokens).
+    limits: HashMap<String, Limits>,
     /// Keyless on loopback: refuse what only a browser would send (see `browser_check`).
     loopback_only: bool,
 }
@@ -138,30 +122,25 @@ pub fn unauthorized(message: &str) -> ApiError {
 
 impl KeyStore {
     pub fn new(keys: &[KeyConfig]) -> Self {
+        let keys_config = keys;
         let keys = keys
             .iter()
             .filter_map(|k| {
                 let hash = crate::config::parse_sha256(&k.sha256)?;
-                let limiter = k.requests_per_minute.map(|rpm| {
-                    Mutex::new(Bucket {
-                        capacity: f64::from(rpm),
-                        tokens: f64::from(rpm),
-                        at: Instant::now(),
-                    })
-                });
                 Some((
                     hash,
                     Key {
                         id: k.id.clone(),
                         group: k.group.clone(),
                         endpoints: k.endpoints.clone(),
-                        limiter,
+                        limits: Limits::of(k),
                     },
                 ))
             })
             .collect();
         Self {
             keys,
+            limits: keys_limits(keys_config),
             loopback_only: false,
         }
     }
@@ -174,6 +153,11 @@ impl KeyStore {
 
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    /// The limits of the key with this id.
+    pub fn limits(&self, id: &str) -> Option<&Limits> {
+        self.limits.get(id)
     }
 
     /// What can be checked from the headers alone, before the body is read: without keys,
@@ -200,8 +184,8 @@ impl KeyStore {
     /// With no keys configured everyone is an anonymous caller (the server is on loopback;
     /// requests only a browser would send are refused, `browser_check`).
     /// Otherwise: 401 for a missing or unknown key, 403 for an endpoint the key may not
-    /// call, 429 (with Retry-After) past its rate limit. `key_id` is set as soon as the key
-    /// is known, so that refusals are audited under it.
+    /// call (its limits are the limiter's, `Caller::key`). `key_id` is set as soon as the
+    /// key is known, so that refusals are audited under it.
     pub fn authenticate(
         &self,
         req: &HttpRequest,
@@ -236,20 +220,9 @@ impl KeyStore {
                 });
             }
         }
-        if let Some(limiter) = &key.limiter {
-            let mut bucket = limiter.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(retry_after) = bucket.take(Instant::now()) {
-                return Err(ApiError {
-                    retry_after: Some(retry_after),
-                    ..ApiError::rate_limited(format!(
-                        "rate limit of API key `{}` reached; retry in {retry_after} s",
-                        key.id
-                    ))
-                });
-            }
-        }
         Ok(Caller {
             group: key.group.clone(),
+            key: Some((key.id.clone(), key.limits)),
         })
     }
 }
@@ -288,21 +261,5 @@ mod tests {
         ] {
             assert!(!loopback_host(bad), "{bad}");
         }
-    }
-
-    #[test]
-    fn the_bucket_allows_its_rate_and_says_when_to_retry() {
-        let t0 = Instant::now();
-        let mut b = Bucket {
-            capacity: 2.0,
-            tokens: 2.0,
-            at: t0,
-        };
-        assert!(b.take(t0).is_ok());
-        assert!(b.take(t0).is_ok());
-        assert_eq!(b.take(t0), Err(30), "2 per minute: one more in 30 s");
-        let later = t0 + std::time::Duration::from_secs(31);
-        assert!(b.take(later).is_ok());
-        assert!(b.take(later).is_err());
     }
 }

@@ -115,7 +115,7 @@ async fn prepare(
     body: Body,
     audit: &mut AuditRecord,
 ) -> Result<Prepared, ApiError> {
-    let caller = respond::authorize(state, http, "chat", audit)?;
+    let caller = respond::authorize(state, http, "chat", audit).await?;
     let body = body.0?;
     let limits = safegate_api::ChatLimits {
         max_messages: state.limits.max_messages,

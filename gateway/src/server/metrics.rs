@@ -26,6 +26,7 @@ pub struct Metrics {
     pub guard_batch_rows: prometheus::IntCounter,
     pub decode_steps: prometheus::IntCounter,
     pub upstream: UpstreamMetrics,
+    pub limiter: LimiterMetrics,
     /// Serialises the catch-up of the counters kept by the engines between concurrent scrapes.
     catch_up: std::sync::Mutex<()>,
 }
@@ -187,6 +188,7 @@ impl Metrics {
             )?,
         )?;
         let upstream = UpstreamMetrics::new(&registry)?;
+        let limiter = LimiterMetrics::new(&registry)?;
         // Series a dashboard or an alert reads exist from start-up, at 0, so panels show 0
         // rather than "no data" until the first error or reload.
         for check in ["guard", "shield"] {
@@ -218,6 +220,7 @@ impl Metrics {
             guard_batch_rows,
             decode_steps,
             upstream,
+            limiter,
             catch_up: std::sync::Mutex::new(()),
         })
     }
@@ -318,6 +321,94 @@ impl UpstreamMetrics {
 
     pub fn open_calls(&self, name: &str, open: usize) {
         self.open.with_label_values(&[name]).set(open as i64);
+    }
+}
+
+/// The rate limiter: refusals by reason; with `[redis]`, its round trips and failures.
+#[derive(Clone)]
+pub struct LimiterMetrics {
+    rejections: IntCounterVec,
+    redis_errors: IntCounterVec,
+    redis_latency: prometheus::Histogram,
+    local_fallbacks: prometheus::IntCounter,
+}
+
+impl LimiterMetrics {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let rejections = registered(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "safegate_ratelimit_rejections_total",
+                    "Requests refused by a key's limits (429), by reason: requests, tokens_per_minute, tokens_per_day",
+                ),
+                &["reason"],
+            )?,
+        )?;
+        let redis_errors = registered(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "safegate_ratelimit_redis_errors_total",
+                    "Shared limiter calls to Redis that failed, by kind (timeout, error)",
+                ),
+                &["kind"],
+            )?,
+        )?;
+        let redis_latency = registered(
+            registry,
+            prometheus::Histogram::with_opts(
+                HistogramOpts::new(
+                    "safegate_ratelimit_redis_seconds",
+                    "Round trip of the shared limiter's admission script",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    1.0,
+                ]),
+            )?,
+        )?;
+        let local_fallbacks = registered(
+            registry,
+            prometheus::IntCounter::new(
+                "safegate_ratelimit_local_fallbacks_total",
+                "Requests judged by this replica's own limits because Redis could not answer",
+            )?,
+        )?;
+        for reason in ["requests", "tokens_per_minute", "tokens_per_day"] {
+            rejections.with_label_values(&[reason]);
+        }
+        for kind in ["timeout", "error"] {
+            redis_errors.with_label_values(&[kind]);
+        }
+        Ok(Self {
+            rejections,
+            redis_errors,
+            redis_latency,
+            local_fallbacks,
+        })
+    }
+
+    pub fn rejected(&self, reason: &str) {
+        self.rejections.with_label_values(&[reason]).inc();
+    }
+
+    pub fn redis_error(&self, why: &str) {
+        let why = why.to_ascii_lowercase();
+        let kind = if why.contains("timeout") || why.contains("timed out") {
+            "timeout"
+        } else {
+            "error"
+        };
+        self.redis_errors.with_label_values(&[kind]).inc();
+    }
+
+    pub fn redis_seconds(&self, d: std::time::Duration) {
+        self.redis_latency.observe(d.as_secs_f64());
+    }
+
+    pub fn local_fallback(&self) {
+        self.local_fallbacks.inc();
     }
 }
 

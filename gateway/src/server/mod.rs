@@ -18,6 +18,7 @@ mod backend;
 mod chat;
 mod checks;
 mod error;
+mod limiter;
 mod metrics;
 mod moderation;
 mod reload;
@@ -59,6 +60,8 @@ pub struct AppState {
     /// Largest request body (413 past it).
     pub max_body_bytes: usize,
     pub upstreams: Vec<Arc<upstream::Target>>,
+    /// Per-key request rates and token budgets (local, or shared on Redis).
+    pub limiter: Arc<limiter::Limiter>,
     /// OpenTelemetry traces (None: off).
     pub tracing: Option<trace::Tracing>,
 }
@@ -183,7 +186,14 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 async fn models(state: web::Data<AppState>, req: actix_web::HttpRequest) -> HttpResponse {
-    if let Err(e) = state.keys.authenticate(&req, "models", &mut None) {
+    let admitted = match state.keys.authenticate(&req, "models", &mut None) {
+        Ok(caller) => match &caller.key {
+            Some((id, limits)) => state.limiter.admit(id, limits).await,
+            None => Ok(()),
+        },
+        Err(e) => Err(e),
+    };
+    if let Err(e) = admitted {
         return e.into_response();
     }
     let data: Vec<serde_json::Value> = state

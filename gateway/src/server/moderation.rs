@@ -31,7 +31,7 @@ pub async fn moderations(state: web::Data<AppState>, req: HttpRequest, body: Bod
     let t0 = Instant::now();
     let mut audit = AuditRecord::default();
     let result = async {
-        let caller = authorize(&state, &req, "moderations", &mut audit)?;
+        let caller = authorize(&state, &req, "moderations", &mut audit).await?;
         let body = body.0?;
         let inputs = parse_request(&body, safegate_api::parse_moderation)?;
         require_guard(&state)?;
@@ -94,7 +94,7 @@ pub async fn guard_classify(
     let t0 = Instant::now();
     let mut audit = AuditRecord::default();
     let result = async {
-        let caller = authorize(&state, &req, "guard", &mut audit)?;
+        let caller = authorize(&state, &req, "guard", &mut audit).await?;
         let body = body.0?;
         let request = parse_request(&body, safegate_api::parse_classify)?;
         let stage = match request.agent_type {

@@ -124,7 +124,7 @@ pub(super) fn parse_request<T>(
 
 /// Authenticates the caller for `endpoint`; the key id (never the key) goes to the audit
 /// record, refusals included.
-pub(super) fn authorize(
+pub(super) async fn authorize(
     state: &AppState,
     req: &HttpRequest,
     endpoint: &str,
@@ -133,7 +133,11 @@ pub(super) fn authorize(
     let mut key_id = None;
     let result = state.keys.authenticate(req, endpoint, &mut key_id);
     audit.key_id = key_id;
-    result
+    let caller = result?;
+    if let Some((id, limits)) = &caller.key {
+        state.limiter.admit(id, limits).await?;
+    }
+    Ok(caller)
 }
 
 /// Counts a finished request: its latency, its outcome and the reply bytes it released.
@@ -206,6 +210,13 @@ pub(super) async fn write_audit(
     t0: Instant,
     mut record: AuditRecord,
 ) -> std::io::Result<()> {
+    // The tokens a finished request used go to its key's budgets.
+    if let (Some(id), Some(usage)) = (&record.key_id, &record.usage) {
+        if let Some(limits) = state.keys.limits(id) {
+            let tokens = (usage.prompt_tokens + usage.completion_tokens) as u64;
+            state.limiter.spend(id, limits, tokens);
+        }
+    }
     let Some(log) = &state.audit else {
         super::trace::finish(state.tracing.as_ref(), &record);
         return Ok(());

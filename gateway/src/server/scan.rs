@@ -16,7 +16,7 @@ pub async fn shield_scan(state: web::Data<AppState>, req: HttpRequest, body: Bod
     let t0 = Instant::now();
     let mut audit = AuditRecord::default();
     let result = async {
-        let caller = authorize(&state, &req, "shield", &mut audit)?;
+        let caller = authorize(&state, &req, "shield", &mut audit).await?;
         let body = body.0?;
         let request = parse_request(&body, safegate_api::parse_scan)?;
         let language = match &request.language {

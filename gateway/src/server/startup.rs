@@ -15,7 +15,7 @@ use safegate_guard::{
 use safegate_policies::{PolicySet, PolicyStore};
 use safegate_shield::Shield;
 
-use super::{audit, auth, reload, trace, upstream, AppState, Metrics};
+use super::{audit, auth, limiter, reload, trace, upstream, AppState, Metrics};
 use crate::cli::{Cli, ServeArgs};
 use crate::config::Settings;
 
@@ -164,6 +164,10 @@ pub fn run(cli: &Cli, serve_args: &ServeArgs) -> Result<()> {
         );
     }
     let metrics = Metrics::new()?;
+    let limiter = Arc::new(limiter::Limiter::new(
+        args.redis.as_ref(),
+        metrics.limiter.clone(),
+    )?);
     let upstreams = upstream::build_targets(&args.upstreams)?;
     for t in &upstreams {
         metrics.upstream.declare(t.name());
@@ -198,6 +202,7 @@ pub fn run(cli: &Cli, serve_args: &ServeArgs) -> Result<()> {
         limits: args.limits.clone(),
         max_body_bytes: args.max_body_bytes,
         upstreams,
+        limiter,
         tracing: args
             .tracing
             .as_ref()
