@@ -251,7 +251,12 @@ struct Shared {
     on_error: RedisOnError,
     admit: redis::Script,
     spend: redis::Script,
+    /// After a failure Redis is left alone for a second (unix ms until then): during an
+    /// outage a request pays the time budget once a second at most, not every time.
+    resting_until_ms: std::sync::atomic::AtomicU64,
 }
+
+const REST_AFTER_FAILURE_MS: u64 = 1_000;
 
 thread_local! {
     /// One multiplexed connection per worker thread (reconnecting on its own).
@@ -378,6 +383,7 @@ impl Limiter {
                     on_error: r.on_error,
                     admit: redis::Script::new(ADMIT),
                     spend: redis::Script::new(SPEND),
+                    resting_until_ms: std::sync::atomic::AtomicU64::new(0),
                 })
             }
             None => None,
@@ -398,30 +404,40 @@ impl Limiter {
         let decided = match &self.shared {
             None => self.local.admit(key, limits, now),
             Some(shared) => {
-                let t = Instant::now();
-                let answer = shared.admit(key, limits, now).await;
-                self.metrics.redis_seconds(t.elapsed());
+                use std::sync::atomic::Ordering;
+                let now_ms = (now * 1e3) as u64;
+                let answer = if now_ms < shared.resting_until_ms.load(Ordering::Relaxed) {
+                    Err("resting after a failure".to_string())
+                } else {
+                    let t = Instant::now();
+                    let answer = shared.admit(key, limits, now).await;
+                    self.metrics.redis_seconds(t.elapsed());
+                    if let Err(why) = &answer {
+                        self.metrics.redis_error(why);
+                        shared
+                            .resting_until_ms
+                            .store(now_ms + REST_AFTER_FAILURE_MS, Ordering::Relaxed);
+                    }
+                    answer
+                };
                 match answer {
                     Ok(decided) => decided,
-                    Err(why) => {
-                        self.metrics.redis_error(&why);
-                        match shared.on_error {
-                            RedisOnError::Closed => {
-                                tracing::warn!(error = %why, "the shared rate limiter cannot be reached; refusing (on_error = closed)");
-                                return Err(ApiError {
-                                    code: Some("rate_limiter_unavailable".into()),
-                                    ..ApiError::unavailable(
-                                        "the shared rate limiter cannot be reached; retry shortly",
-                                    )
-                                });
-                            }
-                            RedisOnError::Local => {
-                                tracing::warn!(error = %why, "the shared rate limiter cannot be reached; this replica's own limits apply");
-                                self.metrics.local_fallback();
-                                self.local.admit(key, limits, now)
-                            }
+                    Err(why) => match shared.on_error {
+                        RedisOnError::Closed => {
+                            tracing::warn!(error = %why, "the shared rate limiter cannot be reached; refusing (on_error = closed)");
+                            return Err(ApiError {
+                                code: Some("rate_limiter_unavailable".into()),
+                                ..ApiError::unavailable(
+                                    "the shared rate limiter cannot be reached; retry shortly",
+                                )
+                            });
                         }
-                    }
+                        RedisOnError::Local => {
+                            tracing::warn!(error = %why, "the shared rate limiter cannot be reached; this replica's own limits apply");
+                            self.metrics.local_fallback();
+                            self.local.admit(key, limits, now)
+                        }
+                    },
                 }
             }
         };
