@@ -234,7 +234,8 @@ pub struct ServeArgs {
     /// Refused: a secret on the command line shows in `ps` (use the file or the variable).
     #[arg(long, hide = true)]
     pub admin_key: Option<String>,
-    /// Audit log (one JSON line per request; `off` to disable) [default: safegate-audit.jsonl].
+    /// Audit log (one JSON line per request): a file, `stdout` (for a container's log
+    /// agent; the server's own log is on stderr), or `off` [default: safegate-audit.jsonl].
     #[arg(long, env = "SAFEGATE_AUDIT_LOG")]
     pub audit_log: Option<PathBuf>,
     /// Rotate the audit log past this size (FILE -> FILE.000001, FILE.000002, ...)

@@ -385,7 +385,8 @@ fn read_file(path: &Path) -> Result<FileConfig> {
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let rebase = |p: &mut PathBuf| {
-        if p.is_relative() {
+        // `stdout` and `off` name no file (audit_log).
+        if p.is_relative() && p.as_os_str() != "stdout" && p.as_os_str() != "off" {
             *p = base.join(&*p);
         }
     };

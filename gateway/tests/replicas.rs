@@ -317,3 +317,50 @@ fn without_redis_each_replica_does_what_on_error_says_and_never_stalls() {
         "{m}"
     );
 }
+
+/// The audit sink for containers: JSON lines on stdout (the log on stderr), each written
+/// before its request is answered; a closed stdout fails requests instead of losing lines.
+#[test]
+fn audit_lines_on_stdout_for_the_log_agent() {
+    use std::io::BufRead;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_safegate"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--audit-log",
+            "stdout",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let t0 = Instant::now();
+    while ureq::get(&format!("{base}/healthz")).call().is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let scan = |code: &str| match ureq::post(&format!("{base}/v1/shield/scan"))
+        .send_json(json!({"text": code, "language": "python"}))
+    {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(s, _)) => s,
+        Err(e) => panic!("{e}"),
+    };
+    for code in ["x = 1", "import os\nos.system(input())"] {
+        assert_eq!(scan(code), 200);
+        // The line is there once the answer is: nothing else is on stdout.
+        let line = lines.next().unwrap().unwrap();
+        let record: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert_eq!(record["endpoint"], "shield_scan", "{record}");
+        assert_eq!(record["status"], 200);
+    }
+    // Nobody reads stdout any more: requests fail rather than go unaudited.
+    drop(lines);
+    assert_eq!(scan("y = 2"), 500);
+    let _ = child.kill();
+    let _ = child.wait();
+}

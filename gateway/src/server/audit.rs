@@ -8,6 +8,13 @@
 //! Group commit: one writer thread takes every line waiting, writes them, fsyncs once, and
 //! then releases all their requests. Requests wait without holding an async worker, and
 //! under load one fsync covers many lines.
+//!
+//! The other sink, `stdout` (`--audit-log stdout`), is for containers: the lines go to
+//! standard output (the server's own log goes to standard error), where the container
+//! runtime writes them to the node and a log agent ships them. A line is written and
+//! flushed into the pipe before its request is answered (a closed pipe fails the request,
+//! as a full disk does); what the runtime and the agent do with it afterwards is theirs to
+//! keep: the guarantee ends at the pipe.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -139,6 +146,23 @@ impl AuditLog {
             keep,
             rotated,
         };
+        Self::with_writer(move |lines| writer.write_batch(lines))
+    }
+
+    /// Lines on standard output, each batch written and flushed before its requests go on.
+    pub fn stdout() -> std::io::Result<Self> {
+        Self::with_writer(|lines| {
+            let mut out = std::io::stdout().lock();
+            for line in lines {
+                out.write_all(line)?;
+            }
+            out.flush()
+        })
+    }
+
+    fn with_writer(
+        mut write_batch: impl FnMut(&[Vec<u8>]) -> std::io::Result<()> + Send + 'static,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<(Vec<u8>, Ack)>();
         std::thread::Builder::new()
             .name("audit-log".into())
@@ -146,7 +170,7 @@ impl AuditLog {
                 while let Ok(first) = rx.recv() {
                     let (lines, acks): (Vec<Vec<u8>>, Vec<Ack>) =
                         std::iter::once(first).chain(rx.try_iter()).unzip();
-                    let result = writer.write_batch(&lines);
+                    let result = write_batch(&lines);
                     for ack in acks {
                         // io::Error is not Clone: each waiter gets its kind and message.
                         let _ = ack.send(match &result {

@@ -187,6 +187,9 @@ pub fn run(cli: &Cli, serve_args: &ServeArgs) -> Result<()> {
         policy_paths: args.policies.clone(),
         admin_key: args.admin_key_sha256,
         audit: match &args.audit_log {
+            Some(p) if p.as_os_str() == "stdout" => {
+                Some(audit::AuditLog::stdout().context("cannot start the audit log on stdout")?)
+            }
             Some(p) => Some(
                 audit::AuditLog::open(
                     p.clone(),
