@@ -176,6 +176,9 @@ fn kubernetes_manifests_validate_against_the_schemas() {
                 String::from_utf8_lossy(&out.stderr)
             );
             let rendered = String::from_utf8(out.stdout).unwrap();
+            // Replicas share their limits on the Redis beside them, and audit to stdout.
+            assert!(rendered.contains("name: safegate-redis"), "{overlay}");
+            assert!(rendered.contains("audit_log = \"stdout\""), "{overlay}");
             if overlay.ends_with("gpu") {
                 assert!(
                     rendered.contains("nvidia.com/gpu: 1")
