@@ -35,7 +35,7 @@ fn run_ok(program: &str, args: &[&str]) -> String {
 fn alert_rules_check_and_pass_their_unit_tests() {
     let rules = deploy("prometheus/alerts.yaml");
     let out = run_ok("promtool", &["check", "rules", rules.to_str().unwrap()]);
-    assert!(out.contains("SUCCESS: 7 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 9 rules found"), "{out}");
     run_ok(
         "promtool",
         &[
@@ -77,14 +77,38 @@ fn every_metric_the_dashboard_and_alerts_query_is_exported() {
     );
     let admin_key = policies.path().join("admin.key");
     std::fs::write(&admin_key, "admin-secret\n").unwrap();
+    // Upstream models: one that is down (a retry, then its fallback answers).
+    let answering = serve_raw(|_, _| Some(sse_response(&[delta("Hello")])));
+    let config = policies.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[models]]\nname = \"down\"\nupstream = \"http://127.0.0.1:{}/v1\"\nretries = 1\nretry_backoff_ms = 10\nfallbacks = [\"up\"]\n\n\
+             [[models]]\nname = \"up\"\nupstream = \"{answering}/v1\"\n",
+            free_port()
+        ),
+    )
+    .unwrap();
     let s = start_guarded(
         &policies,
-        &["--admin-key-file", admin_key.to_str().unwrap()],
+        &[
+            "--admin-key-file",
+            admin_key.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
     );
     let (code, v) = post(
         &s.base,
         "/v1/chat/completions",
         &json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}).to_string(),
+    );
+    assert_eq!(code, 200, "{v}");
+    let (code, v) = post(
+        &s.base,
+        "/v1/chat/completions",
+        &json!({"model": "down", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+            .to_string(),
     );
     assert_eq!(code, 200, "{v}");
     post(

@@ -299,6 +299,7 @@ impl UpstreamMetrics {
     pub fn declare(&self, name: &str) {
         self.calls.with_label_values(&[name, "ok"]);
         self.open.with_label_values(&[name]);
+        self.first_byte.with_label_values(&[name]);
     }
 
     pub fn call(&self, name: &str, result: &str) {
