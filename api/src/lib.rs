@@ -17,6 +17,91 @@ pub const ROLES: &[&str] = &["system", "user", "assistant", "tool", "developer"]
 pub struct Message {
     pub role: String,
     pub content: String,
+    /// An assistant turn's calls (`[{id, type: "function", function: {name, arguments}}]`),
+    /// as the client sent them.
+    pub tool_calls: Option<Value>,
+    /// A `tool` turn: the call it answers.
+    pub tool_call_id: Option<String>,
+    pub name: Option<String>,
+}
+
+impl Message {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+            tool_calls: None,
+            tool_call_id: None,
+            name: None,
+        }
+    }
+
+    /// What the checks read of this turn: its text, and the tool calls it makes written
+    /// out (`name(arguments)`), so that the guard judges an agent's calls as its words.
+    pub fn checked_text(&self) -> String {
+        let Some(Value::Array(calls)) = &self.tool_calls else {
+            return self.content.clone();
+        };
+        let mut text = self.content.clone();
+        for call in calls {
+            let f = &call["function"];
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(&format!(
+                "{}({})",
+                f["name"].as_str().unwrap_or(""),
+                f["arguments"].as_str().unwrap_or("")
+            ));
+        }
+        text
+    }
+
+    /// The turn as an OpenAI-compatible server takes it.
+    pub fn to_json(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        m.insert("role".into(), Value::String(self.role.clone()));
+        let no_text = self.content.is_empty() && self.tool_calls.is_some();
+        m.insert(
+            "content".into(),
+            if no_text {
+                Value::Null
+            } else {
+                Value::String(self.content.clone())
+            },
+        );
+        if let Some(calls) = &self.tool_calls {
+            m.insert("tool_calls".into(), calls.clone());
+        }
+        if let Some(id) = &self.tool_call_id {
+            m.insert("tool_call_id".into(), Value::String(id.clone()));
+        }
+        if let Some(name) = &self.name {
+            m.insert("name".into(), Value::String(name.clone()));
+        }
+        Value::Object(m)
+    }
+}
+
+/// Checks `tool_calls` of an assistant turn: `[{id, type: "function", function: {name,
+/// arguments (a string)}}]`.
+fn check_tool_calls(calls: &Value, at: &str) -> Result<(), RequestError> {
+    let list = calls
+        .as_array()
+        .ok_or_else(|| RequestError::new(format!("{at}.tool_calls: expected an array")))?;
+    for (j, c) in list.iter().enumerate() {
+        let ok = c.get("id").is_some_and(Value::is_string)
+            && c.get("type").and_then(Value::as_str).unwrap_or("function") == "function"
+            && c.pointer("/function/name").is_some_and(Value::is_string)
+            && c.pointer("/function/arguments")
+                .is_some_and(Value::is_string);
+        if !ok {
+            return Err(RequestError::new(format!(
+                "{at}.tool_calls[{j}]: expected {{id, type: \"function\", function: {{name, arguments (a JSON string)}}}}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A request that cannot be served as sent: which parameter, and why.
@@ -117,9 +202,37 @@ pub fn parse_messages(v: &Value, origin: &str) -> Result<Vec<Message>, RequestEr
                 )));
             }
             let content = content_text(m.get("content").unwrap_or(&Value::Null), &at)?;
+            let tool_calls = match m.get("tool_calls") {
+                None | Some(Value::Null) => None,
+                Some(calls) if role == "assistant" => {
+                    check_tool_calls(calls, &at)?;
+                    Some(calls.clone())
+                }
+                Some(_) => {
+                    return Err(RequestError::new(format!(
+                        "{at}.tool_calls: only assistant turns make tool calls"
+                    )))
+                }
+            };
+            let text_field = |key: &str| -> Result<Option<String>, RequestError> {
+                match m.get(key) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(Value::String(s)) => Ok(Some(s.clone())),
+                    Some(_) => Err(RequestError::new(format!("{at}.{key}: expected a string"))),
+                }
+            };
+            let tool_call_id = text_field("tool_call_id")?;
+            if role == "tool" && tool_call_id.is_none() {
+                return Err(RequestError::new(format!(
+                    "{at}.tool_call_id: a tool turn names the call it answers"
+                )));
+            }
             Ok(Message {
                 role: role.to_string(),
                 content,
+                tool_calls,
+                tool_call_id,
+                name: text_field("name")?,
             })
         })
         .collect()
@@ -153,6 +266,91 @@ pub struct ChatParams {
     pub stream: bool,
     /// `stream_options.include_usage`: a last chunk carries the usage.
     pub include_usage: bool,
+    /// Whether the request offers tools (`tools` non-empty).
+    pub tools: bool,
+    /// Fields relayed as they are to an upstream model (`tools`, `tool_choice`,
+    /// `parallel_tool_calls`, `response_format`, `user`, `metadata`, `frequency_penalty`,
+    /// `presence_penalty`, `logit_bias`), checked for their shape.
+    pub relayed: serde_json::Map<String, Value>,
+}
+
+/// Fields an OpenAI client may send that safegate cannot honour: refused, never ignored.
+const REFUSED: &[(&str, &str)] = &[
+    (
+        "logprobs",
+        "log-probabilities are not returned through the gateway's checks",
+    ),
+    (
+        "top_logprobs",
+        "log-probabilities are not returned through the gateway's checks",
+    ),
+    (
+        "functions",
+        "the legacy `functions` field is not supported: send `tools`",
+    ),
+    (
+        "function_call",
+        "the legacy `function_call` field is not supported: send `tool_choice`",
+    ),
+    ("audio", "audio output is not supported"),
+    ("modalities", "only text output is supported"),
+    ("prediction", "predicted outputs are not supported"),
+];
+
+/// Checks and collects the fields relayed to an upstream model.
+fn relayed_fields(v: &Value) -> Result<serde_json::Map<String, Value>, RequestError> {
+    for (key, why) in REFUSED {
+        match v.get(*key) {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+            Some(_) => return Err(RequestError::param(key, format!("`{key}`: {why}"))),
+        }
+    }
+    let mut out = serde_json::Map::new();
+    let mut take = |key: &str, ok: &dyn Fn(&Value) -> bool, what: &str| match v.get(key) {
+        None | Some(Value::Null) => Ok(()),
+        Some(x) if ok(x) => {
+            out.insert(key.to_string(), x.clone());
+            Ok(())
+        }
+        Some(_) => Err(RequestError::param(key, format!("`{key}` must be {what}"))),
+    };
+    take(
+        "tools",
+        &|t| {
+            t.as_array().is_some_and(|a| {
+                a.iter().all(|tool| {
+                    tool.get("type").and_then(Value::as_str) == Some("function")
+                        && tool.pointer("/function/name").is_some_and(Value::is_string)
+                })
+            })
+        },
+        "an array of {type: \"function\", function: {name, description, parameters}}",
+    )?;
+    take(
+        "tool_choice",
+        &|c| {
+            matches!(c.as_str(), Some("none" | "auto" | "required"))
+                || c.pointer("/function/name").is_some_and(Value::is_string)
+        },
+        "\"none\", \"auto\", \"required\" or {type: \"function\", function: {name}}",
+    )?;
+    take("parallel_tool_calls", &Value::is_boolean, "a boolean")?;
+    take(
+        "response_format",
+        &|f| {
+            matches!(
+                f.get("type").and_then(Value::as_str),
+                Some("text" | "json_object" | "json_schema")
+            )
+        },
+        "{type: \"text\" | \"json_object\" | \"json_schema\", ...}",
+    )?;
+    take("user", &Value::is_string, "a string")?;
+    take("metadata", &Value::is_object, "an object")?;
+    take("frequency_penalty", &Value::is_number, "a number")?;
+    take("presence_penalty", &Value::is_number, "a number")?;
+    take("logit_bias", &Value::is_object, "an object")?;
+    Ok(out)
 }
 
 /// Parses and checks a chat completion body (already JSON).
@@ -252,11 +450,18 @@ pub fn parse_chat(v: &Value, limits: &ChatLimits) -> Result<ChatParams, RequestE
         Some(Value::String(m)) => Some(m.clone()),
         Some(_) => return Err(RequestError::param("model", "`model` must be a string")),
     };
+    let relayed = relayed_fields(v)?;
+    let tools = relayed
+        .get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(|t| !t.is_empty());
     Ok(ChatParams {
         messages,
         model,
         stream,
         include_usage,
+        tools,
+        relayed,
         max_tokens: max_tokens as usize,
         temperature: num("temperature")?.unwrap_or(0.0),
         top_p: num("top_p")?.unwrap_or(1.0),

@@ -293,6 +293,9 @@ pub struct Limits {
     /// Bytes of text the guard judges for one request at its input (the chat's turns, the
     /// moderation inputs, the conversation to classify): 400 past it, never judged in part.
     pub max_guard_bytes: usize,
+    /// Bytes of tool calls (names and arguments) one reply may carry: past it the reply
+    /// ends with 502 (a model that floods).
+    pub max_tool_call_bytes: usize,
 }
 
 impl Default for Limits {
@@ -305,6 +308,7 @@ impl Default for Limits {
             shutdown_grace_s: 30,
             body_timeout_ms: 30_000,
             max_guard_bytes: 65_536,
+            max_tool_call_bytes: 1 << 20,
         }
     }
 }

@@ -16,6 +16,7 @@ mod config;
 mod messages;
 mod output;
 mod server;
+mod tools;
 
 use clap::Parser;
 

@@ -25,8 +25,12 @@ pub fn parse_message_values(v: &Value, origin: &str) -> Result<Vec<ChatMessage>>
 
 /// The engine's messages from the API crate's.
 pub fn to_chat_messages(list: Vec<safegate_api::Message>) -> Vec<ChatMessage> {
+    // Tool calls a client's assistant turns made are part of what the checks read.
     list.into_iter()
-        .map(|m| ChatMessage::new(m.role, m.content))
+        .map(|m| {
+            let text = m.checked_text();
+            ChatMessage::new(m.role, text)
+        })
         .collect()
 }
 

@@ -25,7 +25,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use safegate_policies::{decide, Decision, Policy, Stage, Verdict};
+use safegate_policies::{decide, Action, Decision, Policy, Stage, Verdict};
 use safegate_shield::Finding;
 
 /// Longest run of bytes counted as one piece when no space splits it (a long identifier or
@@ -93,6 +93,8 @@ pub struct OutputChecks {
     /// The guard's verdict on the whole reply (None: not yet, or the guard failed open).
     verdict: Option<Verdict>,
     judged: bool,
+    /// Tools called that the policy does not allow.
+    tools_refused: Vec<String>,
     blocked: Option<Decision>,
     released: usize,
 }
@@ -116,9 +118,18 @@ impl OutputChecks {
             guard_clear: 0,
             verdict: None,
             judged: !guard_on,
+            tools_refused: Vec::new(),
             blocked: None,
             released: 0,
         }
+    }
+
+    /// The reply's tool calls were checked (once it is complete): the shield's findings in
+    /// their arguments, and the tools called that the policy does not allow.
+    pub fn tools_checked(&mut self, findings: Vec<Finding>, refused: Vec<String>) {
+        self.findings.extend(findings);
+        self.tools_refused = refused;
+        self.update_block();
     }
 
     pub fn policy(&self) -> &Arc<Policy> {
@@ -277,12 +288,31 @@ impl OutputChecks {
 
     /// The output decision on what the checks have seen (final once `settled`).
     pub fn decision(&self) -> Decision {
-        decide(
+        let mut d = decide(
             &self.policy,
             Stage::Output,
             self.verdict.as_ref(),
             &self.findings,
-        )
+        );
+        let action = self.policy.tools.action;
+        for name in &self.tools_refused {
+            d.reasons.push(safegate_policies::Reason::ToolNotAllowed {
+                name: name.clone(),
+                action,
+            });
+            let rank = |a: Action| {
+                [Action::Allow, Action::Log, Action::Flag, Action::Block]
+                    .iter()
+                    .position(|x| *x == a)
+            };
+            if rank(action) > rank(d.action) {
+                d.action = action;
+                if action == Action::Block {
+                    d.message = Some(self.policy.output.message.clone());
+                }
+            }
+        }
+        d
     }
 
     pub fn verdict(&self) -> Option<&Verdict> {

@@ -39,6 +39,8 @@ pub enum Reason {
     DisabledCategory { code: String, score: f64 },
     /// A code that is not in this policy's taxonomy: not acted on.
     UnknownCategory { code: String },
+    /// A call of a tool the policy does not allow (`tools.allow` / `tools.deny`).
+    ToolNotAllowed { name: String, action: Action },
     /// A shield finding that reached the block or warn severity.
     Finding {
         rule: String,

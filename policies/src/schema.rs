@@ -207,8 +207,47 @@ pub struct Policy {
     pub streaming: StreamingPolicy,
     #[serde(default)]
     pub shield: ShieldPolicy,
+    /// Tool calls a model makes (upstream models with `tools`).
+    #[serde(default)]
+    pub tools: ToolsPolicy,
     #[serde(default = "fail_closed")]
     pub on_error: OnError,
+}
+
+/// Which tools a model may call, and which take code.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolsPolicy {
+    /// Tools that may be called (empty: every tool not denied).
+    pub allow: Vec<String>,
+    /// Tools that may never be called.
+    pub deny: Vec<String>,
+    /// Tools whose string arguments are code to run (e.g. `run_python`, `bash`): every
+    /// string argument is scanned by the shield as code. Other tools' string arguments are
+    /// scanned when they look like code (several lines, or shell syntax).
+    pub code: Vec<String>,
+    /// A call of a tool that is not allowed: `block` (the reply is refused with
+    /// `content_filter`) or `flag` (it goes through, marked and audited).
+    pub action: Action,
+}
+
+impl Default for ToolsPolicy {
+    fn default() -> Self {
+        Self {
+            allow: Vec::new(),
+            deny: Vec::new(),
+            code: Vec::new(),
+            action: Action::Block,
+        }
+    }
+}
+
+impl ToolsPolicy {
+    /// Whether `name` may be called.
+    pub fn allows(&self, name: &str) -> bool {
+        !self.deny.iter().any(|d| d == name)
+            && (self.allow.is_empty() || self.allow.iter().any(|a| a == name))
+    }
 }
 
 fn default_taxonomy() -> Taxonomy {

@@ -21,6 +21,43 @@ pub struct Chunk {
     pub finish_reason: Option<String>,
     /// (prompt_tokens, completion_tokens)
     pub usage: Option<(usize, usize)>,
+    /// `choices[0].delta.tool_calls` (or a whole completion's `message.tool_calls`).
+    pub tool_calls: Vec<ToolCallDelta>,
+}
+
+/// A piece of a tool call: the first piece of a call names it, the next ones add to its
+/// arguments (a JSON text streamed in fragments); `index` says which call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToolCallDelta {
+    pub index: usize,
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub arguments: Option<String>,
+}
+
+fn tool_call_deltas(calls: Option<&Value>) -> Vec<ToolCallDelta> {
+    let Some(Value::Array(calls)) = calls else {
+        return Vec::new();
+    };
+    calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| ToolCallDelta {
+            index: c
+                .get("index")
+                .and_then(Value::as_u64)
+                .map_or(i, |n| n as usize),
+            id: c.get("id").and_then(Value::as_str).map(str::to_string),
+            name: c
+                .pointer("/function/name")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            arguments: c
+                .pointer("/function/arguments")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +132,10 @@ fn chunk_of(event: &Value) -> Line {
             .and_then(Value::as_str)
             .map(str::to_string),
         usage,
+        tool_calls: tool_call_deltas(choice.and_then(|c| {
+            c.pointer("/delta/tool_calls")
+                .or_else(|| c.pointer("/message/tool_calls"))
+        })),
     };
     if chunk == Chunk::default() {
         return Line::Ignored;
@@ -129,6 +170,7 @@ mod tests {
                 text: None,
                 finish_reason: Some("length".into()),
                 usage: Some((5, 7)),
+                ..Chunk::default()
             }))
         );
         // A role-only first chunk and a usage: null field carry nothing.
@@ -155,6 +197,7 @@ mod tests {
                 text: Some("x".into()),
                 finish_reason: Some("eos_token".into()),
                 usage: Some((3, 1)),
+                ..Chunk::default()
             }))
         );
         // vLLM's usage-only last chunk: empty choices.
@@ -175,6 +218,7 @@ mod tests {
                 text: Some("Hello".into()),
                 finish_reason: Some("stop".into()),
                 usage: None,
+                ..Chunk::default()
             }))
         );
         // One event's JSON over two `data:` lines, joined as the SSE format says.
@@ -185,6 +229,36 @@ mod tests {
                 ..Chunk::default()
             }))
         );
+    }
+
+    #[test]
+    fn tool_calls_streamed_and_whole() {
+        let first = r#"data: {"choices":[{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"run_python","arguments":""}}]},"finish_reason":null}]}"#;
+        assert_eq!(
+            parse_line(first),
+            Ok(Line::Chunk(Chunk {
+                tool_calls: vec![ToolCallDelta {
+                    index: 0,
+                    id: Some("call_1".into()),
+                    name: Some("run_python".into()),
+                    arguments: Some(String::new()),
+                }],
+                ..Chunk::default()
+            }))
+        );
+        let more = r#"data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"code\":"}}]}}]}"#;
+        let Ok(Line::Chunk(c)) = parse_line(more) else {
+            panic!()
+        };
+        assert_eq!(c.tool_calls[0].arguments.as_deref(), Some("{\"code\":"));
+        assert_eq!(c.tool_calls[0].name, None);
+        let whole = r#"{"choices":[{"message":{"role":"assistant","content":null,"tool_calls":[{"id":"a","type":"function","function":{"name":"f","arguments":"{}"}},{"id":"b","type":"function","function":{"name":"g","arguments":"{}"}}]},"finish_reason":"tool_calls"}]}"#;
+        let Ok(Line::Chunk(c)) = parse_data(whole) else {
+            panic!()
+        };
+        assert_eq!(c.tool_calls.len(), 2);
+        assert_eq!(c.tool_calls[1].index, 1);
+        assert_eq!(c.finish_reason.as_deref(), Some("tool_calls"));
     }
 
     #[test]

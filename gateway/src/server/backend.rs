@@ -14,7 +14,12 @@ use super::ApiError;
 
 /// A validated chat request.
 pub(super) struct ChatRequest {
+    /// What the checks and the local engine read (tool calls written out as text).
     pub messages: Vec<ChatMessage>,
+    /// The turns as an upstream takes them (tool calls and tool results as sent).
+    pub upstream_messages: Vec<Value>,
+    /// Fields relayed to an upstream as they are (`tools`, `response_format`, ...).
+    pub relayed: serde_json::Map<String, Value>,
     pub max_tokens: usize,
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
@@ -73,12 +78,8 @@ impl Backend for Upstream {
     }
 
     fn start(&self, req: &ChatRequest) -> Result<Source, ApiError> {
-        let messages: Vec<Value> = req
-            .messages
-            .iter()
-            .map(|m| json!({"role": m.role, "content": m.content}))
-            .collect();
-        let mut params = serde_json::Map::new();
+        let messages = req.upstream_messages.clone();
+        let mut params = req.relayed.clone();
         params.insert("max_tokens".into(), json!(req.max_tokens));
         params.insert("temperature".into(), json!(req.sampling.temperature));
         params.insert("top_p".into(), json!(req.sampling.top_p));
@@ -115,6 +116,7 @@ pub(super) enum Source {
 
 pub(super) enum Event {
     Text(String),
+    ToolCall(safegate_sse::ToolCallDelta),
     Done(Completion),
     Failed(ApiError),
 }
@@ -130,6 +132,7 @@ impl Source {
             },
             Source::Upstream(rx) => match rx.recv().await {
                 Some(UpstreamEvent::Delta(text)) => Event::Text(text),
+                Some(UpstreamEvent::ToolCall(call)) => Event::ToolCall(call),
                 Some(UpstreamEvent::Done(c)) => Event::Done(c),
                 Some(UpstreamEvent::Failed(e)) => Event::Failed(e),
                 None => Event::Failed(ApiError::internal("the upstream relay stopped")),

@@ -18,6 +18,16 @@ use super::reply::{
 };
 use super::respond::{self, filter_results, record_decision, Body, Reply};
 use super::{trace, ApiError, AppState};
+use crate::tools::ToolCalls;
+
+/// A model's tool calls over `limits.max_tool_call_bytes`.
+pub(super) fn tool_calls_too_long(why: String) -> ApiError {
+    ApiError {
+        status: actix_web::http::StatusCode::BAD_GATEWAY,
+        code: Some("upstream_error".into()),
+        ..ApiError::internal(format!("the model's reply is not usable: {why}"))
+    }
+}
 
 pub async fn completions(state: web::Data<AppState>, req: HttpRequest, body: Body) -> HttpResponse {
     let t0 = Instant::now();
@@ -132,12 +142,28 @@ async fn prepare(
         .validate()
         .map_err(|e| ApiError::invalid(e.to_string()))?;
     let req = ChatRequest {
+        upstream_messages: params.messages.iter().map(|m| m.to_json()).collect(),
         messages: crate::messages::to_chat_messages(params.messages),
+        relayed: params.relayed,
         max_tokens: params.max_tokens,
         sampling,
         stop: params.stop,
     };
     let backend = choose_backend(state, params.model.as_deref(), &req.messages)?;
+    if params.tools && backend.kind() == "local" {
+        // The local engine's chat templates here take no tools, and nothing would parse
+        // the model's calls: refused, rather than the tools dropped without a word.
+        return Err(ApiError {
+            code: Some("tools_unsupported".into()),
+            ..ApiError::invalid_param(
+                "tools",
+                format!(
+                    "model `{}` runs locally and does not take tools; use an upstream model ([[models]]) for function calling",
+                    backend.model_name()
+                ),
+            )
+        });
+    }
     let model = backend.model_name();
     trace::name(format!("chat {model}"));
     trace::attr("gen_ai.operation.name", "chat");
@@ -221,9 +247,11 @@ async fn complete_whole(
 ) -> Result<Reply, ApiError> {
     let mut source = p.start()?;
     let mut checks = p.output_checks(state);
+    let mut tools = ToolCalls::new(state.limits.max_tool_call_bytes);
     let completion = loop {
         match source.next().await {
             Event::Text(t) => checks.push(&t),
+            Event::ToolCall(call) => tools.push(&call).map_err(tool_calls_too_long)?,
             Event::Done(c) => {
                 checks.push(&c.tail_text);
                 break c;
@@ -233,20 +261,41 @@ async fn complete_whole(
     };
     drop(source);
     observe_generation(state, &completion);
-    checks::settle(state, &mut checks, StreamShield::whole(), &p.req.messages).await?;
+    checks::settle(
+        state,
+        &mut checks,
+        StreamShield::whole(),
+        &p.req.messages,
+        &tools,
+    )
+    .await?;
     let output = record_output(state, &checks, audit);
     audit.usage = Some(completion.usage);
 
     let released = checks.release().to_string();
-    let (content, finish_reason) = match checks.blocked() {
-        Some(block) => (block.message.clone().unwrap_or_default(), "content_filter"),
+    let (content, tool_calls, finish_reason) = match checks.blocked() {
+        Some(block) => (
+            Some(block.message.clone().unwrap_or_default()),
+            None,
+            "content_filter",
+        ),
         None => {
             let mut content = released;
             if let Some(note) = &output.note {
                 content.push_str("\n\n");
                 content.push_str(note);
             }
-            (content, finish_reason_name(completion.finish_reason))
+            if tools.is_empty() {
+                (
+                    Some(content),
+                    None,
+                    finish_reason_name(completion.finish_reason),
+                )
+            } else {
+                // Cleared with the rest of the reply: the calls go out whole.
+                let content = (!content.is_empty()).then_some(content);
+                (content, Some(tools.to_json(false)), "tool_calls")
+            }
         }
     };
     let body = ChatCompletion {
@@ -259,6 +308,7 @@ async fn complete_whole(
             message: AssistantMessage {
                 role: "assistant",
                 content,
+                tool_calls,
             },
             finish_reason,
             content_filter_results: filter_results(&output),

@@ -13,6 +13,7 @@ use safegate_shield::{Language, ScanOptions, StreamScanner};
 
 use super::{ApiError, AppState};
 use crate::output::OutputChecks;
+use crate::tools::ToolCalls;
 
 pub(super) fn shield_options(policy: &Policy, language: Option<Language>) -> ScanOptions {
     ScanOptions {
@@ -302,6 +303,52 @@ impl StreamShield {
     }
 }
 
+/// A reply's tool calls: tools the policy does not allow, and the shield on the arguments
+/// that are code (all string arguments of `tools.code` tools; others that look like
+/// code), under the reply's shield budget.
+async fn check_tool_calls(
+    state: &AppState,
+    checks: &mut OutputChecks,
+    tools: &ToolCalls,
+) -> Result<(), ApiError> {
+    let policy = checks.policy().clone();
+    let calls = tools.calls();
+    let refused: Vec<String> = calls
+        .iter()
+        .filter(|c| !policy.tools.allows(&c.name))
+        .map(|c| c.name.clone())
+        .collect();
+    let mut findings = Vec::new();
+    if checks.shield_on() {
+        let code: Vec<String> = calls
+            .iter()
+            .flat_map(|c| c.code_arguments(&policy.tools.code))
+            .collect();
+        if !code.is_empty() {
+            let (shield, options) = (state.shield, shield_options(&policy, None));
+            let scanned = off_runtime(state, checks.shield_time_left(), move || {
+                let mut all = Vec::new();
+                for text in &code {
+                    all.extend(
+                        shield
+                            .scan(text, &options)
+                            .map_err(|e| e.to_string())?
+                            .findings,
+                    );
+                }
+                Ok(all)
+            })
+            .await;
+            match scanned {
+                Ok(found) => findings = found,
+                Err(why) => shield_failed(state, checks, why)?,
+            }
+        }
+    }
+    checks.tools_checked(findings, refused);
+    Ok(())
+}
+
 /// Runs shield work on the blocking pool within `budget`; why it failed otherwise.
 async fn off_runtime<T: Send + 'static>(
     state: &AppState,
@@ -354,11 +401,23 @@ pub(super) async fn settle(
     checks: &mut OutputChecks,
     shield: StreamShield,
     messages: &[ChatMessage],
+    tools: &ToolCalls,
 ) -> Result<(), ApiError> {
     checks.complete();
     shield.finish(state, checks).await?;
+    if !tools.is_empty() && checks.blocked().is_none() {
+        check_tool_calls(state, checks, tools).await?;
+    }
     if checks.final_score_due() {
-        let convo = with_reply(messages, checks.text());
+        // The guard judges the calls as the agent's words, beside its text.
+        let mut reply = checks.text().to_string();
+        if !tools.is_empty() {
+            if !reply.is_empty() {
+                reply.push('\n');
+            }
+            reply.push_str(&tools.checked_text());
+        }
+        let convo = with_reply(messages, &reply);
         let verdict = guard_stage(state, checks.policy(), Stage::Output, convo).await?;
         checks.final_scored(verdict);
     }

@@ -28,6 +28,7 @@ use super::reply::{self, Prepared};
 use super::respond::{self, filter_results};
 use super::{ApiError, AppState};
 use crate::output::{Outcome, OutputChecks};
+use crate::tools::ToolCalls;
 
 /// The response body: SSE frames from the task that drives the generation. Dropped by
 /// actix when the client disconnects, which the task notices.
@@ -143,6 +144,7 @@ async fn drive(
     p: &Prepared,
     generation: &mut Source,
     checks: &mut OutputChecks,
+    tools: &mut ToolCalls,
     sse: &Sse,
     t0: Instant,
 ) -> End {
@@ -166,11 +168,13 @@ async fn drive(
                     e => e,
                 }
             }
+            // Tool calls are held whole until the reply is settled (never released in part).
+            Event::ToolCall(call) => tools.push(&call).map_err(super::chat::tool_calls_too_long),
             Event::Done(c) => {
                 checks.push(&c.tail_text);
                 let settled = async {
                     shield.scan(state, checks, &c.tail_text).await?;
-                    checks::settle(state, checks, shield, messages).await
+                    checks::settle(state, checks, shield, messages, tools).await
                 };
                 return match settled.await {
                     Ok(()) if checks.blocked().is_some() => End::Blocked,
@@ -201,16 +205,27 @@ async fn run(
     mut audit: AuditRecord,
 ) {
     let mut checks = p.output_checks(&state);
+    let mut tools = ToolCalls::new(state.limits.max_tool_call_bytes);
     let first = sse.chunk(
         Delta {
             role: Some("assistant"),
             content: Some(String::new()),
+            ..Default::default()
         },
         None,
         None,
     );
     let end = if sse.send(&first).await {
-        drive(&state, &p, &mut generation, &mut checks, &sse, t0).await
+        drive(
+            &state,
+            &p,
+            &mut generation,
+            &mut checks,
+            &mut tools,
+            &sse,
+            t0,
+        )
+        .await
     } else {
         End::ClientGone
     };
@@ -267,9 +282,22 @@ async fn run(
                     return;
                 }
             }
+            let finish = if tools.is_empty() {
+                reply::finish_reason_name(c.finish_reason)
+            } else {
+                // Cleared with the rest of the reply: the calls go out whole, in one chunk.
+                let calls = Delta {
+                    tool_calls: Some(tools.to_json(true)),
+                    ..Default::default()
+                };
+                if !sse.send(&sse.chunk(calls, None, None)).await {
+                    return;
+                }
+                "tool_calls"
+            };
             let last = sse.chunk(
                 Delta::default(),
-                Some(reply::finish_reason_name(c.finish_reason)),
+                Some(finish),
                 Some(filter_results(&output)),
             );
             if !sse.send(&last).await {

@@ -27,6 +27,8 @@ use crate::config::{ApiStyleName, UpstreamModel};
 /// What the upstream sent.
 pub enum UpstreamEvent {
     Delta(String),
+    /// A piece of a tool call (held by the checks until the reply is complete).
+    ToolCall(safegate_sse::ToolCallDelta),
     Done(Completion),
     Failed(ApiError),
 }
@@ -282,6 +284,12 @@ async fn call(
         }
         if let Some(f) = chunk.finish_reason {
             finish = Some(f);
+        }
+        for call in chunk.tool_calls {
+            relayed = true;
+            if tx.send(UpstreamEvent::ToolCall(call)).await.is_err() {
+                return Ok(());
+            }
         }
         if let Some(text) = chunk.text {
             first_text.get_or_insert_with(|| t0.elapsed());
