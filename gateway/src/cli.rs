@@ -134,6 +134,9 @@ pub enum GuardCommand {
         /// The same for the response head.
         #[arg(long, default_value_t = 0.08)]
         max_fpr_response: f64,
+        /// The same for the prompt-attack head (trained when the data has `attack` rows).
+        #[arg(long, default_value_t = 0.02)]
+        max_fpr_attack: f64,
         /// How hidden states become features: `mean` (over positions) or `mean-and-last`
         /// (plus the last position's state, which has read the whole window).
         #[arg(long, default_value = "mean")]

@@ -91,6 +91,7 @@ pub fn run(cli: &Cli, cmd: &GuardCommand) -> Result<()> {
             stride,
             max_fpr,
             max_fpr_response,
+            max_fpr_attack,
             pooling,
             wrap,
             threads,
@@ -105,6 +106,7 @@ pub fn run(cli: &Cli, cmd: &GuardCommand) -> Result<()> {
                 stride: *stride,
                 max_fpr: *max_fpr,
                 max_fpr_response: *max_fpr_response,
+                max_fpr_attack: *max_fpr_attack,
                 pooling: *pooling,
                 wrap: wrap
                     .as_deref()

@@ -54,9 +54,9 @@ pub fn read_rows(path: &Path) -> Result<Vec<Row>> {
         let row: Row = serde_json::from_str(&line).map_err(|e| {
             anyhow::anyhow!("{}:{}: column {}: {e}", path.display(), i + 1, e.column())
         })?;
-        if !matches!(row.kind.as_str(), "prompt" | "response") || row.label > 1 {
+        if !matches!(row.kind.as_str(), "prompt" | "response" | "attack") || row.label > 1 {
             bail!(
-                "{}:{}: field `kind` must be prompt or response and `label` 0 or 1",
+                "{}:{}: field `kind` must be prompt, response or attack and `label` 0 or 1",
                 path.display(),
                 i + 1
             );

@@ -104,7 +104,13 @@ impl FeatureCache {
 }
 
 fn row_key(row: &Row) -> [u8; 32] {
-    Sha256::digest(format!("{}\u{0}{}", row.kind, row.text).as_bytes()).into()
+    // An attack row is read as a prompt (the user's turn): the same features.
+    let kind = if row.kind == "attack" {
+        "prompt"
+    } else {
+        &row.kind
+    };
+    Sha256::digest(format!("{kind}\u{0}{}", row.text).as_bytes()).into()
 }
 
 /// How features are read off the encoder: the window, the pooling and the wrapper's ids.
@@ -173,6 +179,7 @@ pub struct TrainArgs<'a> {
     pub stride: usize,
     pub max_fpr: f64,
     pub max_fpr_response: f64,
+    pub max_fpr_attack: f64,
     pub pooling: Pooling,
     pub wrap: Option<Wrap>,
     pub threads: usize,
@@ -235,7 +242,13 @@ pub fn train(cli: &Cli, a: &TrainArgs) -> Result<()> {
 
     let mut report = serde_json::Map::new();
     let mut heads = Vec::new();
-    for kind in ["prompt", "response"] {
+    let has_attack = rows.iter().any(|r| r.kind == "attack");
+    let kinds: &[&str] = if has_attack {
+        &["prompt", "response", "attack"]
+    } else {
+        &["prompt", "response"]
+    };
+    for &kind in kinds {
         let (train_x, train_y, _) = select("train", kind);
         let (val_x, val_y, val_sources) = select("val", kind);
         if train_x.is_empty() || val_x.is_empty() {
@@ -263,10 +276,10 @@ pub fn train(cli: &Cli, a: &TrainArgs) -> Result<()> {
         let (_, l2, fitted) = best.expect("at least one fit");
         let head = linear_head(standardizer, fitted, 0.5);
         let scores: Vec<f64> = val_x.iter().map(|x| head.p_unsafe(x)).collect();
-        let cap = if kind == "prompt" {
-            a.max_fpr
-        } else {
-            a.max_fpr_response
+        let cap = match kind {
+            "prompt" => a.max_fpr,
+            "attack" => a.max_fpr_attack,
+            _ => a.max_fpr_response,
         };
         let threshold = choose_threshold(&scores, &val_y, &val_sources, cap);
         let m = metrics(&scores, &val_y, threshold);
@@ -283,7 +296,33 @@ pub fn train(cli: &Cli, a: &TrainArgs) -> Result<()> {
         // still move it the expected way.
         let t = threshold.clamp(1e-6, 1.0 - 1e-6);
         let bias = head.bias - (t / (1.0 - t)).ln() as f32;
-        heads.push(linear_head(head.standardizer, (head.weights, bias), 0.5));
+        let head = linear_head(head.standardizer, (head.weights, bias), 0.5);
+        if kind == "attack" {
+            // Held-out splits at the chosen point (features are cached for every row):
+            // test, PyRIT's templates never trained on (external), everyday dev traffic.
+            let mut held = serde_json::Map::new();
+            for split in ["test", "external", "dev"] {
+                let (x, y): (Vec<f64>, Vec<bool>) = rows
+                    .iter()
+                    .filter(|r| r.kind == "attack" && r.split == split)
+                    .map(|r| (head.p_unsafe(&cache.map[&row_key(r)]), r.label == 1))
+                    .unzip();
+                let positives = y.iter().filter(|l| **l).count();
+                let flagged_pos = x.iter().zip(&y).filter(|(s, l)| **l && **s >= 0.5).count();
+                let negatives = y.len() - positives;
+                let flagged_neg = x.iter().zip(&y).filter(|(s, l)| !**l && **s >= 0.5).count();
+                let recall = flagged_pos as f64 / positives.max(1) as f64;
+                let fpr = flagged_neg as f64 / negatives.max(1) as f64;
+                eprintln!(
+                    "attack: {split}: recall {recall:.4} ({flagged_pos}/{positives}), benign flagged {fpr:.4} ({flagged_neg}/{negatives})"
+                );
+                held.insert(split.into(), json!({"recall": recall, "positives": positives, "benign_flagged": fpr, "benign": negatives}));
+            }
+            if let Some(entry) = report.get_mut("attack").and_then(|v| v.as_object_mut()) {
+                entry.insert("held_out".into(), serde_json::Value::Object(held));
+            }
+        }
+        heads.push(head);
     }
 
     // The category given unsafe: every unsafe training row, its first code.
@@ -342,6 +381,7 @@ pub fn train(cli: &Cli, a: &TrainArgs) -> Result<()> {
         json!({"l2": cat_l2, "val_top1_accuracy": accuracy, "train_rows": cat_x.len()}),
     );
 
+    let attack = if has_attack { heads.pop() } else { None };
     let response = heads.pop().expect("two heads");
     let prompt = heads.pop().expect("two heads");
     let head = Head {
@@ -355,9 +395,10 @@ pub fn train(cli: &Cli, a: &TrainArgs) -> Result<()> {
         prompt,
         response,
         categories,
+        attack,
         training: json!({
-            "command": format!("safegate guard train --data {} --encoder {} --out {} --seed {} --window {} --stride {} --max-fpr {} --max-fpr-response {} --pooling {}{}",
-                a.data.display(), a.encoder.display(), a.out.display(), a.seed, a.window, a.stride, a.max_fpr, a.max_fpr_response,
+            "command": format!("safegate guard train --data {} --encoder {} --out {} --seed {} --window {} --stride {} --max-fpr {} --max-fpr-response {} --max-fpr-attack {} --pooling {}{}",
+                a.data.display(), a.encoder.display(), a.out.display(), a.seed, a.window, a.stride, a.max_fpr, a.max_fpr_response, a.max_fpr_attack,
                 a.pooling.as_str(),
                 a.wrap.as_ref().map(|w| format!(" --wrap {:?}", format!("{}{{text}}{}", w.prefix, w.suffix))).unwrap_or_default()),
             "seed": a.seed,

@@ -25,7 +25,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use safegate_policies::{decide, Action, Decision, Policy, Stage, Verdict};
+use safegate_policies::{decide, Decision, Policy, Stage, Verdict};
 use safegate_shield::Finding;
 
 /// Longest run of bytes counted as one piece when no space splits it (a long identifier or
@@ -296,21 +296,14 @@ impl OutputChecks {
         );
         let action = self.policy.tools.action;
         for name in &self.tools_refused {
-            d.reasons.push(safegate_policies::Reason::ToolNotAllowed {
-                name: name.clone(),
+            d.escalate(
+                safegate_policies::Reason::ToolNotAllowed {
+                    name: name.clone(),
+                    action,
+                },
                 action,
-            });
-            let rank = |a: Action| {
-                [Action::Allow, Action::Log, Action::Flag, Action::Block]
-                    .iter()
-                    .position(|x| *x == a)
-            };
-            if rank(action) > rank(d.action) {
-                d.action = action;
-                if action == Action::Block {
-                    d.message = Some(self.policy.output.message.clone());
-                }
-            }
+                &self.policy.output.message,
+            );
         }
         d
     }

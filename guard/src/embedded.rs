@@ -149,6 +149,10 @@ pub struct Head {
     pub prompt: LinearHead,
     pub response: LinearHead,
     pub categories: CategoryHead,
+    /// P(a prompt attack: a jailbreak, or an injected instruction) of a text a user or a
+    /// tool gave; absent from heads trained before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attack: Option<LinearHead>,
     /// How the head was made (command, seed, data), for the record.
     #[serde(default)]
     pub training: serde_json::Value,
@@ -484,6 +488,34 @@ impl EmbeddedGuard {
             given_unsafe: self.head.categories.given_unsafe(worst),
             tokens,
         })
+    }
+
+    /// P(prompt attack) of each text (the worst of its windows), when the head has an
+    /// attack head. Texts are judged as a user's (the same features as the prompt head).
+    pub fn attack_scores(
+        &self,
+        texts: &[String],
+        until: &crate::Until,
+    ) -> Result<Option<Vec<f64>>, GuardError> {
+        let Some(head) = &self.head.attack else {
+            return Ok(None);
+        };
+        let mut windows = Vec::new();
+        let mut owner = Vec::new();
+        for (i, text) in texts.iter().enumerate() {
+            let w = self.windows_of(text)?;
+            owner.extend(std::iter::repeat_n(i, w.len()));
+            windows.extend(w);
+        }
+        let mut scores = vec![0.0f64; texts.len()];
+        if windows.is_empty() {
+            return Ok(Some(scores));
+        }
+        let features = self.features_until(windows, until)?;
+        for (f, &i) in features.iter().zip(&owner) {
+            scores[i] = scores[i].max(head.p_unsafe(f));
+        }
+        Ok(Some(scores))
     }
 
     pub fn classify_blocking(&self, prompt: &GuardPrompt) -> Result<Classification, GuardError> {

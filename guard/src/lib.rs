@@ -82,6 +82,17 @@ pub trait SafetyClassifier: Send + Sync {
     fn batch_stats(&self) -> Option<safegate_engine::ScoreStats> {
         None
     }
+    /// P(prompt attack: a jailbreak or an injected instruction) of each text, for a
+    /// backend that has a prompt-attack classifier (the embedded guard with an attack
+    /// head); `None` otherwise.
+    fn prompt_attack_scores(
+        &self,
+        texts: &[String],
+        until: &Until,
+    ) -> Result<Option<Vec<f64>>, GuardError> {
+        let _ = (texts, until);
+        Ok(None)
+    }
 }
 
 impl SafetyClassifier for LocalGuard {
@@ -131,6 +142,13 @@ impl SafetyClassifier for EmbeddedGuard {
     }
     fn batch_stats(&self) -> Option<safegate_engine::ScoreStats> {
         Some(EmbeddedGuard::batch_stats(self))
+    }
+    fn prompt_attack_scores(
+        &self,
+        texts: &[String],
+        until: &Until,
+    ) -> Result<Option<Vec<f64>>, GuardError> {
+        self.attack_scores(texts, until)
     }
 }
 

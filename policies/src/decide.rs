@@ -39,6 +39,13 @@ pub enum Reason {
     DisabledCategory { code: String, score: f64 },
     /// A code that is not in this policy's taxonomy: not acted on.
     UnknownCategory { code: String },
+    /// A prompt attack: the classifier's P(attack) of the worst judged turn reached the
+    /// `prompt_attack` stage's threshold.
+    PromptAttack {
+        score: f64,
+        threshold: f64,
+        action: Action,
+    },
     /// A call of a tool the policy does not allow (`tools.allow` / `tools.deny`).
     ToolNotAllowed { name: String, action: Action },
     /// A shield finding that reached the block or warn severity.
@@ -65,6 +72,40 @@ pub struct Decision {
 impl Decision {
     pub fn blocked(&self) -> bool {
         self.action == Action::Block
+    }
+
+    /// Adds a reason whose action may be stronger than the decision's: the stronger one
+    /// wins (allow < log < flag < block), and a block says `message`.
+    pub fn escalate(&mut self, reason: Reason, action: Action, message: &str) {
+        let rank = |a: Action| {
+            [Action::Allow, Action::Log, Action::Flag, Action::Block]
+                .iter()
+                .position(|x| *x == a)
+        };
+        self.reasons.push(reason);
+        if rank(action) > rank(self.action) {
+            self.action = action;
+            if action == Action::Block {
+                self.message = Some(message.to_string());
+            }
+        }
+    }
+
+    /// The input stage's prompt-attack check: `score` (the worst judged turn's P(attack);
+    /// None: not judged) against the policy's `prompt_attack` stage.
+    pub fn apply_prompt_attack(&mut self, policy: &crate::Policy, score: Option<f64>) {
+        let pa = &policy.prompt_attack;
+        if let Some(score) = score.filter(|s| pa.enabled && *s >= pa.threshold) {
+            self.escalate(
+                Reason::PromptAttack {
+                    score,
+                    threshold: pa.threshold,
+                    action: pa.action,
+                },
+                pa.action,
+                &pa.message,
+            );
+        }
     }
 }
 

@@ -18,7 +18,9 @@ use std::sync::{Arc, RwLock};
 
 pub use decide::{decide, Decision, Reason, Verdict};
 pub use load::{parse_bindings, parse_policy, PolicyError, PolicyErrors};
-pub use schema::{Action, Bindings, OnError, Policy, SeverityLevel, Stage, ToolsPolicy};
+pub use schema::{
+    Action, Bindings, OnError, Policy, PromptAttackPolicy, SeverityLevel, Stage, ToolsPolicy,
+};
 pub use taxonomy::Taxonomy;
 
 use safegate_shield::Shield;

@@ -210,8 +210,39 @@ pub struct Policy {
     /// Tool calls a model makes (upstream models with `tools`).
     #[serde(default)]
     pub tools: ToolsPolicy,
+    /// Jailbreaks and injected instructions in what the model will read.
+    #[serde(default)]
+    pub prompt_attack: PromptAttackPolicy,
     #[serde(default = "fail_closed")]
     pub on_error: OnError,
+}
+
+/// The prompt-attack stage: a classifier's P(attack) of the turns it judges (with the
+/// embedded guard's attack head; guards without one skip the stage).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PromptAttackPolicy {
+    pub enabled: bool,
+    /// P(attack) at or above which the action applies.
+    pub threshold: f64,
+    pub action: Action,
+    /// The roles whose turns are judged: `user` (direct jailbreaks), `tool` (indirect
+    /// injections in tool results), `system`, `developer`.
+    pub judge: Vec<String>,
+    /// What a blocked user is told.
+    pub message: String,
+}
+
+impl Default for PromptAttackPolicy {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            threshold: 0.5,
+            action: Action::Block,
+            judge: vec!["user".into(), "tool".into()],
+            message: "This request looks like an attempt to override the assistant's instructions (a jailbreak or an injected instruction), so it was not sent to the model.".into(),
+        }
+    }
 }
 
 /// Which tools a model may call, and which take code.

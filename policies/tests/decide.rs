@@ -313,3 +313,53 @@ fn custom_categories_are_numbered_after_the_builtin_ones() {
         Action::Flag
     );
 }
+
+#[test]
+fn a_prompt_attack_escalates_the_input_decision_at_its_threshold() {
+    let p = policy("name: p\nprompt_attack: { threshold: 0.6, action: block }\n");
+    let calm = verdict(0.01, &[], &[]);
+    let mut d = decide(&p, Stage::Input, Some(&calm), &[]);
+    d.apply_prompt_attack(&p, Some(0.59));
+    assert_eq!(d.action, Action::Allow);
+    d.apply_prompt_attack(&p, None);
+    assert_eq!(d.action, Action::Allow);
+    d.apply_prompt_attack(&p, Some(0.6));
+    assert_eq!(
+        d.action,
+        Action::Block,
+        "a score exactly at the threshold counts"
+    );
+    assert!(d.message.as_deref().unwrap().contains("override"));
+    assert!(matches!(
+        d.reasons.last(),
+        Some(Reason::PromptAttack { score, threshold, action: Action::Block }) if *score == 0.6 && *threshold == 0.6
+    ));
+    // A flag never weakens a block the guard already made.
+    let p = policy("name: p\nprompt_attack: { action: flag }\n");
+    let mut d = decide(
+        &p,
+        Stage::Input,
+        Some(&verdict(0.99, &[("S1", 0.9)], &[])),
+        &[],
+    );
+    assert_eq!(d.action, Action::Block);
+    d.apply_prompt_attack(&p, Some(0.99));
+    assert_eq!(d.action, Action::Block);
+    // Off: nothing happens.
+    let p = policy("name: p\nprompt_attack: { enabled: false }\n");
+    let mut d = decide(&p, Stage::Input, Some(&calm), &[]);
+    d.apply_prompt_attack(&p, Some(1.0));
+    assert_eq!(d.action, Action::Allow);
+    assert!(d.reasons.is_empty());
+}
+
+#[test]
+fn tools_the_policy_lists() {
+    let p = policy("name: p\ntools: { allow: [a, b], deny: [b] }\n");
+    assert!(p.tools.allows("a"));
+    assert!(!p.tools.allows("b"), "deny wins");
+    assert!(!p.tools.allows("c"), "not in allow");
+    let p = policy("name: p\n");
+    assert!(p.tools.allows("anything"));
+    assert_eq!(p.tools.action, Action::Block);
+}

@@ -196,8 +196,17 @@ async fn prepare(
     };
 
     // Input: the guard judges the prompt before anything generated is used.
-    let verdict = checks::input_guard(state, &policy, &req.messages).await?;
-    let input = decide(&policy, Stage::Input, verdict.as_ref(), &[]);
+    // The prompt-attack check runs alongside (the guard's backend batches the two).
+    let (verdict, attack) = tokio::join!(
+        checks::input_guard(state, &policy, &req.messages),
+        checks::prompt_attack(state, &policy, &req.messages),
+    );
+    let (verdict, attack) = (verdict?, attack?);
+    let mut input = decide(&policy, Stage::Input, verdict.as_ref(), &[]);
+    input.apply_prompt_attack(&policy, attack);
+    if let Some(score) = attack {
+        trace::attr("safegate.prompt_attack", score);
+    }
     record_decision(state, &policy, &input, &[]);
     let blocked = input.blocked().then(|| {
         ApiError::content_filter(

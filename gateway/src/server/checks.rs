@@ -214,6 +214,58 @@ pub(super) async fn input_guard(
     })
 }
 
+/// P(prompt attack) of the turns the policy's `prompt_attack` stage judges (their roles),
+/// the worst of them; None when the stage is off, no turn is judged, or the guard has no
+/// prompt-attack classifier. Within the input stage's time budget; a failure is the
+/// policy's `on_error` to settle, as for the guard.
+pub(super) async fn prompt_attack(
+    state: &AppState,
+    policy: &Policy,
+    messages: &[ChatMessage],
+) -> Result<Option<f64>, ApiError> {
+    let Some(guard) = state.guard.clone() else {
+        return Ok(None);
+    };
+    let pa = &policy.prompt_attack;
+    let texts: Vec<String> = messages
+        .iter()
+        .filter(|m| pa.judge.iter().any(|r| *r == m.role))
+        .map(|m| safegate_guard::normalize::for_guard(&m.content).into_owned())
+        .filter(|t| !t.trim().is_empty())
+        .collect();
+    if !pa.enabled || texts.is_empty() {
+        return Ok(None);
+    }
+    let t0 = Instant::now();
+    let budget = Duration::from_millis(policy.input.timeout_ms);
+    let cancelled = CancelOnDrop::default();
+    let until = safegate_guard::Until {
+        deadline: Some(t0 + budget),
+        cancelled: Some(cancelled.0.clone()),
+    };
+    let result = match actix_web::rt::time::timeout(
+        budget,
+        web::block(move || guard.prompt_attack_scores(&texts, &until)),
+    )
+    .await
+    {
+        Ok(joined) => match joined.map_err(|e| ApiError::internal(e.to_string()))? {
+            Err(safegate_guard::GuardError::Engine(safegate_engine::EngineError::QueueFull)) => {
+                return Err(ApiError::overloaded())
+            }
+            other => other.map_err(|e| e.to_string()),
+        },
+        Err(_) => Err(format!("no verdict within {} ms", budget.as_millis())),
+    };
+    observe_stage(state, "prompt_attack", t0);
+    match result {
+        Ok(scores) => Ok(scores.and_then(|s| s.into_iter().reduce(f64::max))),
+        Err(e) => {
+            on_check_error(state, policy, "guard", "the prompt-attack check", e).map(|()| None)
+        }
+    }
+}
+
 /// The shield's side of a streamed reply: the scanner, fed off the async runtime.
 pub(super) struct StreamShield {
     scanner: Option<StreamScanner<'static>>,

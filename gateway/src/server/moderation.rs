@@ -10,7 +10,7 @@ use safegate_policies::{decide, Action, Stage};
 use serde_json::{json, Value};
 
 use super::audit::{conversation_sha256, sha256_hex, AuditRecord};
-use super::checks::{check_guard_size, guard_stage};
+use super::checks::{check_guard_size, guard_stage, prompt_attack};
 use super::reply::response_id;
 use super::respond::{authorize, parse_request, record_decision, respond, Body, Reply};
 use super::{ApiError, AppState};
@@ -42,6 +42,8 @@ pub async fn moderations(state: web::Data<AppState>, req: HttpRequest, body: Bod
         let mut results = Vec::with_capacity(inputs.len());
         for text in inputs {
             let convo = vec![ChatMessage::new("user", text)];
+            // Reported beside the categories; `flagged` stays about harmful content.
+            let attack = prompt_attack(&state, &policy, &convo).await?;
             let verdict = guard_stage(&state, &policy, Stage::Input, convo)
                 .await?
                 .ok_or_else(|| {
@@ -66,7 +68,7 @@ pub async fn moderations(state: web::Data<AppState>, req: HttpRequest, body: Bod
                 "categories": categories,
                 "category_scores": scores,
                 "category_applied_input_types": types,
-                "safegate": {"taxonomy": policy.taxonomy.name(), "p_unsafe": verdict.p_unsafe, "categories": verdict.category_scores, "decision": decision},
+                "safegate": {"taxonomy": policy.taxonomy.name(), "p_unsafe": verdict.p_unsafe, "categories": verdict.category_scores, "decision": decision, "prompt_attack": attack},
             }));
         }
         let model = state
@@ -119,14 +121,22 @@ pub async fn guard_classify(
         check_guard_size(&state, "messages", messages.iter().map(|m| &m.content))?;
         audit.policy = Some(policy.name.clone());
         audit.conversation_sha256 = Some(conversation_sha256(&messages));
+        // The input stage's decision is a chat's: the prompt-attack check included.
+        let attack = if stage == Stage::Input {
+            prompt_attack(&state, &policy, &messages).await?
+        } else {
+            None
+        };
         let verdict = guard_stage(&state, &policy, stage, messages).await?;
-        let decision = decide(&policy, stage, verdict.as_ref(), &[]);
+        let mut decision = decide(&policy, stage, verdict.as_ref(), &[]);
+        decision.apply_prompt_attack(&policy, attack);
         record_decision(&state, &policy, &decision, &[]);
         let body = json!({
             "policy": policy.name,
             "taxonomy": policy.taxonomy.name(),
             "agent_type": if stage == Stage::Input { "user" } else { "agent" },
             "verdict": verdict,
+            "prompt_attack": attack,
             "decision": decision,
         });
         audit.verdict = verdict;
