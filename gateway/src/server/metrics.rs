@@ -25,6 +25,7 @@ pub struct Metrics {
     pub guard_batches: prometheus::IntCounter,
     pub guard_batch_rows: prometheus::IntCounter,
     pub decode_steps: prometheus::IntCounter,
+    pub prompt_attacks: IntCounterVec,
     pub upstream: UpstreamMetrics,
     pub limiter: LimiterMetrics,
     /// Serialises the catch-up of the counters kept by the engines between concurrent scrapes.
@@ -187,6 +188,19 @@ impl Metrics {
                 "Decode steps the chat model ran (one per generated token; a cancelled generation stops within one)",
             )?,
         )?;
+        let prompt_attacks = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "safegate_prompt_attacks_total",
+                    "Requests whose prompt-attack score reached the policy's threshold, by the action taken",
+                ),
+                &["action"],
+            )?,
+        )?;
+        for action in ["block", "flag", "log"] {
+            prompt_attacks.with_label_values(&[action]);
+        }
         let upstream = UpstreamMetrics::new(&registry)?;
         let limiter = LimiterMetrics::new(&registry)?;
         // Series a dashboard or an alert reads exist from start-up, at 0, so panels show 0
@@ -219,6 +233,7 @@ impl Metrics {
             guard_batches,
             guard_batch_rows,
             decode_steps,
+            prompt_attacks,
             upstream,
             limiter,
             catch_up: std::sync::Mutex::new(()),

@@ -266,6 +266,9 @@ pub(super) fn record_decision(
                 .with_label_values(&[stage, policy.taxonomy.name(), code, action.as_str()])
                 .inc();
         }
+        if let Reason::PromptAttack { action, .. } = r {
+            m.prompt_attacks.with_label_values(&[action.as_str()]).inc();
+        }
     }
     for f in findings {
         let action = d.reasons.iter().find_map(|r| match r {
