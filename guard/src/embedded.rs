@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use safegate_engine::session::SessionOptions;
@@ -286,6 +286,19 @@ pub struct EmbeddedGuard {
     waiting: Arc<AtomicUsize>,
     /// Encoder runs and the windows they carried, since start.
     batches: Arc<BatchCounter>,
+    /// Features of the windows scored last (the prompt-attack head reads the same windows
+    /// the prompt head just read, so the input stage encodes each turn once).
+    recent: Mutex<std::collections::VecDeque<(u64, Vec<u32>, Vec<f32>)>>,
+}
+
+/// Windows whose features are kept for reuse.
+const RECENT_WINDOWS: usize = 256;
+
+fn window_hash(ids: &[u32]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    ids.hash(&mut h);
+    h.finish()
 }
 
 #[derive(Debug, Clone)]
@@ -365,6 +378,7 @@ impl EmbeddedGuard {
             jobs,
             waiting,
             batches,
+            recent: Mutex::default(),
         })
     }
 
@@ -470,7 +484,8 @@ impl EmbeddedGuard {
         until: &crate::Until,
     ) -> Result<TextScore, GuardError> {
         let tokens = windows.iter().map(Vec::len).sum();
-        let features = self.features_until(windows, until)?;
+        let features = self.features_until(windows.clone(), until)?;
+        self.remember(&windows, &features);
         let head = match agent {
             AgentType::User => &self.head.prompt,
             AgentType::Agent => &self.head.response,
@@ -508,14 +523,50 @@ impl EmbeddedGuard {
             windows.extend(w);
         }
         let mut scores = vec![0.0f64; texts.len()];
-        if windows.is_empty() {
-            return Ok(Some(scores));
+        // Windows the prompt head has just encoded are not encoded again.
+        let mut features: Vec<Option<Vec<f32>>> =
+            windows.iter().map(|w| self.recalled(w)).collect();
+        let missing: Vec<Vec<u32>> = windows
+            .iter()
+            .zip(&features)
+            .filter(|(_, f)| f.is_none())
+            .map(|(w, _)| w.clone())
+            .collect();
+        if !missing.is_empty() {
+            let mut computed = self.features_until(missing, until)?.into_iter();
+            for f in features.iter_mut().filter(|f| f.is_none()) {
+                *f = computed.next();
+            }
         }
-        let features = self.features_until(windows, until)?;
         for (f, &i) in features.iter().zip(&owner) {
-            scores[i] = scores[i].max(head.p_unsafe(f));
+            if let Some(f) = f {
+                scores[i] = scores[i].max(head.p_unsafe(f));
+            }
         }
         Ok(Some(scores))
+    }
+
+    fn remember(&self, windows: &[Vec<u32>], features: &[Vec<f32>]) {
+        if self.head.attack.is_none() {
+            return;
+        }
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        for (w, f) in windows.iter().zip(features) {
+            recent.push_back((window_hash(w), w.clone(), f.clone()));
+        }
+        while recent.len() > RECENT_WINDOWS {
+            recent.pop_front();
+        }
+    }
+
+    fn recalled(&self, window: &[u32]) -> Option<Vec<f32>> {
+        let h = window_hash(window);
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent
+            .iter()
+            .rev()
+            .find(|(hash, ids, _)| *hash == h && ids == window)
+            .map(|(_, _, f)| f.clone())
     }
 
     pub fn classify_blocking(&self, prompt: &GuardPrompt) -> Result<Classification, GuardError> {

@@ -196,12 +196,10 @@ async fn prepare(
     };
 
     // Input: the guard judges the prompt before anything generated is used.
-    // The prompt-attack check runs alongside (the guard's backend batches the two).
-    let (verdict, attack) = tokio::join!(
-        checks::input_guard(state, &policy, &req.messages),
-        checks::prompt_attack(state, &policy, &req.messages),
-    );
-    let (verdict, attack) = (verdict?, attack?);
+    // Then the prompt-attack check: the embedded guard reuses the features it has just
+    // computed for the same turns, so it costs the head's arithmetic, not a second pass.
+    let verdict = checks::input_guard(state, &policy, &req.messages).await?;
+    let attack = checks::prompt_attack(state, &policy, &req.messages).await?;
     let mut input = decide(&policy, Stage::Input, verdict.as_ref(), &[]);
     input.apply_prompt_attack(&policy, attack);
     if let Some(score) = attack {

@@ -42,10 +42,11 @@ pub async fn moderations(state: web::Data<AppState>, req: HttpRequest, body: Bod
         let mut results = Vec::with_capacity(inputs.len());
         for text in inputs {
             let convo = vec![ChatMessage::new("user", text)];
-            // Reported beside the categories; `flagged` stays about harmful content.
+            // Reported beside the categories; `flagged` stays about harmful content. After
+            // the guard, whose features of the same text it reuses.
+            let verdict = guard_stage(&state, &policy, Stage::Input, convo.clone()).await?;
             let attack = prompt_attack(&state, &policy, &convo).await?;
-            let verdict = guard_stage(&state, &policy, Stage::Input, convo)
-                .await?
+            let verdict = verdict
                 .ok_or_else(|| {
                     ApiError::unavailable(
                         "the guard gave no verdict (input stage disabled or failed open)",
@@ -122,12 +123,13 @@ pub async fn guard_classify(
         audit.policy = Some(policy.name.clone());
         audit.conversation_sha256 = Some(conversation_sha256(&messages));
         // The input stage's decision is a chat's: the prompt-attack check included.
+        let judged = messages.clone();
+        let verdict = guard_stage(&state, &policy, stage, messages).await?;
         let attack = if stage == Stage::Input {
-            prompt_attack(&state, &policy, &messages).await?
+            prompt_attack(&state, &policy, &judged).await?
         } else {
             None
         };
-        let verdict = guard_stage(&state, &policy, stage, messages).await?;
         let mut decision = decide(&policy, stage, verdict.as_ref(), &[]);
         decision.apply_prompt_attack(&policy, attack);
         record_decision(&state, &policy, &decision, &[]);
