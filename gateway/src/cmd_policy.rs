@@ -111,6 +111,39 @@ fn summary(p: &Policy) -> String {
     } else {
         s += "  shield: off\n";
     }
+    let pa = &p.prompt_attack;
+    if pa.enabled {
+        s += &format!(
+            "  prompt attacks: {} at P >= {} in {} turns\n",
+            pa.action.as_str(),
+            pa.threshold,
+            pa.judge.join(" and ")
+        );
+    } else {
+        s += "  prompt attacks: off\n";
+    }
+    let t = &p.tools;
+    if !t.allow.is_empty() || !t.deny.is_empty() || !t.code.is_empty() {
+        s += &format!(
+            "  tools: allow {}; deny {}; code {}; {} others\n",
+            if t.allow.is_empty() {
+                "any".to_string()
+            } else {
+                t.allow.join(" ")
+            },
+            if t.deny.is_empty() {
+                "none".to_string()
+            } else {
+                t.deny.join(" ")
+            },
+            if t.code.is_empty() {
+                "none".to_string()
+            } else {
+                t.code.join(" ")
+            },
+            t.action.as_str()
+        );
+    }
     s += &format!(
         "  on error: {}\n",
         if p.on_error == safegate_policies::OnError::FailClosed {

@@ -116,7 +116,7 @@ impl ToolCall {
     /// in `code_tools`, else those that look like code (more than one line, or shell
     /// syntax). Arguments that are not JSON are scanned whole.
     pub fn code_arguments(&self, code_tools: &[String]) -> Vec<String> {
-        let is_code_tool = code_tools.iter().any(|t| *t == self.name);
+        let is_code_tool = code_tools.contains(&self.name);
         let Ok(args) = serde_json::from_str::<Value>(&self.arguments) else {
             return vec![self.arguments.clone()];
         };

@@ -288,8 +288,11 @@ pub struct EmbeddedGuard {
     batches: Arc<BatchCounter>,
     /// Features of the windows scored last (the prompt-attack head reads the same windows
     /// the prompt head just read, so the input stage encodes each turn once).
-    recent: Mutex<std::collections::VecDeque<(u64, Vec<u32>, Vec<f32>)>>,
+    recent: Mutex<std::collections::VecDeque<Remembered>>,
 }
+
+/// A window (its hash, its ids) and its features.
+type Remembered = (u64, Vec<u32>, Vec<f32>);
 
 /// Windows whose features are kept for reuse.
 const RECENT_WINDOWS: usize = 256;

@@ -247,6 +247,9 @@ pub struct AuditRecord {
     pub findings: Option<Vec<FindingRecord>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_sha256: Option<String>,
+    /// The tools the model's reply called (names only; arguments are never logged).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<String>>,
     /// Bytes of the model's reply the client was sent (the checks' own count).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub released_bytes: Option<usize>,

@@ -278,6 +278,9 @@ async fn complete_whole(
     .await?;
     let output = record_output(state, &checks, audit);
     audit.usage = Some(completion.usage);
+    if !tools.is_empty() {
+        audit.tool_calls = Some(tools.calls().into_iter().map(|c| c.name).collect());
+    }
 
     let released = checks.release().to_string();
     let (content, tool_calls, finish_reason) = match checks.blocked() {

@@ -229,7 +229,7 @@ pub(super) async fn prompt_attack(
     let pa = &policy.prompt_attack;
     let texts: Vec<String> = messages
         .iter()
-        .filter(|m| pa.judge.iter().any(|r| *r == m.role))
+        .filter(|m| pa.judge.contains(&m.role))
         .map(|m| safegate_guard::normalize::for_guard(&m.content).into_owned())
         .filter(|t| !t.trim().is_empty())
         .collect();

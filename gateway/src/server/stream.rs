@@ -234,6 +234,9 @@ async fn run(
     drop(generation);
 
     let output = reply::record_output(&state, &checks, &mut audit);
+    if !tools.is_empty() {
+        audit.tool_calls = Some(tools.calls().into_iter().map(|c| c.name).collect());
+    }
     // What is still to go out of an answered reply leaves after the audit line, which
     // already counts it.
     let rest = match &end {
