@@ -87,6 +87,31 @@ pub(super) async fn guard_stage(
     guard_stage_as(state, policy, stage, agent, messages).await
 }
 
+/// Runs guard work on the blocking pool within `budget`: its result, or why it failed
+/// (for the policy's `on_error`). The guard drops the work when the budget runs out or when
+/// this future is dropped (the client went away, or the request ended otherwise): nobody
+/// waits for it. A full guard queue is overload, not a failing guard: 429 + Retry-After,
+/// for the client to retry, instead of `on_error` deciding.
+async fn on_guard<T: Send + 'static>(
+    budget: Duration,
+    job: impl FnOnce(&safegate_guard::Until) -> Result<T, safegate_guard::GuardError> + Send + 'static,
+) -> Result<Result<T, String>, ApiError> {
+    let cancelled = CancelOnDrop::default();
+    let until = safegate_guard::Until {
+        deadline: Some(Instant::now() + budget),
+        cancelled: Some(cancelled.0.clone()),
+    };
+    match actix_web::rt::time::timeout(budget, web::block(move || job(&until))).await {
+        Ok(joined) => match joined.map_err(|e| ApiError::internal(e.to_string()))? {
+            Err(safegate_guard::GuardError::Engine(safegate_engine::EngineError::QueueFull)) => {
+                Err(ApiError::overloaded())
+            }
+            other => Ok(other.map_err(|e| e.to_string())),
+        },
+        Err(_) => Ok(Err(format!("no verdict within {} ms", budget.as_millis()))),
+    }
+}
+
 /// `guard_stage` judging the turns of `agent` (the stage's settings apply).
 async fn guard_stage_as(
     state: &AppState,
@@ -119,29 +144,7 @@ async fn guard_stage_as(
         .map_err(|e| ApiError::invalid(e.to_string()))?;
     let t0 = Instant::now();
     let budget = Duration::from_millis(policy.stage(stage).timeout_ms);
-    // The guard drops this work when the stage's budget runs out or when this future is
-    // dropped (the client went away, or the request ended otherwise): nobody waits for it.
-    let cancelled = CancelOnDrop::default();
-    let until = safegate_guard::Until {
-        deadline: Some(t0 + budget),
-        cancelled: Some(cancelled.0.clone()),
-    };
-    let result = match actix_web::rt::time::timeout(
-        budget,
-        web::block(move || guard.classify_for(&prompt, &until)),
-    )
-    .await
-    {
-        Ok(joined) => match joined.map_err(|e| ApiError::internal(e.to_string()))? {
-            // A full guard queue is overload, not a failing guard: the client retries
-            // (429 + Retry-After) instead of the policy's on_error deciding.
-            Err(safegate_guard::GuardError::Engine(safegate_engine::EngineError::QueueFull)) => {
-                return Err(ApiError::overloaded())
-            }
-            other => other.map_err(|e| e.to_string()),
-        },
-        Err(_) => Err(format!("no verdict within {} ms", budget.as_millis())),
-    };
+    let result = on_guard(budget, move |until| guard.classify_for(&prompt, until)).await?;
     let name = match stage {
         Stage::Input => "input_guard",
         Stage::Output => "output_guard",
@@ -238,25 +241,10 @@ pub(super) async fn prompt_attack(
     }
     let t0 = Instant::now();
     let budget = Duration::from_millis(policy.input.timeout_ms);
-    let cancelled = CancelOnDrop::default();
-    let until = safegate_guard::Until {
-        deadline: Some(t0 + budget),
-        cancelled: Some(cancelled.0.clone()),
-    };
-    let result = match actix_web::rt::time::timeout(
-        budget,
-        web::block(move || guard.prompt_attack_scores(&texts, &until)),
-    )
-    .await
-    {
-        Ok(joined) => match joined.map_err(|e| ApiError::internal(e.to_string()))? {
-            Err(safegate_guard::GuardError::Engine(safegate_engine::EngineError::QueueFull)) => {
-                return Err(ApiError::overloaded())
-            }
-            other => other.map_err(|e| e.to_string()),
-        },
-        Err(_) => Err(format!("no verdict within {} ms", budget.as_millis())),
-    };
+    let result = on_guard(budget, move |until| {
+        guard.prompt_attack_scores(&texts, until)
+    })
+    .await?;
     observe_stage(state, "prompt_attack", t0);
     match result {
         Ok(scores) => Ok(scores.and_then(|s| s.into_iter().reduce(f64::max))),
