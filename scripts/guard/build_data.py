@@ -381,6 +381,8 @@ def main():
     # conversational phrasing, so that neither style nor length decides.
     for line in hand_written("everyday_benign.txt"):
         add(line, "prompt", 0, [], "everyday-benign")
+    for line in hand_written("everyday_tasks.txt"):
+        add(line, "prompt", 0, [], "everyday-tasks")
     for line in hand_written("lookalike_benign.txt"):
         add(line, "prompt", 0, [], "lookalike-benign")
     # The served chat model's own replies to those training prompts
