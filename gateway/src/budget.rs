@@ -76,6 +76,26 @@ impl<'a> TokenBudget<'a> {
         }
     }
 
+    /// A piece of a tool call's arguments: counted (in tokens, or one per piece), never
+    /// cut (a call is relayed whole or not at all by the checks). True once the budget is
+    /// spent: the call ends there, as a reply cut at `max_tokens` does.
+    pub fn spend_tool(&mut self, arguments: &str) -> bool {
+        if arguments.is_empty() {
+            return self.spent;
+        }
+        let n = match self.tokenizer {
+            Some(t) => t
+                .encode(arguments, false)
+                .map_or(arguments.len(), |e| e.len()),
+            None => 1,
+        };
+        self.used = (self.used + n).min(self.max);
+        if self.used >= self.max {
+            self.spent = true;
+        }
+        self.spent
+    }
+
     /// The end of the reply: the word in progress is counted too.
     pub fn finish(&mut self) -> Pass {
         let rest = std::mem::take(&mut self.pending);
@@ -171,6 +191,16 @@ mod tests {
         );
         assert!(b.finish().spent);
         assert_eq!(b.used(), 2);
+    }
+
+    #[test]
+    fn tool_call_pieces_count_too() {
+        let mut b = TokenBudget::new(None, 3);
+        assert!(!b.spend_tool("{\"a\""));
+        assert!(!b.spend_tool(""));
+        assert_eq!(b.push("x").text, "x");
+        assert!(b.spend_tool(": 1}"), "the third token spends the budget");
+        assert!(b.finish().spent);
     }
 
     #[test]

@@ -287,9 +287,14 @@ async fn call(
         }
         for call in chunk.tool_calls {
             relayed = true;
+            let spent = budget.spend_tool(call.arguments.as_deref().unwrap_or(""));
             if tx.send(UpstreamEvent::ToolCall(call)).await.is_err() {
                 return Ok(());
             }
+            cut |= spent;
+        }
+        if cut {
+            break;
         }
         if let Some(text) = chunk.text {
             first_text.get_or_insert_with(|| t0.elapsed());
