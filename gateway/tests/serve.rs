@@ -211,11 +211,6 @@ fn refuses_open_listening_without_keys_and_reports_missing_models() {
 
 #[test]
 fn the_official_openai_client_parses_our_responses() {
-    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/venv/bin/python");
-    assert!(
-        python.exists(),
-        "run scripts/setup.sh: it installs the openai client into .cache/venv"
-    );
     let model = fixture("tiny-llama3");
     let open = start(&["--model", model.to_str().unwrap()]);
     let dir = policy_dir("name: default\ninput: { threshold: 0.0 }\n");
@@ -227,21 +222,8 @@ fn the_official_openai_client_parses_our_responses() {
         "--policies",
         dir.path().to_str().unwrap(),
     ]);
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/conformance/openai_client.py");
-    let out = Command::new(python)
-        .arg(script)
-        .arg(&open.base)
-        .arg(&strict.base)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("conformance: ok"));
+    let stdout = run_conformance("openai_client.py", &[&open.base, &strict.base]);
+    assert!(stdout.contains("conformance: ok"));
 }
 
 fn policy_version(base: &str) -> u64 {

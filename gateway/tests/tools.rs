@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use common::{policy_dir, post, serve_raw, sse_response, start, Server};
@@ -283,28 +281,11 @@ fn what_cannot_be_honoured_is_refused_not_dropped() {
 
 #[test]
 fn the_official_openai_client_tool_flow() {
-    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/venv/bin/python");
-    assert!(
-        python.exists(),
-        "run scripts/setup.sh: it installs the openai client into .cache/venv"
-    );
     let bodies = Arc::new(Mutex::new(Vec::new()));
     let (server, _p) = gateway(
         &tool_model(bodies),
         "name: default\ntools: { code: [run_python] }\n",
     );
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/conformance/openai_tools.py");
-    let out = Command::new(python)
-        .arg(script)
-        .arg(&server.base)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("tools: ok"));
+    let stdout = common::run_conformance("openai_tools.py", &[&server.base]);
+    assert!(stdout.contains("tools: ok"));
 }

@@ -75,15 +75,10 @@ impl Decision {
     }
 
     /// Adds a reason whose action may be stronger than the decision's: the stronger one
-    /// wins (allow < log < flag < block), and a block says `message`.
+    /// wins (`Action`'s order: allow < log < flag < block), and a block says `message`.
     pub fn escalate(&mut self, reason: Reason, action: Action, message: &str) {
-        let rank = |a: Action| {
-            [Action::Allow, Action::Log, Action::Flag, Action::Block]
-                .iter()
-                .position(|x| *x == a)
-        };
         self.reasons.push(reason);
-        if rank(action) > rank(self.action) {
+        if action > self.action {
             self.action = action;
             if action == Action::Block {
                 self.message = Some(message.to_string());

@@ -18,8 +18,7 @@ cargo build --release -q -p safegate-gateway --bin safegate --example fake_upstr
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_up() { for _ in $(seq 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "not up: $1" >&2; exit 1; }
+. scripts/bench/lib.sh
 
 UP=$(free_port); UPS=$(free_port)
 target/release/examples/fake_upstream "127.0.0.1:$UP" "$LAT" &
@@ -68,24 +67,16 @@ wrk.body = '{"model": "fake", "stream": true, "messages": [{"role": "user", "con
 LUA
 sed 's/"stream": true/"stream": false/' "$work/post.lua" > "$work/post-whole.lua"
 
-run() { # label url script
-  local out; out=$(wrk -t"$(( CONN < 2 ? 1 : 2 ))" -c"$CONN" -d"${SECS}s" --latency -s "$3" "$2")
-  local rps p50 p99
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  p50=$(awk '$1=="50%" {print $2}' <<<"$out"); p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-  local errs; errs=$(awk '/Non-2xx/ {print $5}' <<<"$out"); errs=${errs:-0}
-  printf '| %s | %s | %s | %s | %s |\n' "$1" "$rps" "$p50" "$p99" "$errs"
-}
 echo "fake upstream latency ${LAT} ms, wrk -t2 -c${CONN} -d${SECS}s"
 echo
 echo "| path | requests/s | p50 | p99 | non-2xx |"
 echo "|---|---|---|---|---|"
-run "direct to the fake upstream" "http://127.0.0.1:$UP/v1/chat/completions" "$work/post.lua"
-run "safegate, checks off, audit off (client non-stream)" "http://127.0.0.1:$G1/v1/chat/completions" "$work/post-whole.lua"
-run "safegate, checks off, audit off (client stream)" "http://127.0.0.1:$G1/v1/chat/completions" "$work/post.lua"
-run "safegate, checks off, audit off, HTTPS upstream (client non-stream)" "http://127.0.0.1:$G4/v1/chat/completions" "$work/post-whole.lua"
+wrk_row "direct to the fake upstream" "http://127.0.0.1:$UP/v1/chat/completions" "$work/post.lua"
+wrk_row "safegate, checks off, audit off (client non-stream)" "http://127.0.0.1:$G1/v1/chat/completions" "$work/post-whole.lua"
+wrk_row "safegate, checks off, audit off (client stream)" "http://127.0.0.1:$G1/v1/chat/completions" "$work/post.lua"
+wrk_row "safegate, checks off, audit off, HTTPS upstream (client non-stream)" "http://127.0.0.1:$G4/v1/chat/completions" "$work/post-whole.lua"
 if [ -n "${SAFEGATE_BASELINE:-}" ]; then
-  run "baseline $(basename "$SAFEGATE_BASELINE"), checks off, audit off (client non-stream)" "http://127.0.0.1:$G5/v1/chat/completions" "$work/post-whole.lua"
+  wrk_row "baseline $(basename "$SAFEGATE_BASELINE"), checks off, audit off (client non-stream)" "http://127.0.0.1:$G5/v1/chat/completions" "$work/post-whole.lua"
 fi
-run "safegate, shield on, audit off (client non-stream)" "http://127.0.0.1:$G2/v1/chat/completions" "$work/post-whole.lua"
-run "safegate, shield on, audit fsynced per request (client non-stream)" "http://127.0.0.1:$G3/v1/chat/completions" "$work/post-whole.lua"
+wrk_row "safegate, shield on, audit off (client non-stream)" "http://127.0.0.1:$G2/v1/chat/completions" "$work/post-whole.lua"
+wrk_row "safegate, shield on, audit fsynced per request (client non-stream)" "http://127.0.0.1:$G3/v1/chat/completions" "$work/post-whole.lua"

@@ -12,8 +12,7 @@ CONN=${1:-1}; SECS=${2:-10}
 cargo build --release -q -p safegate-gateway --bin safegate --example fake_upstream
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_up() { for _ in $(seq 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "not up: $1" >&2; exit 1; }
+. scripts/bench/lib.sh
 
 UP=$(free_port); RP=$(free_port)
 target/release/examples/fake_upstream "127.0.0.1:$UP" 0 &
@@ -39,20 +38,12 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer $KEY"
 wrk.body = '{"model": "fake", "stream": false, "messages": [{"role": "user", "content": "What is the answer?"}], "max_tokens": 16}'
 LUA
-run() { # label port
-  local out; out=$(wrk -t"$(( CONN < 2 ? 1 : 2 ))" -c"$CONN" -d"${SECS}s" --latency -s "$work/post.lua" "http://127.0.0.1:$2/v1/chat/completions")
-  local rps p50 p99 errs
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  p50=$(awk '$1=="50%" {print $2}' <<<"$out"); p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-  errs=$(awk '/Non-2xx/ {print $5}' <<<"$out"); errs=${errs:-0}
-  printf '| %s | %s | %s | %s | %s |\n' "$1" "$rps" "$p50" "$p99" "$errs"
-}
 echo "wrk -c${CONN} -d${SECS}s, fake upstream latency 0, shield off, audit off"
 echo
 echo "| limits | requests/s | p50 | p99 | non-2xx |"
 echo "|---|---|---|---|---|"
-run "key without limits" "$G1"
-run "local bucket and budgets" "$G2"
-run "shared on Redis (loopback)" "$G3"
+wrk_row "key without limits" "http://127.0.0.1:$G1/v1/chat/completions" "$work/post.lua"
+wrk_row "local bucket and budgets" "http://127.0.0.1:$G2/v1/chat/completions" "$work/post.lua"
+wrk_row "shared on Redis (loopback)" "http://127.0.0.1:$G3/v1/chat/completions" "$work/post.lua"
 echo
 curl -s "http://127.0.0.1:$G3/metrics" | grep -E '^safegate_ratelimit_(redis_seconds_(sum|count)|redis_errors_total|local_fallbacks_total)'

@@ -199,23 +199,9 @@ def main():
         if r["kind"] == "prompt" and r["split"] == "dev":
             add(r["text"], 0, "guard-" + r["source"], split="dev")
 
-    seen, unique = set(), []
-    for r in rows:
-        key = " ".join(r["text"].lower().split())
-        if key in seen:
-            continue
-        seen.add(key)
-        unique.append(r)
-    groups = {}
-    for r in unique:
-        if "split" not in r:
-            groups.setdefault((r["source"], r["label"]), []).append(r)
-    for key in sorted(groups):
-        g = groups[key]
-        random.Random(f"{SEED}/{key[0]}/{key[1]}").shuffle(g)
-        n = len(g)
-        for i, r in enumerate(g):
-            r["split"] = "train" if i < 0.7 * n else "val" if i < 0.8 * n else "test"
+    unique = build_data.dedupe_and_split(
+        rows, SEED, lambda r: " ".join(r["text"].lower().split()), lambda r: (r["source"], r["label"])
+    )
     next_id = max(r["id"] for r in base) + 1
     for i, r in enumerate(unique):
         r["id"] = next_id + i

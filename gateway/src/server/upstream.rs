@@ -261,7 +261,6 @@ async fn call(
         })
         .await
         .map_err(|e| failed(e, false))?;
-    metrics.open_calls(name, target.open_calls());
     let mut budget = TokenBudget::new(target.tokenizer.as_ref(), relay.max_tokens);
     let mut finish = None;
     let mut usage = None;
@@ -312,7 +311,6 @@ async fn call(
         }
     }
     drop(upstream_call); // back to the pool when read to its end; closed when cut short
-    metrics.open_calls(name, target.open_calls());
     let tail = budget.finish();
     cut |= tail.spent;
     metrics.call(name, "ok");

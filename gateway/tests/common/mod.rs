@@ -105,6 +105,29 @@ pub fn metrics(base: &str) -> String {
         .unwrap()
 }
 
+/// Runs `scripts/conformance/{script}` with the openai client's Python (.cache/venv, from
+/// scripts/setup.sh) and `args`; its stdout, once it exited 0.
+pub fn run_conformance(script: &str, args: &[&str]) -> String {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = root.join(".cache/venv/bin/python");
+    assert!(
+        python.exists(),
+        "run scripts/setup.sh: it installs the openai client into .cache/venv"
+    );
+    let out = Command::new(python)
+        .arg(root.join("scripts/conformance").join(script))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// A loopback port free right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
