@@ -9,7 +9,8 @@
 #   cpp        LevelDB and Snappy (npm leveldown), node-addon-api, better-sqlite3's bindings
 #   java       OpenJDK 17 class library sources (Debian openjdk-17-source): java.util, java.net, java.io
 #   csharp     Edge.js's .NET bridge (npm edge-js) and Python.NET's runtime (PyPI pythonnet sdist)
-#   php        Symfony Console, Twig, Monolog (Debian php-* packages)
+#   php        Symfony Console, Twig, Monolog, Laravel, Doctrine DBAL, Guzzle, WordPress,
+#              phpMyAdmin, Roundcube, DokuWiki (Debian packages, unpacked, not installed)
 #   go         golang.org/x/net (Debian golang-golang-x-net-dev)
 #   ruby       Rack (Debian ruby-rack) and Ruby's standard library
 #   bash       shell scripts shipped in /usr/bin and /usr/sbin by Debian packages
@@ -74,10 +75,18 @@ keep csharp "$DL/pythonnet" cs
 }
 
 # Java, PHP, Go, Ruby from Debian
-apt-get install -y -q openjdk-17-source php-symfony-console php-twig php-monolog golang-golang-x-net-dev ruby-rack >/dev/null
+apt-get install -y -q openjdk-17-source golang-golang-x-net-dev ruby-rack >/dev/null
 mkdir -p "$DL/jdk" && unzip -q -o -d "$DL/jdk" /usr/lib/jvm/openjdk-17/lib/src.zip 'java.base/java/util/*' 'java.base/java/net/*' 'java.base/java/io/*'
 keep java "$DL/jdk" java
-keep php /usr/share/php php
+[ -d "$OUT/php" ] || {
+# Unpacked with dpkg-deb: these are applications (WordPress, phpMyAdmin...) whose installation
+# would pull in a web server and a database; only their sources are wanted.
+mkdir -p "$DL/phpdeb" "$DL/php"
+(cd "$DL/phpdeb" && apt-get download -q php-symfony-console php-twig php-monolog php-laravel-framework \
+  php-doctrine-dbal php-guzzlehttp-guzzle wordpress phpmyadmin roundcube-core dokuwiki >/dev/null)
+for deb in "$DL"/phpdeb/*.deb; do dpkg-deb -x "$deb" "$DL/php"; done
+keep php "$DL/php" php
+}
 keep go /usr/share/gocode/src/golang.org/x/net go
 keep ruby "$(dirname "$(dpkg -L ruby-rack | grep '/rack.rb$' | head -n1)")/rack" rb
 keep ruby "$(ls -d /usr/lib/ruby/3.* | head -n1)" rb

@@ -1,15 +1,46 @@
 //! Shield evaluation on a CyberSecEval-style JSONL file (language, line_text, origin_code).
 //!
-//!     cargo run --release -p safegate-shield --example eval -- shield/eval/shield-dev.jsonl [--auto] [--misses N] [--slowest]
+//!     cargo run --release -p safegate-shield --example eval -- shield/eval/shield-dev.jsonl [--auto] [--misses N] [--counted-misses] [--slowest]
 //!
 //! Per language: share of snippets flagged, and labelled-line recall (a finding's line span
 //! covers the first line of origin_code equal, after trimming, to line_text); latency per
 //! snippet. With --auto the language is detected instead of given.
+//!
+//! Recall is reported both ways: over all labels, and over the "counted" labels, which leave
+//! out the two label groups the shield declines by design (docs/shield.md, "Declined
+//! labels"): weak-PRNG labels (CWE-338, CWE-330: every `rand()`, `Math.random`, `new
+//! Random()`, whatever the value is for) and attacker-controlled-value labels (CWE-290:
+//! every read of PHP's `REMOTE_ADDR`; CWE-807 "can be controlled by an attacker": every
+//! `std::env::args`/`current_exe`).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use safegate_shield::{Language, ScanOptions, Shield};
+
+/// Whether a label belongs to a group the shield declines by design (see the module doc).
+fn declined_label(cwe: &str, description: &str) -> bool {
+    matches!(cwe, "CWE-338" | "CWE-330" | "CWE-290")
+        || (cwe == "CWE-807" && description.contains("controlled by an attacker"))
+}
+
+/// Per-language tallies: snippets, flagged, labelled line hit; and the same for counted labels.
+#[derive(Default)]
+struct Tally {
+    snippets: usize,
+    flagged: usize,
+    on_line: usize,
+    counted: usize,
+    counted_on_line: usize,
+}
+
+fn pct(part: usize, whole: usize) -> String {
+    if whole == 0 {
+        "-".to_string()
+    } else {
+        format!("{:.1}%", 100.0 * part as f64 / whole as f64)
+    }
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -17,6 +48,8 @@ fn main() {
         .get(1)
         .expect("usage: eval FILE.jsonl [--auto] [--misses N]");
     let auto = args.iter().any(|a| a == "--auto");
+    // With --counted-misses, the MISS lines list only counted labels.
+    let only_counted_misses = args.iter().any(|a| a == "--counted-misses");
     let misses: usize = args
         .iter()
         .position(|a| a == "--misses")
@@ -41,7 +74,7 @@ fn main() {
         };
         let _ = shield.scan(row["origin_code"].as_str().unwrap_or_default(), &options);
     }
-    let mut per_lang: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
+    let mut per_lang: BTreeMap<String, Tally> = BTreeMap::new();
     let mut times = Vec::new();
     let mut slowest: Vec<(f64, String, usize)> = Vec::new();
     let mut missed: Vec<(String, String, String)> = Vec::new();
@@ -83,47 +116,59 @@ fn main() {
                 .iter()
                 .any(|f| f.line <= t && t <= f.end_line)
         });
+        let description = row["pattern_desc"].as_str().unwrap_or_default();
+        let counted = !declined_label(
+            row["cwe_identifier"].as_str().unwrap_or_default(),
+            description,
+        );
         let e = per_lang.entry(lang_name.clone()).or_default();
-        e.0 += 1;
-        e.1 += flagged as usize;
-        e.2 += on_line as usize;
-        if !on_line {
+        e.snippets += 1;
+        e.flagged += flagged as usize;
+        e.on_line += on_line as usize;
+        e.counted += counted as usize;
+        e.counted_on_line += (counted && on_line) as usize;
+        if !on_line && (counted || !only_counted_misses) {
             missed.push((
                 lang_name,
-                row["pattern_desc"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .chars()
-                    .take(60)
-                    .collect(),
+                description.chars().take(60).collect(),
                 target.chars().take(110).collect(),
             ));
         }
     }
-    let (mut n, mut f, mut l) = (0, 0, 0);
-    println!("| language | snippets | flagged | labelled line |");
-    println!("|---|---|---|---|");
-    for (lang, (cn, cf, cl)) in &per_lang {
+    println!(
+        "| language | snippets | flagged | labelled line, all labels | counted labels | labelled line, counted labels |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let mut all = Tally::default();
+    for (lang, t) in &per_lang {
         println!(
-            "| {lang} | {cn} | {:.1}% | {:.1}% |",
-            100.0 * *cf as f64 / *cn as f64,
-            100.0 * *cl as f64 / *cn as f64
+            "| {lang} | {} | {} | {} | {} | {} |",
+            t.snippets,
+            pct(t.flagged, t.snippets),
+            pct(t.on_line, t.snippets),
+            t.counted,
+            pct(t.counted_on_line, t.counted)
         );
-        n += cn;
-        f += cf;
-        l += cl;
+        all.snippets += t.snippets;
+        all.flagged += t.flagged;
+        all.on_line += t.on_line;
+        all.counted += t.counted;
+        all.counted_on_line += t.counted_on_line;
     }
     println!(
-        "| **all** | {n} | {:.1}% | {:.1}% |",
-        100.0 * f as f64 / n as f64,
-        100.0 * l as f64 / n as f64
+        "| **all** | {} | {} | {} | {} | {} |",
+        all.snippets,
+        pct(all.flagged, all.snippets),
+        pct(all.on_line, all.snippets),
+        all.counted,
+        pct(all.counted_on_line, all.counted)
     );
     times.sort_by(f64::total_cmp);
-    let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)];
+    let quantile = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)];
     println!(
         "\nlatency per snippet: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
-        pct(0.5),
-        pct(0.99),
+        quantile(0.5),
+        quantile(0.99),
         times[times.len() - 1]
     );
     if auto {
