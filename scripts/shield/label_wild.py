@@ -12,6 +12,7 @@ The sets it makes hold third-party code: keep them under .cache/, out of the rep
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -28,12 +29,32 @@ LANGS = {"c": (Language.C, (".c",)), "cpp": (Language.CPP, (".cpp", ".cc", ".cxx
          "python": (Language.PYTHON, (".py",)), "rust": (Language.RUST, (".rs",))}
 
 
+STACK_COPY = re.compile(r"\b(?:memcpy|memmove|strcpy|strcat|sprintf)\s*\(\s*(?:\([^()]*\)\s*)?&?\s*([A-Za-z_]\w*)")
+
+
+def labelled_line(issue, lines):
+    """The line CyberSecEval's dataset labels. Its ICD put the stack-buffer-copy finding (CWE-121)
+    on the buffer's declaration (all 29 such labels of the dev half); today's ICD puts it on
+    the copy. Move it back up to the declaration, when there is one in the file."""
+    n = issue.line
+    if issue.cwe_id != "CWE-121" or not n or n > len(lines):
+        return n
+    m = STACK_COPY.search(lines[n - 1])
+    if not m:
+        return n
+    decl = re.compile(r"^\s*[A-Za-z_][\w\s\*]*\b" + re.escape(m.group(1)) + r"\s*\[[^\]]+\]")
+    for k in range(n - 1, 0, -1):
+        if decl.search(lines[k - 1]):
+            return k
+    return n
+
+
 def windows(lang_name, path, code, issues, max_per_file, rng):
     """One 20-line snippet per flagged line (ten lines before it, nine after)."""
     lines = code.split("\n")
     rows, seen = [], set()
     for issue in issues:
-        n = issue.line
+        n = labelled_line(issue, lines)
         if not n or n in seen or n > len(lines) or not lines[n - 1].strip():
             continue
         seen.add(n)

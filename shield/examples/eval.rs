@@ -76,6 +76,7 @@ fn main() {
     }
     let mut per_lang: BTreeMap<String, Tally> = BTreeMap::new();
     let mut times = Vec::new();
+    let mut flagged_line_share: Vec<f64> = Vec::new();
     let mut slowest: Vec<(f64, String, usize)> = Vec::new();
     let mut missed: Vec<(String, String, String)> = Vec::new();
     let mut detections: BTreeMap<(String, String), usize> = BTreeMap::new();
@@ -110,6 +111,13 @@ fn main() {
             *detections.entry((lang_name.clone(), detected)).or_default() += 1;
         }
         let flagged = !report.findings.is_empty();
+        // Share of the snippet's lines inside some finding's span: a shield that flags whole
+        // snippets would score recall without pointing at anything.
+        let total_lines = code.lines().count().max(1);
+        let covered = (1..=total_lines)
+            .filter(|&n| report.findings.iter().any(|f| f.line <= n && n <= f.end_line))
+            .count();
+        flagged_line_share.push(covered as f64 / total_lines as f64);
         let on_line = target_line.is_some_and(|t| {
             report
                 .findings
@@ -162,6 +170,10 @@ fn main() {
         pct(all.on_line, all.snippets),
         all.counted,
         pct(all.counted_on_line, all.counted)
+    );
+    println!(
+        "\nlines inside a finding, mean share per snippet: {:.1}%",
+        100.0 * flagged_line_share.iter().sum::<f64>() / flagged_line_share.len().max(1) as f64
     );
     times.sort_by(f64::total_cmp);
     let quantile = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)];
