@@ -5,7 +5,8 @@
 #   javascript npm tarballs of express, lodash, axios, moment, commander, debug, chalk, react-dom
 #   typescript npm tarball of rxjs (ships its .ts sources) and zod
 #   rust       crates already in ~/.cargo/registry (serde_json, regex, tokio, clap, tree-sitter)
-#   c          SQLite (npm better-sqlite3 ships its amalgamation)
+#   c          SQLite (npm better-sqlite3 ships its amalgamation), libxml2 (npm libxmljs2 vendors
+#              it), xz/liblzma (npm lzma-native ships its source tarball), Argon2 (npm argon2)
 #   cpp        LevelDB and Snappy (npm leveldown), node-addon-api, better-sqlite3's bindings
 #   java       OpenJDK 17 class library sources (Debian openjdk-17-source): java.util, java.net, java.io
 #   csharp     Edge.js's .NET bridge (npm edge-js) and Python.NET's runtime (PyPI pythonnet sdist)
@@ -54,11 +55,13 @@ done
 # C, C++ and C# (npm packages that carry native sources): SQLite (better-sqlite3), LevelDB
 # and Snappy (leveldown), node-addon-api, Edge.js (C#)
 [ -d "$OUT/c" ] || {
-(cd "$DL" && npm pack --silent better-sqlite3 leveldown node-addon-api edge-js >/dev/null)
-for t in "$DL"/better-sqlite3-*.tgz "$DL"/leveldown-*.tgz "$DL"/node-addon-api-*.tgz "$DL"/edge-js-*.tgz; do
+(cd "$DL" && npm pack --silent better-sqlite3 leveldown node-addon-api edge-js libxmljs2 lzma-native argon2 >/dev/null)
+for t in "$DL"/better-sqlite3-*.tgz "$DL"/leveldown-*.tgz "$DL"/node-addon-api-*.tgz "$DL"/edge-js-*.tgz \
+         "$DL"/libxmljs2-*.tgz "$DL"/lzma-native-*.tgz "$DL"/argon2-*.tgz; do
   d="$DL/native/$(basename "$t" .tgz)"; mkdir -p "$d" && tar -xzf "$t" -C "$d"
 done
 find "$DL/native" -name '*.tar.gz' -exec sh -c 'tar -xzf "$1" -C "$(dirname "$1")"' _ {} \;
+find "$DL/native" -name '*.tar.bz2' -exec sh -c 'tar -xjf "$1" -C "$(dirname "$1")"' _ {} \;
 keep c "$DL/native" c
 keep cpp "$DL/native" cpp cc hpp h
 keep csharp "$DL/native" cs
@@ -69,10 +72,12 @@ keep csharp "$DL/native" cs
 [ -f "$DL/pythonnet-3.2.1.tar.gz" ] || {
 url=$(curl -fsS https://pypi.org/simple/pythonnet/ | grep -o 'https://files.pythonhosted.org[^"#]*pythonnet-3\.2\.1\.tar\.gz' | head -n1)
 curl -fsS -o "$DL/pythonnet-3.2.1.tar.gz" "$url"
+}
+[ -d "$DL/pythonnet" ] || {
 mkdir -p "$DL/pythonnet" && tar -xzf "$DL/pythonnet-3.2.1.tar.gz" -C "$DL/pythonnet"
 find "$DL/pythonnet" -type d -name '*tests*' -prune -exec rm -rf {} +
-keep csharp "$DL/pythonnet" cs
 }
+keep csharp "$DL/pythonnet" cs  # names come from the source paths: copying again changes nothing
 
 # Java, PHP, Go, Ruby from Debian
 apt-get install -y -q openjdk-17-source golang-golang-x-net-dev ruby-rack >/dev/null
