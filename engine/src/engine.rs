@@ -18,12 +18,14 @@ use crate::chat::ChatTokenizer;
 use crate::error::{EngineError, Result};
 use crate::model::{Layout, ModelConfig, ModelFiles};
 use crate::sampling::{Sampler, SamplingParams};
-use crate::session::{DecoderSession, Device, KvCache, Provider, SessionOptions};
+use crate::session::{DecoderSession, Device, IoBindingMode, KvCache, Provider, SessionOptions};
 use crate::text::{IncrementalDecoder, StopMatcher};
 
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     pub device: Device,
+    /// ONNX Runtime I/O binding (KV cache kept on the provider's device); `auto` binds on CUDA.
+    pub io_binding: IoBindingMode,
     /// ONNX Runtime intra-op threads per session; 0 lets ONNX Runtime choose.
     pub intra_threads: usize,
     /// Worker threads, each with its own session (memory grows with each).
@@ -47,6 +49,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         Self {
             device: Device::Auto,
+            io_binding: IoBindingMode::Auto,
             intra_threads: 0,
             workers: 1,
             queue_capacity: 64,
@@ -153,6 +156,8 @@ pub struct ModelInfo {
     pub dir: PathBuf,
     pub layout: Layout,
     pub provider: Provider,
+    /// Whether the sessions run through ONNX Runtime's I/O binding.
+    pub io_bound: bool,
     /// Why `--device auto` ended on the CPU, when it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
@@ -248,6 +253,7 @@ impl Engine {
         let session_opts = SessionOptions {
             device: opts.device,
             intra_threads: opts.intra_threads,
+            io_binding: opts.io_binding,
         };
         let workers = opts.workers.max(1);
         let mut sessions = Vec::with_capacity(workers);
@@ -267,6 +273,7 @@ impl Engine {
             dir: dir.to_path_buf(),
             layout: sessions[0].layout(),
             provider: sessions[0].provider,
+            io_bound: sessions[0].io_bound(),
             fallback: crate::session::fallback_reason(opts.device, sessions[0].provider),
             config,
         });

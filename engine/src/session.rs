@@ -7,7 +7,8 @@ use std::ops::Range;
 use std::path::Path;
 use std::str::FromStr;
 
-use ort::session::{Session, SessionInputValue};
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::{Session, SessionInputValue, SessionOutputs};
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 
 use crate::error::{EngineError, Result};
@@ -69,11 +70,167 @@ impl Provider {
     }
 }
 
+/// `--io-binding auto|on|off`: how a decoder's inputs and outputs reach ONNX Runtime.
+///
+/// With I/O binding the KV cache's `present` outputs are allocated on the execution
+/// provider's device and bound, there, as the next step's `past` inputs; only the logits are
+/// copied to host memory. On CUDA this keeps the cache on the GPU, where the plain path
+/// copies every layer's keys and values to the host and back at each token. On the CPU both
+/// paths move the same tensors (the plain one hands the outputs back as inputs without a
+/// copy), so `auto` binds on CUDA only; `on` binds on the CPU too (its parity tests run there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoBindingMode {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl FromStr for IoBindingMode {
+    type Err = EngineError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(IoBindingMode::Auto),
+            "on" => Ok(IoBindingMode::On),
+            "off" => Ok(IoBindingMode::Off),
+            _ => Err(EngineError::InvalidRequest(format!(
+                "unknown I/O binding mode `{s}`: expected auto, on or off"
+            ))),
+        }
+    }
+}
+
+impl IoBindingMode {
+    /// Whether a session on `provider` binds its inputs and outputs.
+    pub fn binds(self, provider: Provider) -> bool {
+        match self {
+            IoBindingMode::Auto => provider == Provider::Cuda,
+            IoBindingMode::On => true,
+            IoBindingMode::Off => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct SessionOptions {
     pub device: Device,
     /// ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose.
     pub intra_threads: usize,
+    pub io_binding: IoBindingMode,
+}
+
+/// Where a bound session's outputs go: the KV cache stays on the provider's device, the
+/// logits come to host memory.
+struct BoundMemory {
+    kv: MemoryInfo<'static>,
+    host: MemoryInfo<'static>,
+}
+
+impl BoundMemory {
+    fn new(provider: Provider, device: Device) -> Result<Self> {
+        let ort = |e: ort::Error| EngineError::Ort(e.to_string());
+        let kv = match (provider, device) {
+            (Provider::Cuda, Device::Cuda(n)) => MemoryInfo::new(
+                AllocationDevice::CUDA,
+                n as i32,
+                AllocatorType::Device,
+                MemoryType::Default,
+            ),
+            (Provider::Cuda, _) => MemoryInfo::new(
+                AllocationDevice::CUDA,
+                0,
+                AllocatorType::Device,
+                MemoryType::Default,
+            ),
+            (Provider::Cpu, _) => MemoryInfo::new(
+                AllocationDevice::CPU,
+                0,
+                AllocatorType::Device,
+                MemoryType::Default,
+            ),
+        }
+        .map_err(ort)?;
+        let host = MemoryInfo::new(
+            AllocationDevice::CPU,
+            0,
+            AllocatorType::Device,
+            MemoryType::CPUOutput,
+        )
+        .map_err(ort)?;
+        Ok(Self { kv, host })
+    }
+}
+
+/// The outputs of one run, moved out of ONNX Runtime's list: the logits and the KV outputs.
+struct RunOutputs(Vec<(String, DynValue)>);
+
+impl RunOutputs {
+    fn collect(mut outputs: SessionOutputs<'_>, names: &[&str]) -> Result<Self> {
+        names
+            .iter()
+            .map(|&name| {
+                outputs
+                    .remove(name)
+                    .map(|v| (name.to_string(), v))
+                    .ok_or_else(|| EngineError::Ort(format!("the model returned no `{name}`")))
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Self)
+    }
+
+    fn get(&self, name: &str) -> Result<&DynValue> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
+            .ok_or_else(|| EngineError::Ort(format!("the model returned no `{name}`")))
+    }
+
+    fn take(&mut self, name: &str) -> Result<DynValue> {
+        let at = self
+            .0
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| EngineError::Ort(format!("the model returned no `{name}`")))?;
+        Ok(self.0.swap_remove(at).1)
+    }
+}
+
+/// Runs `session` once, plainly or through an I/O binding (`bound`), and returns the logits
+/// and every KV output by name.
+fn run_decoder(
+    session: &mut Session,
+    bound: Option<&BoundMemory>,
+    signature: &GraphSignature,
+    inputs: Vec<(Cow<'_, str>, DynValue)>,
+) -> Result<RunOutputs> {
+    let mut names: Vec<&str> = Vec::with_capacity(1 + signature.kv_outputs.len() * 2);
+    names.push("logits");
+    for (k, v) in &signature.kv_outputs {
+        names.push(k);
+        names.push(v);
+    }
+    match bound {
+        None => {
+            let inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
+                inputs.into_iter().map(|(n, v)| (n, v.into())).collect();
+            RunOutputs::collect(session.run(inputs)?, &names)
+        }
+        Some(memory) => {
+            let mut binding = session.create_binding()?;
+            for (name, value) in &inputs {
+                binding.bind_input(name.as_ref(), value)?;
+            }
+            binding.bind_output_to_device("logits", &memory.host)?;
+            for name in &names[1..] {
+                binding.bind_output_to_device(*name, &memory.kv)?;
+            }
+            // A fresh binding per run: its outputs are allocated for this run alone, so the
+            // values handed back are never overwritten by a later step.
+            let outputs = session.run_binding(&binding)?;
+            RunOutputs::collect(outputs, &names)
+        }
+    }
 }
 
 fn builder(opts: &SessionOptions) -> Result<ort::session::builder::SessionBuilder> {
@@ -173,6 +330,7 @@ impl KvCache {
 /// A decoder session with its recognised signature.
 pub struct DecoderSession {
     session: Session,
+    bound: Option<BoundMemory>,
     signature: GraphSignature,
     kv_type: TensorElementType,
     num_kv_heads: usize,
@@ -217,8 +375,14 @@ impl DecoderSession {
                 message: format!("KV cache element type {kv_type:?}; expected float32 or float16"),
             });
         }
+        let bound = if opts.io_binding.binds(provider) {
+            Some(BoundMemory::new(provider, opts.device)?)
+        } else {
+            None
+        };
         Ok(Self {
             session,
+            bound,
             signature,
             kv_type,
             num_kv_heads: config.num_kv_heads,
@@ -229,6 +393,11 @@ impl DecoderSession {
 
     pub fn layout(&self) -> Layout {
         self.signature.layout
+    }
+
+    /// Whether this session runs through ONNX Runtime's I/O binding.
+    pub fn io_bound(&self) -> bool {
+        self.bound.is_some()
     }
 
     pub fn empty_cache(&self) -> Result<KvCache> {
@@ -291,33 +460,36 @@ impl DecoderSession {
                 mask[r * s + c] = 1;
             }
         }
-        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
+        let mut inputs: Vec<(Cow<'_, str>, DynValue)> =
             Vec::with_capacity(3 + self.signature.kv_inputs.len() * 2);
         inputs.push((
             "input_ids".into(),
-            Tensor::<i64>::from_array(([b, s], ids))?.into(),
+            Tensor::<i64>::from_array(([b, s], ids))?.into_dyn(),
         ));
         inputs.push((
             "attention_mask".into(),
-            Tensor::<i64>::from_array(([b, s], mask))?.into(),
+            Tensor::<i64>::from_array(([b, s], mask))?.into_dyn(),
         ));
         if self.signature.layout == Layout::Optimum {
             inputs.push((
                 "position_ids".into(),
-                Tensor::<i64>::from_array(([b, s], pos))?.into(),
+                Tensor::<i64>::from_array(([b, s], pos))?.into_dyn(),
             ));
         }
         let mut values = self.empty_cache_for(b)?.values.into_iter();
         for (k, v) in &self.signature.kv_inputs {
             let kt = values.next().expect("cache has one tensor per input");
             let vt = values.next().expect("cache has one tensor per input");
-            inputs.push((k.as_str().into(), kt.into()));
-            inputs.push((v.as_str().into(), vt.into()));
+            inputs.push((k.as_str().into(), kt));
+            inputs.push((v.as_str().into(), vt));
         }
-        let outputs = self.session.run(inputs)?;
-        let logits = outputs
-            .get("logits")
-            .ok_or_else(|| EngineError::Ort("the model returned no logits".into()))?;
+        let outputs = run_decoder(
+            &mut self.session,
+            self.bound.as_ref(),
+            &self.signature,
+            inputs,
+        )?;
+        let logits = outputs.get("logits")?;
         // Logits of every position, [batch, sequence, vocabulary], or nothing to read here.
         let per_position = |shape: &[i64], len: usize| -> Option<usize> {
             let vocab = *shape.last()? as usize;
@@ -401,28 +573,30 @@ impl DecoderSession {
             ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
         ))?;
         let mask_t = Tensor::<i64>::from_array(([1usize, total], vec![1i64; total]))?;
-        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
-            Vec::with_capacity(3 + cache.values.len());
-        inputs.push(("input_ids".into(), ids_t.into()));
-        inputs.push(("attention_mask".into(), mask_t.into()));
+        let mut inputs: Vec<(Cow<'_, str>, DynValue)> = Vec::with_capacity(3 + cache.values.len());
+        inputs.push(("input_ids".into(), ids_t.into_dyn()));
+        inputs.push(("attention_mask".into(), mask_t.into_dyn()));
         if self.signature.layout == Layout::Optimum {
             let pos: Vec<i64> = (cache.len as i64..total as i64).collect();
             inputs.push((
                 "position_ids".into(),
-                Tensor::<i64>::from_array(([1usize, n], pos))?.into(),
+                Tensor::<i64>::from_array(([1usize, n], pos))?.into_dyn(),
             ));
         }
         let mut values = cache.values.into_iter();
         for (k, v) in &self.signature.kv_inputs {
             let kt = values.next().expect("cache has one tensor per input");
             let vt = values.next().expect("cache has one tensor per input");
-            inputs.push((k.as_str().into(), kt.into()));
-            inputs.push((v.as_str().into(), vt.into()));
+            inputs.push((k.as_str().into(), kt));
+            inputs.push((v.as_str().into(), vt));
         }
-        let mut outputs = self.session.run(inputs)?;
-        let logits = outputs
-            .get("logits")
-            .ok_or_else(|| EngineError::Ort("the model returned no logits".into()))?;
+        let mut outputs = run_decoder(
+            &mut self.session,
+            self.bound.as_ref(),
+            &self.signature,
+            inputs,
+        )?;
+        let logits = outputs.get("logits")?;
         let looked = match logits.dtype() {
             ValueType::Tensor {
                 ty: TensorElementType::Float16,
@@ -444,13 +618,8 @@ impl DecoderSession {
         };
         let mut next = Vec::with_capacity(self.signature.kv_outputs.len() * 2);
         for (k, v) in &self.signature.kv_outputs {
-            for name in [k, v] {
-                next.push(
-                    outputs.remove(name.as_str()).ok_or_else(|| {
-                        EngineError::Ort(format!("the model returned no `{name}`"))
-                    })?,
-                );
-            }
+            next.push(outputs.take(k)?);
+            next.push(outputs.take(v)?);
         }
         Ok((
             KvCache {

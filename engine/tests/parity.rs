@@ -40,8 +40,12 @@ fn prompt_ids_match_the_python_template_and_tokenizer() {
 
 #[test]
 fn greedy_tokens_match_the_python_loop() {
-    for name in FIXTURES {
-        let engine = engine(name);
+    for (name, mode) in FIXTURES
+        .iter()
+        .flat_map(|n| IO_MODES.iter().map(move |m| (n, *m)))
+    {
+        let engine = engine_with(name, mode);
+        assert_eq!(engine.info().io_bound, mode == IoBindingMode::On);
         let exp = expected(name);
         for case in &exp.cases {
             let (ids, _) = greedy(&engine, case.prompt_ids.clone(), exp.max_new_tokens);
@@ -52,7 +56,7 @@ fn greedy_tokens_match_the_python_loop() {
                 .copied()
                 .filter(|id| !engine.info().config.eos_token_ids.contains(id))
                 .collect();
-            assert_eq!(ids, want, "{name}");
+            assert_eq!(ids, want, "{name} {mode:?}");
         }
     }
 }
@@ -60,7 +64,10 @@ fn greedy_tokens_match_the_python_loop() {
 #[test]
 fn kv_cache_step_logits_match_within_1e_4() {
     init_runtime();
-    for name in FIXTURES {
+    for (name, mode) in FIXTURES
+        .iter()
+        .flat_map(|n| IO_MODES.iter().map(move |m| (n, *m)))
+    {
         let dir = fixture(name);
         let files = ModelFiles::locate(&dir).unwrap();
         let config = ModelConfig::load(&dir).unwrap();
@@ -69,11 +76,13 @@ fn kv_cache_step_logits_match_within_1e_4() {
             &files.onnx,
             &config,
             &SessionOptions {
+                device: safegate_engine::Device::Cpu,
                 intra_threads: 1,
-                ..Default::default()
+                io_binding: mode,
             },
         )
         .unwrap();
+        assert_eq!(session.io_bound(), mode == IoBindingMode::On);
         for case in expected(name).cases {
             let mut cache = session.empty_cache().unwrap();
             let mut input = case.prompt_ids.clone();
@@ -85,7 +94,7 @@ fn kv_cache_step_logits_match_within_1e_4() {
                     let got = logits[i];
                     assert!(
                         (got - want).abs() <= 1e-4,
-                        "{name} step {step} logit {i}: {got} vs {want}"
+                        "{name} {mode:?} step {step} logit {i}: {got} vs {want}"
                     );
                 }
                 input = vec![case.greedy_ids[step]];
@@ -150,8 +159,11 @@ fn interleaved_requests_get_the_same_tokens_as_alone() {
 
 #[test]
 fn batched_scoring_matches_the_python_loop_within_1e_4() {
-    for name in FIXTURES {
-        let engine = engine(name);
+    for (name, mode) in FIXTURES
+        .iter()
+        .flat_map(|n| IO_MODES.iter().map(move |m| (n, *m)))
+    {
+        let engine = engine_with(name, mode);
         let exp = expected(name);
         // Every case's prompt followed by its greedy tokens, all in one padded batch of rows
         // of different lengths: the logits at each step are the reference's.
@@ -224,5 +236,71 @@ fn score_steps_equal_separate_prefills() {
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
         assert!(max_diff < 1e-4, "step {k}: {max_diff}");
+    }
+}
+
+/// The bound path against the plain one, whole logit vectors (not the reference's samples):
+/// a prompt, then ten greedy steps through the cache, and a padded batch of two rows.
+#[test]
+fn io_binding_gives_the_plain_paths_logits() {
+    init_runtime();
+    for name in FIXTURES {
+        let dir = fixture(name);
+        let files = ModelFiles::locate(&dir).unwrap();
+        let config = ModelConfig::load(&dir).unwrap();
+        let open = |io_binding| {
+            DecoderSession::open(
+                &dir,
+                &files.onnx,
+                &config,
+                &SessionOptions {
+                    device: safegate_engine::Device::Cpu,
+                    intra_threads: 1,
+                    io_binding,
+                },
+            )
+            .unwrap()
+        };
+        let (mut plain, mut bound) = (open(IoBindingMode::Off), open(IoBindingMode::On));
+        let case = &expected(name).cases[0];
+        let (mut cache_p, mut cache_b) =
+            (plain.empty_cache().unwrap(), bound.empty_cache().unwrap());
+        let (mut lp, mut lb) = (Vec::new(), Vec::new());
+        let mut input = case.prompt_ids.clone();
+        for step in 0..10 {
+            cache_p = plain.forward(&input, cache_p, &mut lp).unwrap();
+            cache_b = bound.forward(&input, cache_b, &mut lb).unwrap();
+            assert_eq!(cache_p.len(), cache_b.len());
+            let diff = lp
+                .iter()
+                .zip(&lb)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(diff <= 1e-4, "{name} step {step}: {diff}");
+            let next = lb
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i as u32)
+                .unwrap();
+            input = vec![next];
+        }
+        let rows: Vec<&[u32]> = vec![
+            &case.prompt_ids,
+            &case.prompt_ids[..case.prompt_ids.len() / 2],
+        ];
+        let wanted = vec![0..rows[0].len(), 0..rows[1].len()];
+        let a = plain.prefill_batch(&rows, &wanted).unwrap().unwrap();
+        let b = bound.prefill_batch(&rows, &wanted).unwrap().unwrap();
+        for (ra, rb) in a.iter().zip(&b) {
+            for (pa, pb) in ra.iter().zip(rb) {
+                let diff = pa
+                    .iter()
+                    .zip(pb)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(diff <= 1e-4, "{name} batch: {diff}");
+            }
+        }
     }
 }

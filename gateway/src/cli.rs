@@ -220,6 +220,10 @@ pub struct ServeArgs {
     /// auto, cpu, cuda or cuda:N [default: auto].
     #[arg(long)]
     pub device: Option<String>,
+    /// ONNX Runtime I/O binding for the chat model: keep the KV cache on the provider's
+    /// device (auto: on CUDA only; on; off) [default: auto].
+    #[arg(long)]
+    pub io_binding: Option<String>,
     /// ONNX Runtime intra-op threads (0: ONNX Runtime's choice) [default: 0].
     #[arg(long)]
     pub threads: Option<usize>,
@@ -296,6 +300,10 @@ pub struct ModelArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// ONNX Runtime I/O binding: keep the KV cache on the provider's device (auto: on CUDA
+    /// only; on; off).
+    #[arg(long, default_value = "auto")]
+    pub io_binding: String,
     /// ONNX Runtime intra-op threads (0: ONNX Runtime's choice).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,

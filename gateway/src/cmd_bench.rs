@@ -62,17 +62,18 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
             "{}",
             json!({
                 "model": info.name, "layout": info.layout, "provider": info.provider.as_str(),
-                "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "runs": args.runs,
+                "io_binding": info.io_bound, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "runs": args.runs,
                 "time_to_first_token_ms": ttft_ms, "per_token_ms": per_token_ms,
                 "tokens_per_second": 1e3 / per_token_ms,
             })
         );
     } else {
         println!(
-            "model {} ({:?} layout, {})",
+            "model {} ({:?} layout, {}{})",
             info.name,
             info.layout,
-            info.provider.as_str()
+            info.provider.as_str(),
+            if info.io_bound { ", I/O binding" } else { "" }
         );
         println!(
             "prompt {} tokens, {} new tokens, median of {} runs",

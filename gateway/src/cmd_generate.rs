@@ -14,12 +14,14 @@ pub fn load_engine(cli: &Cli, args: &ModelArgs) -> Result<Engine> {
     tracing::info!(library = %runtime.library.display(), "ONNX Runtime loaded");
     let opts = EngineOptions {
         device: args.device.parse()?,
+        io_binding: args.io_binding.parse()?,
         intra_threads: args.threads,
         ..Default::default()
     };
     let engine = Engine::load(&args.model, &opts)?;
     tracing::info!(
         provider = engine.info().provider.as_str(),
+        io_binding = engine.info().io_bound,
         "execution provider"
     );
     Ok(engine)

@@ -46,6 +46,7 @@ pub fn run(cli: &Cli, cmd: &GuardCommand) -> Result<()> {
                     session: SessionOptions {
                         device: model.device.parse()?,
                         intra_threads: model.threads,
+                        ..Default::default()
                     },
                     ..Default::default()
                 };

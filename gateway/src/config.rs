@@ -19,6 +19,7 @@ pub struct FileConfig {
     pub guard_model: Option<PathBuf>,
     pub policies: Option<Vec<PathBuf>>,
     pub device: Option<String>,
+    pub io_binding: Option<String>,
     pub threads: Option<usize>,
     pub queue: Option<usize>,
     pub max_body_bytes: Option<usize>,
@@ -346,6 +347,7 @@ pub struct Settings {
     pub guard_model: Option<PathBuf>,
     pub policies: Option<Vec<PathBuf>>,
     pub device: String,
+    pub io_binding: String,
     pub threads: usize,
     pub queue: usize,
     pub max_body_bytes: usize,
@@ -613,6 +615,11 @@ impl Settings {
                 .device
                 .clone()
                 .or(file.device)
+                .unwrap_or_else(|| "auto".into()),
+            io_binding: args
+                .io_binding
+                .clone()
+                .or(file.io_binding)
                 .unwrap_or_else(|| "auto".into()),
             threads: args.threads.or(file.threads).unwrap_or(0),
             queue: args.queue.or(file.queue).unwrap_or(64),

@@ -52,6 +52,7 @@ fn open(dir: &Path) -> EmbeddedGuard {
         session: SessionOptions {
             device: Device::Cpu,
             intra_threads: 2,
+            ..Default::default()
         },
         ..Default::default()
     };

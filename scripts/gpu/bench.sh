@@ -29,9 +29,12 @@ import sys; sys.path.insert(0, "scripts/fixtures"); sys.path.insert(0, "scripts/
 import engine_bench, os
 engine_bench.build_100m(os.path.join("bench-out", "llama-100m"))
 PY
+# CUDA with the KV cache kept on the GPU by I/O binding (the default there) and without it
+# (every step copies the cache to the host and back), then the CPU.
 for model in tests/fixtures/tiny-llama3 bench-out/llama-100m; do
-  for dev in cuda cpu; do
-    "$BIN" --log info bench --model "$model" --device "$dev" --prompt-tokens 128 --new-tokens 64 --runs 5 --json \
+  for run in "cuda on" "cuda off" "cpu off"; do
+    set -- $run
+    "$BIN" --log info bench --model "$model" --device "$1" --io-binding "$2" --prompt-tokens 128 --new-tokens 64 --runs 5 --json \
       2>>"$OUT/safegate.log" | tee -a "$OUT/results.jsonl"
   done
 done
@@ -43,8 +46,8 @@ if [ -x "$GB" ]; then
 fi
 python3 -c "
 import json
-print('| model | device | first token ms | ms/token | tokens/s |'); print('|---|---|---|---|---|')
+print('| model | device | I/O binding | first token ms | ms/token | tokens/s |'); print('|---|---|---|---|---|---|')
 for l in open('$OUT/results.jsonl'):
     r = json.loads(l)
-    print(f\"| {r['model']} | {r['provider']} | {r['time_to_first_token_ms']:.2f} | {r['per_token_ms']:.3f} | {r['tokens_per_second']:.0f} |\")
+    print(f\"| {r['model']} | {r['provider']} | {r.get('io_binding', False)} | {r['time_to_first_token_ms']:.2f} | {r['per_token_ms']:.3f} | {r['tokens_per_second']:.0f} |\")
 "

@@ -115,7 +115,12 @@ fn main() {
         // snippets would score recall without pointing at anything.
         let total_lines = code.lines().count().max(1);
         let covered = (1..=total_lines)
-            .filter(|&n| report.findings.iter().any(|f| f.line <= n && n <= f.end_line))
+            .filter(|&n| {
+                report
+                    .findings
+                    .iter()
+                    .any(|f| f.line <= n && n <= f.end_line)
+            })
             .count();
         flagged_line_share.push(covered as f64 / total_lines as f64);
         let on_line = target_line.is_some_and(|t| {

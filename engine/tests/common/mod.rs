@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+pub use safegate_engine::session::IoBindingMode;
 use safegate_engine::{
     ChatMessage, Engine, EngineOptions, FinishReason, GenerateRequest, GenerationEvent,
     SamplingParams,
@@ -19,9 +20,18 @@ pub fn init_runtime() {
 }
 
 pub fn engine(name: &str) -> Engine {
+    engine_with(name, IoBindingMode::Off)
+}
+
+/// Both ways a decoder session can meet ONNX Runtime: plain runs, and I/O binding (the CUDA
+/// default, run here on the CPU provider to prove it gives the same tokens and logits).
+pub const IO_MODES: [IoBindingMode; 2] = [IoBindingMode::Off, IoBindingMode::On];
+
+pub fn engine_with(name: &str, io_binding: IoBindingMode) -> Engine {
     init_runtime();
     let opts = EngineOptions {
         device: safegate_engine::Device::Cpu,
+        io_binding,
         intra_threads: 1,
         // Batched scoring on, as on CUDA (the CPU default scores one row at a time).
         score_batch: 8,

@@ -23,6 +23,7 @@ fn load(cli: &Cli, dir: &std::path::Path, args: &Settings) -> Result<Engine> {
     safegate_engine::runtime::init(cli.ort_lib.as_deref())?;
     let opts = EngineOptions {
         device: args.device.parse()?,
+        io_binding: args.io_binding.parse()?,
         intra_threads: args.threads,
         queue_capacity: args.queue,
         ..Default::default()
@@ -97,6 +98,7 @@ pub fn run(cli: &Cli, serve_args: &ServeArgs) -> Result<()> {
                 session: SessionOptions {
                     device: args.device.parse()?,
                     intra_threads: args.threads,
+                    ..Default::default()
                 },
                 queue: args.queue,
                 ..Default::default()
