@@ -66,6 +66,10 @@ pub enum ModelsCommand {
         /// blocks for ONNX Runtime's MatMulNBits: smallest and fastest on CPU).
         #[arg(long, default_value = "f32")]
         weights: String,
+        /// f32; or f16 with `--weights f16`: activations, KV cache and logits in half
+        /// precision too, for CUDA (RMSNorm and softmax still in f32).
+        #[arg(long, default_value = "f32")]
+        compute: String,
         /// Cap the context length (rotary tables, max_position_embeddings).
         #[arg(long)]
         max_context: Option<usize>,

@@ -12,14 +12,20 @@ pub fn run(cmd: &ModelsCommand) -> Result<()> {
         file,
         out_dir,
         weights,
+        compute,
         max_context,
         encoder_layers,
     } = cmd;
-    let format = match weights.as_str() {
-        "f32" => WeightFormat::F32,
-        "f16" => WeightFormat::F16,
-        "int4" => WeightFormat::Int4 { accuracy_level: 4 },
-        other => bail!("--weights `{other}`: expected f32, f16 or int4"),
+    let format = match (weights.as_str(), compute.as_str()) {
+        ("f32", "f32") => WeightFormat::F32,
+        ("f16", "f32") => WeightFormat::F16,
+        ("f16", "f16") => WeightFormat::F16Compute,
+        ("int4", "f32") => WeightFormat::Int4 { accuracy_level: 4 },
+        (w, "f16") if w != "f16" => {
+            bail!("--compute f16 needs --weights f16 (the weights are what it computes with)")
+        }
+        (other, "f32") => bail!("--weights `{other}`: expected f32, f16 or int4"),
+        (_, other) => bail!("--compute `{other}`: expected f32 or f16"),
     };
     let options = ImportOptions {
         format,

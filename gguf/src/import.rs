@@ -163,7 +163,7 @@ pub fn import(
             "tie_word_embeddings": params.tied_embeddings,
             "bos_token_id": bos,
             "eos_token_id": eos_ids,
-            "torch_dtype": "float32",
+            "torch_dtype": if options.format == WeightFormat::F16Compute { "float16" } else { "float32" },
             "_name_or_path": name,
             "safegate_import": {
                 "source": gguf_path.file_name().map(|f| f.to_string_lossy().into_owned()),

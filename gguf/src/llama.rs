@@ -149,6 +149,10 @@ pub enum WeightFormat {
     F32,
     /// Half precision on disk, cast to f32 when the session loads.
     F16,
+    /// Half precision end to end, for CUDA: weights, activations, KV cache and logits in
+    /// float16 (no casts of the weights at load); RMSNorm and the attention softmax are
+    /// computed in f32 and cast back, as fp16 inference engines do.
+    F16Compute,
     /// Linear layers as 4-bit blocks of 32 with a scale and zero point each (ONNX Runtime's
     /// `com.microsoft.MatMulNBits`); embeddings and norms stay f32. `accuracy_level` 4 lets
     /// the CPU kernel quantize activations to int8 (faster); 0 computes in f32.
@@ -275,9 +279,27 @@ impl Builder<'_> {
         Ok(self.g.init_f32(onnx_name, &[h as i64], &v))
     }
 
-    /// Stores `[in][out]` weights in the chosen format; returns the f32 value's name.
+    /// Whether activations, the KV cache and the logits are float16.
+    fn half(&self) -> bool {
+        self.format == WeightFormat::F16Compute
+    }
+
+    /// Casts `x` to `to` (an ONNX `Cast`).
+    fn cast(&mut self, x: &str, to: DataType) -> String {
+        self.g.op("Cast", &[x], &[("to", Attr::Int(to as i64))])
+    }
+
+    /// Stores `[in][out]` weights in the chosen format; returns the name of the value the
+    /// graph computes with (f32, or f16 for `F16Compute`).
     fn weight(&mut self, name: &str, values: &[f32], dims: &[i64]) -> String {
         match self.format {
+            WeightFormat::F16Compute => {
+                let data = values
+                    .iter()
+                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                    .collect();
+                self.g.init(name, dims, DataType::Float16, data)
+            }
             WeightFormat::F32 | WeightFormat::Int4 { .. } | WeightFormat::Int4Dequantized => {
                 self.g.init_f32(name, dims, values)
             }
@@ -362,7 +384,17 @@ impl Builder<'_> {
         self.g.op("MatMul", &[x, &name], &[])
     }
 
+    /// RMSNorm; in f32 even in a float16 graph (the mean of squares overflows f16 easily).
     fn rms_norm(&mut self, x: &str, weight: &str) -> String {
+        if self.half() {
+            let x32 = self.cast(x, DataType::Float);
+            let normed = self.rms_norm_f32(&x32, weight);
+            return self.cast(&normed, DataType::Float16);
+        }
+        self.rms_norm_f32(x, weight)
+    }
+
+    fn rms_norm_f32(&mut self, x: &str, weight: &str) -> String {
         let g = &mut self.g;
         let sq = g.op("Mul", &[x, x], &[]);
         let axes = g.const_i64(&[-1]);
@@ -472,7 +504,22 @@ pub fn build_graph_of(
     // The output head: with f32/f16 weights a tied head is the embedding transposed at
     // load (no second copy on disk); with 4-bit weights it gets its own 4-bit copy, since
     // reading the f32 head dominates each decode step of a small model.
-    let quantized = !matches!(b.format, WeightFormat::F32 | WeightFormat::F16);
+    if b.half() && encoder {
+        return Err(GgufError::Metadata {
+            key: "weights".into(),
+            message: "a float16 graph is for decoders; encoders are written in f32".into(),
+        });
+    }
+    let half = b.half();
+    let act = if half {
+        DataType::Float16
+    } else {
+        DataType::Float
+    };
+    let quantized = !matches!(
+        b.format,
+        WeightFormat::F32 | WeightFormat::F16 | WeightFormat::F16Compute
+    );
     let head_weights = if encoder {
         None
     } else if !p.tied_embeddings {
@@ -487,9 +534,11 @@ pub fn build_graph_of(
         b.g.op("Transpose", &[&emb], &[("perm", Attr::Ints(vec![1, 0]))])
     });
     let (cos_t, sin_t) = p.rope_tables(positions);
-    let half = (d / 2) as i64;
-    let cos_tab = b.g.init_f32("rope.cos", &[positions as i64, half], &cos_t);
-    let sin_tab = b.g.init_f32("rope.sin", &[positions as i64, half], &sin_t);
+    let half_dim = (d / 2) as i64;
+    let cos_tab =
+        b.g.init_f32("rope.cos", &[positions as i64, half_dim], &cos_t);
+    let sin_tab =
+        b.g.init_f32("rope.sin", &[positions as i64, half_dim], &sin_t);
     progress(1, total);
 
     let g = &mut b.g;
@@ -504,6 +553,15 @@ pub fn build_graph_of(
         &[&sin_tab, "position_ids"],
         &[("axis", Attr::Int(0))],
     );
+    let (cos, sin) = if half {
+        let to = ("to", Attr::Int(DataType::Float16 as i64));
+        (
+            g.op("Cast", &[&cos], std::slice::from_ref(&to)),
+            g.op("Cast", &[&sin], &[to]),
+        )
+    } else {
+        (cos, sin)
+    };
     let ax1 = g.const_i64(&[1]);
     let ax12 = g.const_i64(&[1, 2]);
     let cos_k = g.op("Unsqueeze", &[&cos, &ax1], &[]);
@@ -625,9 +683,29 @@ pub fn build_graph_of(
             &[("perm", Attr::Ints(vec![0, 1, 2, 4, 3]))],
         );
         let scores = g.op("MatMul", &[&q, &k_t], &[]);
+        // Scaling, the mask and the softmax in f32: the mask's -3e38 is not a float16, and
+        // f16 scores lose the small differences softmax turns into weights.
+        let scores = if half {
+            g.op(
+                "Cast",
+                &[&scores],
+                &[("to", Attr::Int(DataType::Float as i64))],
+            )
+        } else {
+            scores
+        };
         let scores = g.op("Mul", &[&scores, &scale], &[]);
         let scores = g.op("Add", &[&scores, &bias], &[]);
         let probs = g.op("Softmax", &[&scores], &[("axis", Attr::Int(-1))]);
+        let probs = if half {
+            g.op(
+                "Cast",
+                &[&probs],
+                &[("to", Attr::Int(DataType::Float16 as i64))],
+            )
+        } else {
+            probs
+        };
         let ctx = g.op("MatMul", &[&probs, &v_all], &[]);
         let ctx = g.op(
             "Transpose",
@@ -735,7 +813,7 @@ pub fn build_graph_of(
     ];
     let mut outputs = vec![tensor(
         "logits".into(),
-        DataType::Float,
+        act,
         vec![
             sym("batch_size"),
             sym("sequence_length"),
@@ -754,12 +832,12 @@ pub fn build_graph_of(
         for kv in ["key", "value"] {
             inputs.push(tensor(
                 format!("past_key_values.{i}.{kv}"),
-                DataType::Float,
+                act,
                 kv_dims("past_sequence_length"),
             ));
             outputs.push(tensor(
                 format!("present.{i}.{kv}"),
-                DataType::Float,
+                act,
                 kv_dims("total_sequence_length"),
             ));
         }

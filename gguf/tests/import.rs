@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use safegate_engine::session::IoBindingMode;
 use safegate_engine::{ChatMessage, Engine, EngineOptions, GenerateRequest, GenerationEvent};
 use safegate_gguf::tokenizer::Vocab;
 use safegate_gguf::{import, GgufError, GgufFile, ImportOptions, WeightFormat};
@@ -197,6 +198,83 @@ fn an_imported_gguf_reproduces_the_reference_model() {
             logits[*i]
         );
     }
+
+    // Float16 end to end (the CUDA graph), run here on the CPU provider: float16 KV cache
+    // and logits, the reference's logits within f16 rounding, its greedy tokens, and the
+    // I/O-bound path (the CUDA default) giving the same logits as the plain one.
+    let outh = dir.path().join("tiny-half");
+    let options = ImportOptions {
+        format: WeightFormat::F16Compute,
+        max_context: Some(256),
+        ..Default::default()
+    };
+    import(
+        &fixture("gguf/tiny-chatml.gguf"),
+        &outh,
+        &options,
+        |_, _| {},
+    )
+    .unwrap();
+    let half_size = std::fs::metadata(outh.join("model.onnx.data"))
+        .unwrap()
+        .len();
+    assert!(half_size < f32_size * 6 / 10, "{half_size} vs {f32_size}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(outh.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["torch_dtype"], "float16");
+    for io_binding in [IoBindingMode::Off, IoBindingMode::On] {
+        safegate_engine::runtime::init(None).unwrap();
+        let engine_half = Engine::load(
+            &outh,
+            &EngineOptions {
+                device: safegate_engine::Device::Cpu,
+                intra_threads: 1,
+                io_binding,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        for case in &expected.cases {
+            let logits = engine_half.score_blocking(case.prompt_ids.clone()).unwrap();
+            // Half-precision activations keep about three significant digits, and each
+            // layer's error carries into the next: within 1% of the logits' spread (0.4%
+            // measured here).
+            let spread = case.logits[0]
+                .values
+                .iter()
+                .fold(0.0f32, |m, v| m.max(v.abs()));
+            let worst = case.logits[0]
+                .indices
+                .iter()
+                .zip(&case.logits[0].values)
+                .map(|(i, v)| (logits[*i] - v).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                worst <= 0.01 * spread,
+                "f16 graph: logit error {worst} of {spread} ({io_binding:?})"
+            );
+            // The random tiny model's top logits lie close together: after enough steps an
+            // f16 rounding can flip a near tie, so the first half of the reference's tokens.
+            let n = case.greedy_ids.len() / 2;
+            assert_eq!(
+                greedy(&engine_half, case.prompt_ids.clone(), n),
+                case.greedy_ids[..n],
+                "{io_binding:?}"
+            );
+        }
+    }
+    // An encoder is not written in float16.
+    let refused = import(
+        &fixture("gguf/tiny-chatml.gguf"),
+        &dir.path().join("enc-half"),
+        &ImportOptions {
+            format: WeightFormat::F16Compute,
+            max_context: None,
+            kind: safegate_gguf::GraphKind::Encoder { layers: vec![1] },
+        },
+        |_, _| {},
+    );
+    assert!(refused.is_err());
 
     // 4-bit linear layers (MatMulNBits) compute exactly what their dequantized values
     // stored as f32 compute: the packing, scales and zero points are laid out as ONNX
