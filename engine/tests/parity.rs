@@ -19,6 +19,25 @@ fn greedy(
     (ids, text)
 }
 
+/// A fixture's decoder session on the CPU provider, one thread, plain or bound.
+fn cpu_session(name: &str, io_binding: IoBindingMode) -> (DecoderSession, ModelConfig) {
+    let dir = fixture(name);
+    let files = ModelFiles::locate(&dir).unwrap();
+    let config = ModelConfig::load(&dir).unwrap();
+    let session = DecoderSession::open(
+        &dir,
+        &files.onnx,
+        &config,
+        &SessionOptions {
+            device: safegate_engine::Device::Cpu,
+            intra_threads: 1,
+            io_binding,
+        },
+    )
+    .unwrap();
+    (session, config)
+}
+
 #[test]
 fn prompt_ids_match_the_python_template_and_tokenizer() {
     for name in FIXTURES {
@@ -68,20 +87,7 @@ fn kv_cache_step_logits_match_within_1e_4() {
         .iter()
         .flat_map(|n| IO_MODES.iter().map(move |m| (n, *m)))
     {
-        let dir = fixture(name);
-        let files = ModelFiles::locate(&dir).unwrap();
-        let config = ModelConfig::load(&dir).unwrap();
-        let mut session = DecoderSession::open(
-            &dir,
-            &files.onnx,
-            &config,
-            &SessionOptions {
-                device: safegate_engine::Device::Cpu,
-                intra_threads: 1,
-                io_binding: mode,
-            },
-        )
-        .unwrap();
+        let (mut session, config) = cpu_session(name, mode);
         assert_eq!(session.io_bound(), mode == IoBindingMode::On);
         for case in expected(name).cases {
             let mut cache = session.empty_cache().unwrap();
@@ -245,23 +251,8 @@ fn score_steps_equal_separate_prefills() {
 fn io_binding_gives_the_plain_paths_logits() {
     init_runtime();
     for name in FIXTURES {
-        let dir = fixture(name);
-        let files = ModelFiles::locate(&dir).unwrap();
-        let config = ModelConfig::load(&dir).unwrap();
-        let open = |io_binding| {
-            DecoderSession::open(
-                &dir,
-                &files.onnx,
-                &config,
-                &SessionOptions {
-                    device: safegate_engine::Device::Cpu,
-                    intra_threads: 1,
-                    io_binding,
-                },
-            )
-            .unwrap()
-        };
-        let (mut plain, mut bound) = (open(IoBindingMode::Off), open(IoBindingMode::On));
+        let (mut plain, _) = cpu_session(name, IoBindingMode::Off);
+        let (mut bound, _) = cpu_session(name, IoBindingMode::On);
         let case = &expected(name).cases[0];
         let (mut cache_p, mut cache_b) =
             (plain.empty_cache().unwrap(), bound.empty_cache().unwrap());

@@ -152,30 +152,26 @@ fn main() {
         "| language | snippets | flagged | labelled line, all labels | counted labels | labelled line, counted labels |"
     );
     println!("|---|---|---|---|---|---|");
-    let mut all = Tally::default();
-    for (lang, t) in &per_lang {
+    let row = |label: &str, t: &Tally| {
         println!(
-            "| {lang} | {} | {} | {} | {} | {} |",
+            "| {label} | {} | {} | {} | {} | {} |",
             t.snippets,
             pct(t.flagged, t.snippets),
             pct(t.on_line, t.snippets),
             t.counted,
             pct(t.counted_on_line, t.counted)
-        );
+        )
+    };
+    let mut all = Tally::default();
+    for (lang, t) in &per_lang {
+        row(lang, t);
         all.snippets += t.snippets;
         all.flagged += t.flagged;
         all.on_line += t.on_line;
         all.counted += t.counted;
         all.counted_on_line += t.counted_on_line;
     }
-    println!(
-        "| **all** | {} | {} | {} | {} | {} |",
-        all.snippets,
-        pct(all.flagged, all.snippets),
-        pct(all.on_line, all.snippets),
-        all.counted,
-        pct(all.counted_on_line, all.counted)
-    );
+    row("**all**", &all);
     println!(
         "\nlines inside a finding, mean share per snippet: {:.1}%",
         100.0 * flagged_line_share.iter().sum::<f64>() / flagged_line_share.len().max(1) as f64
