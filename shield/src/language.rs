@@ -114,19 +114,65 @@ impl Language {
     }
 
     /// Source as the grammar should see it, byte for byte the same length (positions hold):
-    /// PHP's open and close tags become spaces.
+    /// PHP's open and close tags become spaces, and so does the HTML around them (the text
+    /// after a `?>` up to the next `<?`, and before the first opening tag when no `?>` comes
+    /// first), which the PHP-only grammar would otherwise read as code and join to the
+    /// statement after it. Line breaks stay, so lines and columns hold.
     pub fn prepare_source(self, code: &str) -> std::borrow::Cow<'_, str> {
-        if self == Language::Php && (code.contains("<?") || code.contains("?>")) {
-            let mut s = code
-                .replace("<?php", "     ")
-                .replace("<?=", "   ")
-                .replace("?>", "  ");
-            s = s.replace("<?", "  ");
-            std::borrow::Cow::Owned(s)
-        } else {
-            std::borrow::Cow::Borrowed(code)
+        if self != Language::Php || !(code.contains("<?") || code.contains("?>")) {
+            return std::borrow::Cow::Borrowed(code);
         }
+        let mut bytes = code.as_bytes().to_vec();
+        let blank = |bytes: &mut Vec<u8>, range: std::ops::Range<usize>| {
+            for b in &mut bytes[range] {
+                if *b != b'\n' {
+                    *b = b' ';
+                }
+            }
+        };
+        let first_open = tag_positions(code, "<?").next();
+        let first_close = tag_positions(code, "?>").next();
+        if let Some(open) = first_open {
+            if first_close.is_none_or(|close| open < close) {
+                blank(&mut bytes, 0..open);
+            }
+        }
+        let mut at = 0;
+        while let Some(close) = tag_positions(&code[at..], "?>").next().map(|i| at + i) {
+            let html_end = tag_positions(&code[close + 2..], "<?")
+                .next()
+                .map_or(code.len(), |i| close + 2 + i);
+            blank(&mut bytes, close..html_end);
+            at = html_end;
+            if at >= code.len() {
+                break;
+            }
+        }
+        let mut s =
+            String::from_utf8(bytes).expect("every byte of a blanked character became a space");
+        s = s
+            .replace("<?php", "     ")
+            .replace("<?=", "   ")
+            .replace("<?", "  ");
+        std::borrow::Cow::Owned(s)
     }
+}
+
+/// Where `tag` (`<?` or `?>`) stands as a PHP tag in `code`: not inside a quoted string or
+/// after a `//`, `#` or `*` comment marker on its line (`'<?xml ...?>'`, a docblock that
+/// mentions `?>`), judged line by line since snippets start anywhere.
+fn tag_positions<'a>(code: &'a str, tag: &'a str) -> impl Iterator<Item = usize> + 'a {
+    code.match_indices(tag).map(|(i, _)| i).filter(move |&i| {
+        let line_start = code[..i].rfind('\n').map_or(0, |n| n + 1);
+        let before = &code[line_start..i];
+        let trimmed = before.trim_start();
+        let in_comment = trimmed.starts_with('*')
+            || trimmed.starts_with("/*")
+            || before.contains("//")
+            || before.contains('#');
+        let quotes = |q: char| before.chars().filter(|&c| c == q).count() % 2 == 1;
+        !in_comment && !quotes('\'') && !quotes('"')
+    })
 }
 
 impl fmt::Display for Language {
@@ -372,6 +418,28 @@ pub fn detect_with_tree(code: &str) -> Option<(Language, Option<Tree>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn php_tags_and_the_html_around_them_are_blanked_for_the_parser() {
+        let template = "<p>hi</p>\n<?php echo md5($x); ?>\n<b>x</b>";
+        let prepared = Language::Php.prepare_source(template);
+        assert_eq!(prepared.len(), template.len());
+        assert_eq!(prepared, "         \n      echo md5($x);   \n        ");
+        // A snippet cut mid-PHP: the text before its first `?>` is code.
+        let cut = "$a = 1;\n?>\n<i>t</i>";
+        assert!(Language::Php.prepare_source(cut).starts_with("$a = 1;\n"));
+        // `?>` inside a string or a comment is no tag.
+        let quoted = "$x = '<?xml version=\"1.0\"?>';\n// ends with ?>\n$y = md5($x);";
+        assert_eq!(
+            Language::Php.prepare_source(quoted),
+            quoted.replace("<?", "  ")
+        );
+        assert_eq!(
+            Language::Javascript.prepare_source("a ?> b"),
+            "a ?> b",
+            "PHP only"
+        );
+    }
 
     #[test]
     fn aliases() {

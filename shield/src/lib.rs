@@ -312,6 +312,11 @@ fn statement_start(tree: &tree_sitter::Tree, code: &str, at: usize) -> usize {
         .root_node()
         .descendant_for_byte_range(at, (at + 1).min(code.len()));
     while let Some(n) = node.filter(|n| !is_statement_kind(n.kind())) {
+        // Inside an error-recovered part of the tree (a fragment cut mid-block, a template's
+        // stray `}`) the enclosing "statement" can be anything: keep the match.
+        if n.is_error() {
+            return at;
+        }
         node = n.parent();
     }
     let Some(start) = node.map(|n| n.start_byte()) else {
