@@ -161,17 +161,18 @@ impl BoundMemory {
     }
 }
 
-/// The outputs of one run, moved out of ONNX Runtime's list: the logits and the KV outputs.
-struct RunOutputs(Vec<(String, DynValue)>);
+/// The outputs of one run, moved out of ONNX Runtime's list: the logits and the KV outputs,
+/// under names borrowed from the graph's signature (nothing allocated per token for them).
+struct RunOutputs<'n>(Vec<(&'n str, DynValue)>);
 
-impl RunOutputs {
-    fn collect(mut outputs: SessionOutputs<'_>, names: &[&str]) -> Result<Self> {
+impl<'n> RunOutputs<'n> {
+    fn collect(mut outputs: SessionOutputs<'_>, names: &[&'n str]) -> Result<Self> {
         names
             .iter()
             .map(|&name| {
                 outputs
                     .remove(name)
-                    .map(|v| (name.to_string(), v))
+                    .map(|v| (name, v))
                     .ok_or_else(|| EngineError::Ort(format!("the model returned no `{name}`")))
             })
             .collect::<Result<Vec<_>>>()
@@ -181,7 +182,7 @@ impl RunOutputs {
     fn get(&self, name: &str) -> Result<&DynValue> {
         self.0
             .iter()
-            .find(|(n, _)| n == name)
+            .find(|(n, _)| *n == name)
             .map(|(_, v)| v)
             .ok_or_else(|| EngineError::Ort(format!("the model returned no `{name}`")))
     }
@@ -190,7 +191,7 @@ impl RunOutputs {
         let at = self
             .0
             .iter()
-            .position(|(n, _)| n == name)
+            .position(|(n, _)| *n == name)
             .ok_or_else(|| EngineError::Ort(format!("the model returned no `{name}`")))?;
         Ok(self.0.swap_remove(at).1)
     }
@@ -198,13 +199,13 @@ impl RunOutputs {
 
 /// Runs `session` once, plainly or through an I/O binding (`bound`), and returns the logits
 /// and every KV output by name.
-fn run_decoder(
+fn run_decoder<'s>(
     session: &mut Session,
     bound: Option<&BoundMemory>,
-    signature: &GraphSignature,
+    signature: &'s GraphSignature,
     inputs: Vec<(Cow<'_, str>, DynValue)>,
-) -> Result<RunOutputs> {
-    let mut names: Vec<&str> = Vec::with_capacity(1 + signature.kv_outputs.len() * 2);
+) -> Result<RunOutputs<'s>> {
+    let mut names: Vec<&'s str> = Vec::with_capacity(1 + signature.kv_outputs.len() * 2);
     names.push("logits");
     for (k, v) in &signature.kv_outputs {
         names.push(k);

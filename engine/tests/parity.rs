@@ -19,6 +19,14 @@ fn greedy(
     (ids, text)
 }
 
+/// The largest absolute difference between two logit vectors.
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max)
+}
+
 /// A fixture's decoder session on the CPU provider, one thread, plain or bound.
 fn cpu_session(name: &str, io_binding: IoBindingMode) -> (DecoderSession, ModelConfig) {
     let dir = fixture(name);
@@ -212,11 +220,7 @@ fn batched_scoring_matches_the_python_loop_within_1e_4() {
                 .score_steps_blocking(row.0.clone(), row.1.clone())
                 .unwrap();
             for (a, b) in alone.iter().zip(together) {
-                let max_diff = a
-                    .iter()
-                    .zip(b)
-                    .map(|(x, y)| (x - y).abs())
-                    .fold(0.0f32, f32::max);
+                let max_diff = max_abs_diff(a, b);
                 assert!(max_diff < 1e-4, "{name}: {max_diff}");
             }
         }
@@ -236,11 +240,7 @@ fn score_steps_equal_separate_prefills() {
         let mut ids = case.prompt_ids.clone();
         ids.extend(&cont[..k]);
         let full = engine.score_blocking(ids).unwrap();
-        let max_diff = full
-            .iter()
-            .zip(&steps[k])
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let max_diff = max_abs_diff(&full, &steps[k]);
         assert!(max_diff < 1e-4, "step {k}: {max_diff}");
     }
 }
@@ -262,11 +262,7 @@ fn io_binding_gives_the_plain_paths_logits() {
             cache_p = plain.forward(&input, cache_p, &mut lp).unwrap();
             cache_b = bound.forward(&input, cache_b, &mut lb).unwrap();
             assert_eq!(cache_p.len(), cache_b.len());
-            let diff = lp
-                .iter()
-                .zip(&lb)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
+            let diff = max_abs_diff(&lp, &lb);
             assert!(diff <= 1e-4, "{name} step {step}: {diff}");
             let next = lb
                 .iter()
@@ -285,11 +281,7 @@ fn io_binding_gives_the_plain_paths_logits() {
         let b = bound.prefill_batch(&rows, &wanted).unwrap().unwrap();
         for (ra, rb) in a.iter().zip(&b) {
             for (pa, pb) in ra.iter().zip(rb) {
-                let diff = pa
-                    .iter()
-                    .zip(pb)
-                    .map(|(x, y)| (x - y).abs())
-                    .fold(0.0f32, f32::max);
+                let diff = max_abs_diff(pa, pb);
                 assert!(diff <= 1e-4, "{name} batch: {diff}");
             }
         }

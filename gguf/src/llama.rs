@@ -284,36 +284,24 @@ impl Builder<'_> {
         self.format == WeightFormat::F16Compute
     }
 
-    /// Casts `x` to `to` (an ONNX `Cast`).
-    fn cast(&mut self, x: &str, to: DataType) -> String {
-        self.g.op("Cast", &[x], &[("to", Attr::Int(to as i64))])
-    }
-
     /// Stores `[in][out]` weights in the chosen format; returns the name of the value the
     /// graph computes with (f32, or f16 for `F16Compute`).
     fn weight(&mut self, name: &str, values: &[f32], dims: &[i64]) -> String {
         match self.format {
-            WeightFormat::F16Compute => {
-                let data = values
-                    .iter()
-                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-                    .collect();
-                self.g.init(name, dims, DataType::Float16, data)
-            }
             WeightFormat::F32 | WeightFormat::Int4 { .. } | WeightFormat::Int4Dequantized => {
                 self.g.init_f32(name, dims, values)
             }
-            WeightFormat::F16 => {
+            WeightFormat::F16 | WeightFormat::F16Compute => {
                 let data = values
                     .iter()
                     .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
                     .collect();
                 let stored = self.g.init(name, dims, DataType::Float16, data);
-                self.g.op(
-                    "Cast",
-                    &[&stored],
-                    &[("to", Attr::Int(DataType::Float as i64))],
-                )
+                if self.half() {
+                    stored
+                } else {
+                    self.g.cast(&stored, DataType::Float)
+                }
             }
         }
     }
@@ -387,9 +375,9 @@ impl Builder<'_> {
     /// RMSNorm; in f32 even in a float16 graph (the mean of squares overflows f16 easily).
     fn rms_norm(&mut self, x: &str, weight: &str) -> String {
         if self.half() {
-            let x32 = self.cast(x, DataType::Float);
+            let x32 = self.g.cast(x, DataType::Float);
             let normed = self.rms_norm_f32(&x32, weight);
-            return self.cast(&normed, DataType::Float16);
+            return self.g.cast(&normed, DataType::Float16);
         }
         self.rms_norm_f32(x, weight)
     }
@@ -554,10 +542,9 @@ pub fn build_graph_of(
         &[("axis", Attr::Int(0))],
     );
     let (cos, sin) = if half {
-        let to = ("to", Attr::Int(DataType::Float16 as i64));
         (
-            g.op("Cast", &[&cos], std::slice::from_ref(&to)),
-            g.op("Cast", &[&sin], &[to]),
+            g.cast(&cos, DataType::Float16),
+            g.cast(&sin, DataType::Float16),
         )
     } else {
         (cos, sin)
@@ -686,11 +673,7 @@ pub fn build_graph_of(
         // Scaling, the mask and the softmax in f32: the mask's -3e38 is not a float16, and
         // f16 scores lose the small differences softmax turns into weights.
         let scores = if half {
-            g.op(
-                "Cast",
-                &[&scores],
-                &[("to", Attr::Int(DataType::Float as i64))],
-            )
+            g.cast(&scores, DataType::Float)
         } else {
             scores
         };
@@ -698,11 +681,7 @@ pub fn build_graph_of(
         let scores = g.op("Add", &[&scores, &bias], &[]);
         let probs = g.op("Softmax", &[&scores], &[("axis", Attr::Int(-1))]);
         let probs = if half {
-            g.op(
-                "Cast",
-                &[&probs],
-                &[("to", Attr::Int(DataType::Float16 as i64))],
-            )
+            g.cast(&probs, DataType::Float16)
         } else {
             probs
         };

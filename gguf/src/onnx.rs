@@ -149,6 +149,11 @@ impl Graph {
         out
     }
 
+    /// Casts `x` to `to` (an ONNX `Cast`); returns the output's name.
+    pub fn cast(&mut self, x: &str, to: DataType) -> String {
+        self.op("Cast", &[x], &[("to", Attr::Int(to as i64))])
+    }
+
     /// Adds a node of another operator domain (e.g. `com.microsoft`) with one fresh output.
     pub fn op_in(
         &mut self,
