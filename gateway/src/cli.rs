@@ -78,6 +78,11 @@ pub enum ModelsCommand {
         /// what the embedded guard reads features from.
         #[arg(long, value_delimiter = ',')]
         encoder_layers: Option<Vec<usize>>,
+        /// The decoder's graph: `optimum` (plain ONNX operators, `position_ids` an input) or
+        /// `genai` (onnxruntime-genai's layout: one fused GroupQueryAttention per layer, far
+        /// fewer kernel launches per token on CUDA).
+        #[arg(long, default_value = "optimum")]
+        layout: String,
     },
 }
 
@@ -357,6 +362,10 @@ pub struct BenchArgs {
     /// Measured runs (after one warm-up run).
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
+    /// Also time the prefill of a prompt of this many tokens (time to first token, same
+    /// runs), with the model loaded once: a large model's load can outlast both measures.
+    #[arg(long)]
+    pub prefill_tokens: Option<usize>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,

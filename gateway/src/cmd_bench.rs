@@ -21,18 +21,19 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-pub fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
-    anyhow::ensure!(
-        args.runs >= 1 && args.new_tokens >= 2,
-        "--runs must be >= 1 and --new-tokens >= 2"
-    );
-    let engine = crate::cmd_generate::load_engine(cli, &args.model)?;
-    let prompt = synthetic_prompt(args.prompt_tokens, engine.info().config.vocab_size);
+/// Generates `max_tokens` after `prompt` `runs` times after one warm-up run; returns the
+/// times to first token and the decode times per token, in milliseconds.
+fn time_runs(
+    engine: &safegate_engine::Engine,
+    prompt: &[u32],
+    max_tokens: usize,
+    runs: usize,
+) -> Result<(Vec<f64>, Vec<f64>)> {
     let (mut ttft, mut per_token) = (Vec::new(), Vec::new());
-    for run in 0..=args.runs {
+    for run in 0..=runs {
         let mut stream = engine.generate(GenerateRequest {
-            prompt_ids: prompt.clone(),
-            max_tokens: args.new_tokens,
+            prompt_ids: prompt.to_vec(),
+            max_tokens,
             sampling: SamplingParams::default(),
             stop: vec![],
             ignore_eos: true,
@@ -45,7 +46,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
                         ttft.push(c.time_to_first_token.as_secs_f64() * 1e3);
                         per_token.push(
                             c.decode_time.as_secs_f64() * 1e3
-                                / (c.usage.completion_tokens - 1) as f64,
+                                / (c.usage.completion_tokens.max(2) - 1) as f64,
                         );
                     }
                     break;
@@ -54,6 +55,29 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
             }
         }
     }
+    Ok((ttft, per_token))
+}
+
+pub fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
+    anyhow::ensure!(
+        args.runs >= 1 && args.new_tokens >= 2,
+        "--runs must be >= 1 and --new-tokens >= 2"
+    );
+    anyhow::ensure!(
+        args.prefill_tokens != Some(0),
+        "--prefill-tokens must be >= 1"
+    );
+    let engine = crate::cmd_generate::load_engine(cli, &args.model)?;
+    let vocab = engine.info().config.vocab_size;
+    let prompt = synthetic_prompt(args.prompt_tokens, vocab);
+    let (mut ttft, mut per_token) = time_runs(&engine, &prompt, args.new_tokens, args.runs)?;
+    let prefill_ms = match args.prefill_tokens {
+        Some(n) => {
+            let (mut t, _) = time_runs(&engine, &synthetic_prompt(n, vocab), 1, args.runs)?;
+            Some(median(&mut t))
+        }
+        None => None,
+    };
     let ttft_ms = median(&mut ttft);
     let per_token_ms = median(&mut per_token);
     let info = engine.info();
@@ -65,6 +89,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
                 "io_binding": info.io_bound, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "runs": args.runs,
                 "time_to_first_token_ms": ttft_ms, "per_token_ms": per_token_ms,
                 "tokens_per_second": 1e3 / per_token_ms,
+                "prefill_tokens": args.prefill_tokens, "prefill_ms": prefill_ms,
             })
         );
     } else {
@@ -84,6 +109,9 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
             "decode per token     {per_token_ms:9.3} ms  ({:.1} tokens/s)",
             1e3 / per_token_ms
         );
+        if let (Some(n), Some(ms)) = (args.prefill_tokens, prefill_ms) {
+            println!("prefill {n:5} tokens  {ms:9.2} ms  (time to first token)");
+        }
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ pub fn run(cmd: &ModelsCommand) -> Result<()> {
         compute,
         max_context,
         encoder_layers,
+        layout,
     } = cmd;
     let format = match (weights.as_str(), compute.as_str()) {
         ("f32", "f32") => WeightFormat::F32,
@@ -30,11 +31,14 @@ pub fn run(cmd: &ModelsCommand) -> Result<()> {
     let options = ImportOptions {
         format,
         max_context: *max_context,
-        kind: match encoder_layers {
-            Some(layers) => GraphKind::Encoder {
+        kind: match (encoder_layers, layout.as_str()) {
+            (Some(layers), "optimum") => GraphKind::Encoder {
                 layers: layers.clone(),
             },
-            None => GraphKind::Decoder,
+            (Some(_), _) => bail!("--encoder-layers writes its own graph; leave --layout out"),
+            (None, "optimum") => GraphKind::Decoder,
+            (None, "genai") => GraphKind::GenaiDecoder,
+            (None, other) => bail!("--layout `{other}`: expected optimum or genai"),
         },
     };
     let tty = std::io::stderr().is_terminal();

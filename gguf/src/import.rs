@@ -170,6 +170,7 @@ pub fn import(
                 "weights": format!("{:?}", options.format).to_lowercase(),
                 "graph": match &options.kind {
                     GraphKind::Decoder => json!("decoder"),
+                    GraphKind::GenaiDecoder => json!("genai-decoder"),
                     GraphKind::Encoder { layers } => json!({"encoder": layers}),
                 },
             },

@@ -222,8 +222,13 @@ pub fn quantize_int4(w: &[f32], n: usize, k: usize) -> (Vec<u8>, Vec<f32>, Vec<u
 /// Undoes llama.cpp's converter permutation of Q/K rows: it stores, per head, the rotary
 /// pairs interleaved (row `2j + half`) where HF Llama has them in halves (row
 /// `half * d/2 + j`). `w` is `[rows][cols]`.
-pub fn unpermute_rows(w: &[f32], heads: usize, head_dim: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; w.len()];
+pub fn unpermute_rows<T: Copy + Default>(
+    w: &[T],
+    heads: usize,
+    head_dim: usize,
+    cols: usize,
+) -> Vec<T> {
+    let mut out = vec![T::default(); w.len()];
     let half = head_dim / 2;
     for h in 0..heads {
         for j in 0..half {
@@ -238,14 +243,39 @@ pub fn unpermute_rows(w: &[f32], heads: usize, head_dim: usize, cols: usize) -> 
 }
 
 /// `[rows][cols]` to `[cols][rows]`.
-pub fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; w.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = w[r * cols + c];
+pub fn transpose<T: Copy + Default>(w: &[T], rows: usize, cols: usize) -> Vec<T> {
+    // In square tiles: a plain loop writes one value per cache line of the output, and an
+    // 8B model's matrices are gigabytes.
+    const TILE: usize = 64;
+    let mut out = vec![T::default(); w.len()];
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    out[c * rows + r] = w[r * cols + c];
+                }
+            }
         }
     }
     out
+}
+
+/// `values` as float16, little-endian bytes (ONNX's raw data).
+fn f16_bytes(values: &[f32]) -> Vec<u8> {
+    let mut data = Vec::with_capacity(values.len() * 2);
+    for v in values {
+        data.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes());
+    }
+    data
+}
+
+/// 16-bit values (float16 bits) as little-endian bytes.
+fn le_bytes(values: &[u16]) -> Vec<u8> {
+    let mut data = Vec::with_capacity(values.len() * 2);
+    for v in values {
+        data.extend_from_slice(&v.to_le_bytes());
+    }
+    data
 }
 
 struct Builder<'a> {
@@ -276,6 +306,10 @@ impl Builder<'_> {
     fn vector(&mut self, gguf_name: &str, onnx_name: &str) -> Result<String, GgufError> {
         let h = self.p.hidden_size;
         let v = self.tensor(gguf_name, &[h])?;
+        // A float16 graph scales its f16 activations by f16 weights (the norm's last Mul).
+        if self.half() {
+            return Ok(self.weight(onnx_name, &v, &[h as i64]));
+        }
         Ok(self.g.init_f32(onnx_name, &[h as i64], &v))
     }
 
@@ -292,17 +326,19 @@ impl Builder<'_> {
                 self.g.init_f32(name, dims, values)
             }
             WeightFormat::F16 | WeightFormat::F16Compute => {
-                let data = values
-                    .iter()
-                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-                    .collect();
-                let stored = self.g.init(name, dims, DataType::Float16, data);
-                if self.half() {
-                    stored
-                } else {
-                    self.g.cast(&stored, DataType::Float)
-                }
+                self.weight_f16(name, f16_bytes(values), dims)
             }
+        }
+    }
+
+    /// Stores float16 weights (little-endian bytes); returns the name of the value the graph
+    /// computes with (cast to f32 unless the graph is float16 end to end).
+    fn weight_f16(&mut self, name: &str, data: Vec<u8>, dims: &[i64]) -> String {
+        let stored = self.g.init(name, dims, DataType::Float16, data);
+        if self.half() {
+            stored
+        } else {
+            self.g.cast(&stored, DataType::Float)
         }
     }
 
@@ -316,11 +352,60 @@ impl Builder<'_> {
         outputs: usize,
         unpermute_heads: Option<usize>,
     ) -> Result<String, GgufError> {
+        if let Some(mut w) = self.f16_values(gguf_name, &[inputs, outputs])? {
+            if let Some(heads) = unpermute_heads {
+                w = unpermute_rows(&w, heads, self.p.head_dim, inputs);
+            }
+            return Ok(self.matmul_f16(x, &w, onnx_name, inputs, outputs));
+        }
         let mut w = self.tensor(gguf_name, &[inputs, outputs])?;
         if let Some(heads) = unpermute_heads {
             w = unpermute_rows(&w, heads, self.p.head_dim, inputs);
         }
         Ok(self.matmul(x, w, onnx_name, inputs, outputs))
+    }
+
+    /// A float16 GGUF tensor's raw values (ggml order) when the graph stores float16
+    /// weights: they are then transposed and written as they are, without the round trip
+    /// through f32 (an 8B model's import moves a third of the bytes).
+    fn f16_values(&self, name: &str, dims: &[usize]) -> Result<Option<Vec<u16>>, GgufError> {
+        let t = self
+            .gguf
+            .tensor(name)
+            .ok_or_else(|| GgufError::MissingTensor(name.into()))?;
+        if t.ggml_type != crate::quant::GgmlType::F16
+            || !matches!(self.format, WeightFormat::F16 | WeightFormat::F16Compute)
+        {
+            return Ok(None);
+        }
+        let want: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
+        if t.dims != want {
+            return Err(GgufError::Shape {
+                tensor: name.into(),
+                found: t.dims.clone(),
+                expected: want,
+            });
+        }
+        let raw = self.gguf.raw(t)?;
+        Ok(Some(
+            raw.chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .collect(),
+        ))
+    }
+
+    /// [`Self::matmul`] for float16 bits in `[outputs][inputs]` layout.
+    fn matmul_f16(
+        &mut self,
+        x: &str,
+        w: &[u16],
+        onnx_name: &str,
+        inputs: usize,
+        outputs: usize,
+    ) -> String {
+        let data = le_bytes(&transpose(w, outputs, inputs));
+        let name = self.weight_f16(onnx_name, data, &[inputs as i64, outputs as i64]);
+        self.g.op("MatMul", &[x, &name], &[])
     }
 
     /// `x @ W.T` for `w` in `[outputs][inputs]` (HF) layout, in the chosen weight format.
@@ -372,26 +457,33 @@ impl Builder<'_> {
         self.g.op("MatMul", &[x, &name], &[])
     }
 
-    /// RMSNorm; in f32 even in a float16 graph (the mean of squares overflows f16 easily).
+    /// RMSNorm, `x / sqrt(mean(x²) + eps) * w`, in f32 even in a float16 graph (the mean of
+    /// squares overflows f16 easily), cast back before the scale. Written with Pow and Div,
+    /// in the shape ONNX Runtime's optimizer fuses into one SimplifiedLayerNormalization
+    /// (and, with the residual Add before it, SkipSimplifiedLayerNormalization): on CUDA
+    /// each of the nine nodes it replaces is a kernel launch per layer per token.
     fn rms_norm(&mut self, x: &str, weight: &str) -> String {
-        if self.half() {
-            let x32 = self.g.cast(x, DataType::Float);
-            let normed = self.rms_norm_f32(&x32, weight);
-            return self.g.cast(&normed, DataType::Float16);
-        }
-        self.rms_norm_f32(x, weight)
-    }
-
-    fn rms_norm_f32(&mut self, x: &str, weight: &str) -> String {
+        let half = self.half();
+        let eps = self.p.rms_norm_eps as f32;
         let g = &mut self.g;
-        let sq = g.op("Mul", &[x, x], &[]);
+        let x32 = if half {
+            g.cast(x, DataType::Float)
+        } else {
+            x.to_string()
+        };
+        let two = g.scalar_f32(2.0);
+        let sq = g.op("Pow", &[&x32, &two], &[]);
         let axes = g.const_i64(&[-1]);
         let mean = g.op("ReduceMean", &[&sq, &axes], &[("keepdims", Attr::Int(1))]);
-        let eps = g.scalar_f32(self.p.rms_norm_eps as f32);
+        let eps = g.scalar_f32(eps);
         let var = g.op("Add", &[&mean, &eps], &[]);
         let std = g.op("Sqrt", &[&var], &[]);
-        let inv = g.op("Reciprocal", &[&std], &[]);
-        let normed = g.op("Mul", &[x, &inv], &[]);
+        let normed = g.op("Div", &[&x32, &std], &[]);
+        let normed = if half {
+            g.cast(&normed, DataType::Float16)
+        } else {
+            normed
+        };
         g.op("Mul", &[&normed, weight], &[])
     }
 
@@ -415,6 +507,262 @@ impl Builder<'_> {
     }
 }
 
+/// A decoder's output head.
+enum Head {
+    /// Tied, f32/f16 weights: the embedding transposed at load (no second copy on disk).
+    Transposed(String),
+    /// Tied, 4-bit weights: its own 4-bit copy of the embedding's values.
+    Quantized(Vec<f32>),
+    /// `output.weight`, read when the graph reaches it.
+    Own,
+}
+
+/// How each layer attends: plain ONNX operators (the Optimum layout) or one fused
+/// GroupQueryAttention node (the onnxruntime-genai layout).
+enum Attention {
+    Plain(PlainAttentionInputs),
+    GroupQuery(GroupQueryInputs),
+}
+
+/// What every layer's plain attention shares: the rotary rows of the positions, the additive
+/// mask and the reshape targets.
+struct PlainAttentionInputs {
+    cos_q: String,
+    sin_q: String,
+    cos_k: String,
+    sin_k: String,
+    /// `[B,1,1,S,T]`: 0 where attention is allowed, -3e38 where not.
+    bias: String,
+    scale: String,
+    q_shape: String,
+    kv_shape: String,
+    flat: String,
+    ax2: String,
+}
+
+impl PlainAttentionInputs {
+    fn new(g: &mut Graph, p: &LlamaParams, half: bool, cos_tab: &str, sin_tab: &str) -> Self {
+        let (nh, nkv, d) = (p.num_heads, p.num_kv_heads, p.head_dim);
+        let rep = nh / nkv;
+        let cos = g.op(
+            "Gather",
+            &[cos_tab, "position_ids"],
+            &[("axis", Attr::Int(0))],
+        );
+        let sin = g.op(
+            "Gather",
+            &[sin_tab, "position_ids"],
+            &[("axis", Attr::Int(0))],
+        );
+        let (cos, sin) = if half {
+            (
+                g.cast(&cos, DataType::Float16),
+                g.cast(&sin, DataType::Float16),
+            )
+        } else {
+            (cos, sin)
+        };
+        let ax1 = g.const_i64(&[1]);
+        let ax12 = g.const_i64(&[1, 2]);
+        let cos_k = g.op("Unsqueeze", &[&cos, &ax1], &[]);
+        let sin_k = g.op("Unsqueeze", &[&sin, &ax1], &[]);
+        let cos_q = g.op("Unsqueeze", &[&cos, &ax12], &[]);
+        let sin_q = g.op("Unsqueeze", &[&sin, &ax12], &[]);
+
+        // Additive mask [B,1,1,S,T]: causal over absolute positions, and the padding mask.
+        let one = g.scalar_i64(1);
+        let zero = g.scalar_i64(0);
+        let mask_shape = g.op("Shape", &["attention_mask"], &[]);
+        let t_len = g.op("Gather", &[&mask_shape, &one], &[("axis", Attr::Int(0))]);
+        let ids_shape = g.op("Shape", &["input_ids"], &[]);
+        let s_len = g.op("Gather", &[&ids_shape, &one], &[("axis", Attr::Int(0))]);
+        let first = g.op("Sub", &[&t_len, &s_len], &[]);
+        let q_pos = g.op("Range", &[&first, &t_len, &one], &[]);
+        let k_pos = g.op("Range", &[&zero, &t_len, &one], &[]);
+        let ax0 = g.const_i64(&[0]);
+        let k_row = g.op("Unsqueeze", &[&k_pos, &ax0], &[]);
+        let q_col = g.op("Unsqueeze", &[&q_pos, &ax1], &[]);
+        let causal = g.op("LessOrEqual", &[&k_row, &q_col], &[]);
+        let ax123 = g.const_i64(&[1, 2, 3]);
+        let mask5 = g.op("Unsqueeze", &["attention_mask", &ax123], &[]);
+        let pad = g.op("Equal", &[&mask5, &one], &[]);
+        let allowed = g.op("And", &[&causal, &pad], &[]);
+        let open = g.scalar_f32(0.0);
+        let closed = g.scalar_f32(-3.0e38);
+        let bias = g.op("Where", &[&allowed, &open, &closed], &[]);
+        Self {
+            cos_q,
+            sin_q,
+            cos_k,
+            sin_k,
+            bias,
+            scale: g.scalar_f32(1.0 / (d as f32).sqrt()),
+            q_shape: g.const_i64(&[0, 0, nkv as i64, rep as i64, d as i64]),
+            kv_shape: g.const_i64(&[0, 0, nkv as i64, d as i64]),
+            flat: g.const_i64(&[0, 0, -1]),
+            ax2: g.const_i64(&[2]),
+        }
+    }
+}
+
+/// What every layer's GroupQueryAttention shares: per row, the index of its last real
+/// position (`seqlens_k`, the attention mask's sum less one, as onnxruntime-genai computes
+/// it), the mask's width, and the rotary tables.
+struct GroupQueryInputs {
+    seqlens_k: String,
+    total_len: String,
+    cos_cache: String,
+    sin_cache: String,
+}
+
+impl GroupQueryInputs {
+    fn new(g: &mut Graph, cos_cache: String, sin_cache: String) -> Self {
+        let ax1 = g.const_i64(&[1]);
+        let sum = g.op(
+            "ReduceSum",
+            &["attention_mask", &ax1],
+            &[("keepdims", Attr::Int(0))],
+        );
+        let one = g.scalar_i64(1);
+        let last = g.op("Sub", &[&sum, &one], &[]);
+        let seqlens_k = g.cast(&last, DataType::Int32);
+        let mask_shape = g.op("Shape", &["attention_mask"], &[]);
+        let width = g.op("Gather", &[&mask_shape, &one], &[("axis", Attr::Int(0))]);
+        let total_len = g.cast(&width, DataType::Int32);
+        Self {
+            seqlens_k,
+            total_len,
+            cos_cache,
+            sin_cache,
+        }
+    }
+}
+
+impl Builder<'_> {
+    /// Plain-operator attention of one layer on `q`, `k`, `v` (`[B,S,heads*d]`): rotary,
+    /// the KV cache (`Some((past, present))` names; `None` for an encoder), grouped heads,
+    /// the masked softmax in f32. Returns the context `[B,S,heads*d]`.
+    fn plain_attention(
+        &mut self,
+        a: &PlainAttentionInputs,
+        q: &str,
+        k: &str,
+        v: &str,
+        kv: Option<(&[String; 2], &[String; 2])>,
+    ) -> String {
+        let half = self.half();
+        let g = &mut self.g;
+        let q = g.op("Reshape", &[q, &a.q_shape], &[]);
+        let q = g.op(
+            "Transpose",
+            &[&q],
+            &[("perm", Attr::Ints(vec![0, 2, 3, 1, 4]))],
+        );
+        let k = g.op("Reshape", &[k, &a.kv_shape], &[]);
+        let k = g.op(
+            "Transpose",
+            &[&k],
+            &[("perm", Attr::Ints(vec![0, 2, 1, 3]))],
+        );
+        let v = g.op("Reshape", &[v, &a.kv_shape], &[]);
+        let v = g.op(
+            "Transpose",
+            &[&v],
+            &[("perm", Attr::Ints(vec![0, 2, 1, 3]))],
+        );
+        let q = self.rotate(&q, &a.cos_q, &a.sin_q);
+        let k = self.rotate(&k, &a.cos_k, &a.sin_k);
+        let g = &mut self.g;
+        let (present_k, present_v) = match kv {
+            None => (k, v),
+            Some((past, present)) => {
+                g.node_to(
+                    "Concat",
+                    &[&past[0], &k],
+                    &[&present[0]],
+                    &[("axis", Attr::Int(2))],
+                );
+                g.node_to(
+                    "Concat",
+                    &[&past[1], &v],
+                    &[&present[1]],
+                    &[("axis", Attr::Int(2))],
+                );
+                (present[0].clone(), present[1].clone())
+            }
+        };
+        let k_all = g.op("Unsqueeze", &[&present_k, &a.ax2], &[]);
+        let v_all = g.op("Unsqueeze", &[&present_v, &a.ax2], &[]);
+        let k_t = g.op(
+            "Transpose",
+            &[&k_all],
+            &[("perm", Attr::Ints(vec![0, 1, 2, 4, 3]))],
+        );
+        let scores = g.op("MatMul", &[&q, &k_t], &[]);
+        // Scaling, the mask and the softmax in f32: the mask's -3e38 is not a float16, and
+        // f16 scores lose the small differences softmax turns into weights.
+        let scores = if half {
+            g.cast(&scores, DataType::Float)
+        } else {
+            scores
+        };
+        let scores = g.op("Mul", &[&scores, &a.scale], &[]);
+        let scores = g.op("Add", &[&scores, &a.bias], &[]);
+        let probs = g.op("Softmax", &[&scores], &[("axis", Attr::Int(-1))]);
+        let probs = if half {
+            g.cast(&probs, DataType::Float16)
+        } else {
+            probs
+        };
+        let ctx = g.op("MatMul", &[&probs, &v_all], &[]);
+        let ctx = g.op(
+            "Transpose",
+            &[&ctx],
+            &[("perm", Attr::Ints(vec![0, 3, 1, 2, 4]))],
+        );
+        g.op("Reshape", &[&ctx, &a.flat], &[])
+    }
+
+    /// One layer's attention as `com.microsoft.GroupQueryAttention` (rotary inside, the
+    /// cache grown from `past` into `present`). Returns the context `[B,S,heads*d]`.
+    fn group_query_attention(
+        &mut self,
+        a: &GroupQueryInputs,
+        q: &str,
+        k: &str,
+        v: &str,
+        past: &[String; 2],
+        present: &[String; 2],
+    ) -> String {
+        let p = self.p;
+        let out = format!("{}.attention", present[0]);
+        self.g.node_in(
+            "com.microsoft",
+            "GroupQueryAttention",
+            &[
+                q,
+                k,
+                v,
+                &past[0],
+                &past[1],
+                &a.seqlens_k,
+                &a.total_len,
+                &a.cos_cache,
+                &a.sin_cache,
+            ],
+            &[&out, &present[0], &present[1]],
+            &[
+                ("num_heads", Attr::Int(p.num_heads as i64)),
+                ("kv_num_heads", Attr::Int(p.num_kv_heads as i64)),
+                ("do_rotary", Attr::Int(1)),
+                ("rotary_interleaved", Attr::Int(0)),
+                ("scale", Attr::Float(1.0 / (p.head_dim as f32).sqrt())),
+            ],
+        );
+        out
+    }
+}
+
 /// What the graph computes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum GraphKind {
@@ -425,6 +773,11 @@ pub enum GraphKind {
     /// `hidden_states.{n}` `[batch, sequence, hidden]` per listed layer `n` (the residual
     /// stream after `n` blocks; `n` = the number of layers is the final normed output).
     Encoder { layers: Vec<usize> },
+    /// The decoder in the onnxruntime-genai layout: no `position_ids` input; each layer
+    /// attends through one `com.microsoft.GroupQueryAttention` node with the rotary inside
+    /// it (fused kernels on CUDA: a few launches per layer where plain operators take
+    /// dozens, and the engine feeds it as it feeds onnxruntime-genai's own exports).
+    GenaiDecoder,
 }
 
 /// Builds the decoder graph; `progress(done, total)` after each layer.
@@ -458,7 +811,7 @@ pub fn build_graph_of(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Graph, GgufError> {
     let encoder_layers = match kind {
-        GraphKind::Decoder => None,
+        GraphKind::Decoder | GraphKind::GenaiDecoder => None,
         GraphKind::Encoder { layers } => {
             if layers.is_empty() || layers.iter().any(|&l| l == 0 || l > p.num_layers) {
                 return Err(GgufError::Metadata {
@@ -479,16 +832,26 @@ pub fn build_graph_of(
         format,
         g: graph,
     };
+    let genai = *kind == GraphKind::GenaiDecoder;
     let (h, nh, nkv, d) = (p.hidden_size, p.num_heads, p.num_kv_heads, p.head_dim);
-    let rep = nh / nkv;
     let total = p.num_layers + 2;
 
-    let emb_values = b.tensor("token_embd.weight", &[h, p.vocab_size])?;
-    let emb = b.weight(
-        "model.embed_tokens.weight",
-        &emb_values,
-        &[p.vocab_size as i64, h as i64],
-    );
+    let emb_dims = [p.vocab_size as i64, h as i64];
+    let (emb, emb_values) = match b.f16_values("token_embd.weight", &[h, p.vocab_size])? {
+        Some(bits) => {
+            let data = le_bytes(&bits);
+            drop(bits);
+            let emb = b.weight_f16("model.embed_tokens.weight", data, &emb_dims);
+            (emb, Vec::new())
+        }
+        None => {
+            let values = b.tensor("token_embd.weight", &[h, p.vocab_size])?;
+            (
+                b.weight("model.embed_tokens.weight", &values, &emb_dims),
+                values,
+            )
+        }
+    };
     // The output head: with f32/f16 weights a tied head is the embedding transposed at
     // load (no second copy on disk); with 4-bit weights it gets its own 4-bit copy, since
     // reading the f32 head dominates each decode step of a small model.
@@ -508,80 +871,48 @@ pub fn build_graph_of(
         b.format,
         WeightFormat::F32 | WeightFormat::F16 | WeightFormat::F16Compute
     );
-    let head_weights = if encoder {
+    let head = if encoder {
         None
     } else if !p.tied_embeddings {
-        Some(b.tensor("output.weight", &[h, p.vocab_size])?)
+        Some(Head::Own)
     } else if quantized {
-        Some(emb_values)
+        Some(Head::Quantized(emb_values))
     } else {
         drop(emb_values);
-        None
+        Some(Head::Transposed(b.g.op(
+            "Transpose",
+            &[&emb],
+            &[("perm", Attr::Ints(vec![1, 0]))],
+        )))
     };
-    let tied_head = (head_weights.is_none() && !encoder).then(|| {
-        b.g.op("Transpose", &[&emb], &[("perm", Attr::Ints(vec![1, 0]))])
-    });
     let (cos_t, sin_t) = p.rope_tables(positions);
     let half_dim = (d / 2) as i64;
-    let cos_tab =
-        b.g.init_f32("rope.cos", &[positions as i64, half_dim], &cos_t);
-    let sin_tab =
-        b.g.init_f32("rope.sin", &[positions as i64, half_dim], &sin_t);
-    progress(1, total);
-
-    let g = &mut b.g;
-    let x0 = g.op("Gather", &[&emb, "input_ids"], &[("axis", Attr::Int(0))]);
-    let cos = g.op(
-        "Gather",
-        &[&cos_tab, "position_ids"],
-        &[("axis", Attr::Int(0))],
-    );
-    let sin = g.op(
-        "Gather",
-        &[&sin_tab, "position_ids"],
-        &[("axis", Attr::Int(0))],
-    );
-    let (cos, sin) = if half {
-        (
-            g.cast(&cos, DataType::Float16),
-            g.cast(&sin, DataType::Float16),
-        )
+    let attention = if genai {
+        // GroupQueryAttention rotates with tables of its own element type.
+        let table = |g: &mut Graph, name: &str, values: &[f32]| {
+            if half {
+                let data = f16_bytes(values);
+                g.init(name, &[positions as i64, half_dim], DataType::Float16, data)
+            } else {
+                g.init_f32(name, &[positions as i64, half_dim], values)
+            }
+        };
+        let cos_cache = table(&mut b.g, "cos_cache", &cos_t);
+        let sin_cache = table(&mut b.g, "sin_cache", &sin_t);
+        Attention::GroupQuery(GroupQueryInputs::new(&mut b.g, cos_cache, sin_cache))
     } else {
-        (cos, sin)
+        let cos_tab =
+            b.g.init_f32("rope.cos", &[positions as i64, half_dim], &cos_t);
+        let sin_tab =
+            b.g.init_f32("rope.sin", &[positions as i64, half_dim], &sin_t);
+        Attention::Plain(PlainAttentionInputs::new(
+            &mut b.g, p, half, &cos_tab, &sin_tab,
+        ))
     };
-    let ax1 = g.const_i64(&[1]);
-    let ax12 = g.const_i64(&[1, 2]);
-    let cos_k = g.op("Unsqueeze", &[&cos, &ax1], &[]);
-    let sin_k = g.op("Unsqueeze", &[&sin, &ax1], &[]);
-    let cos_q = g.op("Unsqueeze", &[&cos, &ax12], &[]);
-    let sin_q = g.op("Unsqueeze", &[&sin, &ax12], &[]);
-
-    // Additive mask [B,1,1,S,T]: causal over absolute positions, and the padding mask.
-    let one = g.scalar_i64(1);
-    let zero = g.scalar_i64(0);
-    let mask_shape = g.op("Shape", &["attention_mask"], &[]);
-    let t_len = g.op("Gather", &[&mask_shape, &one], &[("axis", Attr::Int(0))]);
-    let ids_shape = g.op("Shape", &["input_ids"], &[]);
-    let s_len = g.op("Gather", &[&ids_shape, &one], &[("axis", Attr::Int(0))]);
-    let first = g.op("Sub", &[&t_len, &s_len], &[]);
-    let q_pos = g.op("Range", &[&first, &t_len, &one], &[]);
-    let k_pos = g.op("Range", &[&zero, &t_len, &one], &[]);
-    let ax0 = g.const_i64(&[0]);
-    let k_row = g.op("Unsqueeze", &[&k_pos, &ax0], &[]);
-    let q_col = g.op("Unsqueeze", &[&q_pos, &ax1], &[]);
-    let causal = g.op("LessOrEqual", &[&k_row, &q_col], &[]);
-    let ax123 = g.const_i64(&[1, 2, 3]);
-    let mask5 = g.op("Unsqueeze", &["attention_mask", &ax123], &[]);
-    let pad = g.op("Equal", &[&mask5, &one], &[]);
-    let allowed = g.op("And", &[&causal, &pad], &[]);
-    let open = g.scalar_f32(0.0);
-    let closed = g.scalar_f32(-3.0e38);
-    let bias = g.op("Where", &[&allowed, &open, &closed], &[]);
-    let scale = g.scalar_f32(1.0 / (d as f32).sqrt());
-    let q_shape = g.const_i64(&[0, 0, nkv as i64, rep as i64, d as i64]);
-    let kv_shape = g.const_i64(&[0, 0, nkv as i64, d as i64]);
-    let flat = g.const_i64(&[0, 0, -1]);
-    let ax2 = g.const_i64(&[2]);
+    drop((cos_t, sin_t));
+    progress(1, total);
+    let x0 =
+        b.g.op("Gather", &[&emb, "input_ids"], &[("axis", Attr::Int(0))]);
 
     // An encoder stops after the deepest layer it reports.
     let blocks = encoder_layers
@@ -618,80 +949,22 @@ pub fn build_graph_of(
             nkv * d,
             None,
         )?;
-        let g = &mut b.g;
-        let q = g.op("Reshape", &[&q, &q_shape], &[]);
-        let q = g.op(
-            "Transpose",
-            &[&q],
-            &[("perm", Attr::Ints(vec![0, 2, 3, 1, 4]))],
+        let (past, present) = (
+            [
+                format!("past_key_values.{i}.key"),
+                format!("past_key_values.{i}.value"),
+            ],
+            [format!("present.{i}.key"), format!("present.{i}.value")],
         );
-        let k = g.op("Reshape", &[&k, &kv_shape], &[]);
-        let k = g.op(
-            "Transpose",
-            &[&k],
-            &[("perm", Attr::Ints(vec![0, 2, 1, 3]))],
-        );
-        let v = g.op("Reshape", &[&v, &kv_shape], &[]);
-        let v = g.op(
-            "Transpose",
-            &[&v],
-            &[("perm", Attr::Ints(vec![0, 2, 1, 3]))],
-        );
-        let q = b.rotate(&q, &cos_q, &sin_q);
-        let k = b.rotate(&k, &cos_k, &sin_k);
-        let g = &mut b.g;
-        let (past_k, past_v) = (
-            format!("past_key_values.{i}.key"),
-            format!("past_key_values.{i}.value"),
-        );
-        let (present_k, present_v) = if encoder {
-            (k, v)
-        } else {
-            let (present_k, present_v) = (format!("present.{i}.key"), format!("present.{i}.value"));
-            g.node_to(
-                "Concat",
-                &[&past_k, &k],
-                &[&present_k],
-                &[("axis", Attr::Int(2))],
-            );
-            g.node_to(
-                "Concat",
-                &[&past_v, &v],
-                &[&present_v],
-                &[("axis", Attr::Int(2))],
-            );
-            (present_k, present_v)
+        let ctx = match &attention {
+            Attention::Plain(inputs) => {
+                let kv = (!encoder).then_some((&past, &present));
+                b.plain_attention(inputs, &q, &k, &v, kv)
+            }
+            Attention::GroupQuery(inputs) => {
+                b.group_query_attention(inputs, &q, &k, &v, &past, &present)
+            }
         };
-        let k_all = g.op("Unsqueeze", &[&present_k, &ax2], &[]);
-        let v_all = g.op("Unsqueeze", &[&present_v, &ax2], &[]);
-        let k_t = g.op(
-            "Transpose",
-            &[&k_all],
-            &[("perm", Attr::Ints(vec![0, 1, 2, 4, 3]))],
-        );
-        let scores = g.op("MatMul", &[&q, &k_t], &[]);
-        // Scaling, the mask and the softmax in f32: the mask's -3e38 is not a float16, and
-        // f16 scores lose the small differences softmax turns into weights.
-        let scores = if half {
-            g.cast(&scores, DataType::Float)
-        } else {
-            scores
-        };
-        let scores = g.op("Mul", &[&scores, &scale], &[]);
-        let scores = g.op("Add", &[&scores, &bias], &[]);
-        let probs = g.op("Softmax", &[&scores], &[("axis", Attr::Int(-1))]);
-        let probs = if half {
-            g.cast(&probs, DataType::Float16)
-        } else {
-            probs
-        };
-        let ctx = g.op("MatMul", &[&probs, &v_all], &[]);
-        let ctx = g.op(
-            "Transpose",
-            &[&ctx],
-            &[("perm", Attr::Ints(vec![0, 3, 1, 2, 4]))],
-        );
-        let ctx = g.op("Reshape", &[&ctx, &flat], &[]);
         let o = b.linear(
             &ctx,
             &blk("attn_output"),
@@ -766,10 +1039,18 @@ pub fn build_graph_of(
     }
     let w = b.vector("output_norm.weight", "model.norm.weight")?;
     let xn = b.rms_norm(&x, &w);
-    let logits = match (tied_head, head_weights) {
-        (Some(head), _) => b.g.op("MatMul", &[&xn, &head], &[]),
-        (None, Some(w)) => b.matmul(&xn, w, "lm_head.weight", h, p.vocab_size),
-        (None, None) => unreachable!("one of the two heads exists"),
+    let logits = match head {
+        Some(Head::Transposed(t)) => b.g.op("MatMul", &[&xn, &t], &[]),
+        Some(Head::Quantized(w)) => b.matmul(&xn, w, "lm_head.weight", h, p.vocab_size),
+        Some(Head::Own) => b.linear(
+            &xn,
+            "output.weight",
+            "lm_head.weight",
+            h,
+            p.vocab_size,
+            None,
+        )?,
+        None => unreachable!("a decoder has an output head"),
     };
     b.g.node_to("Identity", &[&logits], &["logits"], &[]);
 
@@ -784,12 +1065,14 @@ pub fn build_graph_of(
             DataType::Int64,
             vec![sym("batch_size"), sym("total_sequence_length")],
         ),
-        tensor(
+    ];
+    if !genai {
+        inputs.push(tensor(
             "position_ids".into(),
             DataType::Int64,
             vec![sym("batch_size"), sym("sequence_length")],
-        ),
-    ];
+        ));
+    }
     let mut outputs = vec![tensor(
         "logits".into(),
         act,

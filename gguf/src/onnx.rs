@@ -9,6 +9,7 @@ use std::io::Write;
 pub enum DataType {
     Float = 1,
     Uint8 = 2,
+    Int32 = 6,
     Int64 = 7,
     Bool = 9,
     Float16 = 10,
@@ -162,11 +163,24 @@ impl Graph {
         inputs: &[&str],
         attrs: &[(&str, Attr)],
     ) -> String {
-        let out = self.op(op, inputs, attrs);
+        let out = self.fresh(op);
+        self.node_in(domain, op, inputs, &[&out], attrs);
+        out
+    }
+
+    /// Adds a node of another operator domain with named outputs.
+    pub fn node_in(
+        &mut self,
+        domain: &str,
+        op: &str,
+        inputs: &[&str],
+        outputs: &[&str],
+        attrs: &[(&str, Attr)],
+    ) {
+        self.node_to(op, inputs, outputs, attrs);
         if let Some(node) = self.nodes.last_mut() {
             node.domain = domain.into();
         }
-        out
     }
 
     /// Adds a node with named outputs.

@@ -121,6 +121,53 @@ fn greedy(engine: &Engine, prompt: Vec<u32>, n: usize) -> Vec<u32> {
     ids
 }
 
+/// A float16 end-to-end graph (the CUDA graph), run here on the CPU provider: float16 KV
+/// cache and logits, the reference's logits within f16 rounding, its greedy tokens, and the
+/// I/O-bound path (the CUDA default) giving the same as the plain one.
+fn assert_half_graph_matches(dir: &Path, expected: &Expected) {
+    for io_binding in [IoBindingMode::Off, IoBindingMode::On] {
+        safegate_engine::runtime::init(None).unwrap();
+        let engine_half = Engine::load(
+            dir,
+            &EngineOptions {
+                device: safegate_engine::Device::Cpu,
+                intra_threads: 1,
+                io_binding,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        for case in &expected.cases {
+            let logits = engine_half.score_blocking(case.prompt_ids.clone()).unwrap();
+            // Half-precision activations keep about three significant digits, and each
+            // layer's error carries into the next: within 1% of the logits' spread (0.4%
+            // measured here).
+            let spread = case.logits[0]
+                .values
+                .iter()
+                .fold(0.0f32, |m, v| m.max(v.abs()));
+            let worst = case.logits[0]
+                .indices
+                .iter()
+                .zip(&case.logits[0].values)
+                .map(|(i, v)| (logits[*i] - v).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                worst <= 0.01 * spread,
+                "f16 graph: logit error {worst} of {spread} ({io_binding:?})"
+            );
+            // The random tiny model's top logits lie close together: after enough steps an
+            // f16 rounding can flip a near tie, so the first half of the reference's tokens.
+            let n = case.greedy_ids.len() / 2;
+            assert_eq!(
+                greedy(&engine_half, case.prompt_ids.clone(), n),
+                case.greedy_ids[..n],
+                "{io_binding:?}"
+            );
+        }
+    }
+}
+
 /// The GGUF holds tiny-chatml-genai's weights as llama.cpp's converter lays them out
 /// (permuted Q/K rows, [out, in] matrices): the import must behave exactly like that model.
 #[test]
@@ -199,9 +246,7 @@ fn an_imported_gguf_reproduces_the_reference_model() {
         );
     }
 
-    // Float16 end to end (the CUDA graph), run here on the CPU provider: float16 KV cache
-    // and logits, the reference's logits within f16 rounding, its greedy tokens, and the
-    // I/O-bound path (the CUDA default) giving the same logits as the plain one.
+    // Float16 end to end (the CUDA graph).
     let outh = dir.path().join("tiny-half");
     let options = ImportOptions {
         format: WeightFormat::F16Compute,
@@ -222,47 +267,7 @@ fn an_imported_gguf_reproduces_the_reference_model() {
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(outh.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["torch_dtype"], "float16");
-    for io_binding in [IoBindingMode::Off, IoBindingMode::On] {
-        safegate_engine::runtime::init(None).unwrap();
-        let engine_half = Engine::load(
-            &outh,
-            &EngineOptions {
-                device: safegate_engine::Device::Cpu,
-                intra_threads: 1,
-                io_binding,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        for case in &expected.cases {
-            let logits = engine_half.score_blocking(case.prompt_ids.clone()).unwrap();
-            // Half-precision activations keep about three significant digits, and each
-            // layer's error carries into the next: within 1% of the logits' spread (0.4%
-            // measured here).
-            let spread = case.logits[0]
-                .values
-                .iter()
-                .fold(0.0f32, |m, v| m.max(v.abs()));
-            let worst = case.logits[0]
-                .indices
-                .iter()
-                .zip(&case.logits[0].values)
-                .map(|(i, v)| (logits[*i] - v).abs())
-                .fold(0.0f32, f32::max);
-            assert!(
-                worst <= 0.01 * spread,
-                "f16 graph: logit error {worst} of {spread} ({io_binding:?})"
-            );
-            // The random tiny model's top logits lie close together: after enough steps an
-            // f16 rounding can flip a near tie, so the first half of the reference's tokens.
-            let n = case.greedy_ids.len() / 2;
-            assert_eq!(
-                greedy(&engine_half, case.prompt_ids.clone(), n),
-                case.greedy_ids[..n],
-                "{io_binding:?}"
-            );
-        }
-    }
+    assert_half_graph_matches(&outh, &expected);
     // An encoder is not written in float16.
     let refused = import(
         &fixture("gguf/tiny-chatml.gguf"),
@@ -314,6 +319,114 @@ fn an_imported_gguf_reproduces_the_reference_model() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("already exists"), "{e}");
+}
+
+/// `GraphKind::GenaiDecoder`: the same weights with one fused GroupQueryAttention per layer
+/// (no `position_ids`): the reference's logits and greedy tokens, padded batches scoring as
+/// rows alone, and the float16 graph within f16 rounding.
+#[test]
+fn a_genai_layout_import_reproduces_the_reference_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected: Expected = serde_json::from_str(
+        &std::fs::read_to_string(fixture("tiny-chatml-genai/expected.json")).unwrap(),
+    )
+    .unwrap();
+    let import_as = |format, name: &str| {
+        let out = dir.path().join(name);
+        let options = ImportOptions {
+            format,
+            max_context: Some(256),
+            kind: safegate_gguf::GraphKind::GenaiDecoder,
+        };
+        import(&fixture("gguf/tiny-chatml.gguf"), &out, &options, |_, _| {}).unwrap();
+        let onnx = std::fs::read(out.join("model.onnx")).unwrap();
+        assert!(onnx.windows(19).any(|w| w == b"GroupQueryAttention"));
+        out
+    };
+    let out = import_as(WeightFormat::F32, "genai");
+    safegate_engine::runtime::init(None).unwrap();
+    let engine = Engine::load(
+        &out,
+        &EngineOptions {
+            device: safegate_engine::Device::Cpu,
+            intra_threads: 1,
+            score_batch: 4,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(engine.info().layout, safegate_engine::Layout::Genai);
+    let mut alone = Vec::new();
+    for case in &expected.cases {
+        let logits = engine.score_blocking(case.prompt_ids.clone()).unwrap();
+        for (i, v) in case.logits[0].indices.iter().zip(&case.logits[0].values) {
+            assert!(
+                (logits[*i] - v).abs() < 1e-4,
+                "logit {i}: {} vs {v}",
+                logits[*i]
+            );
+        }
+        assert_eq!(
+            greedy(&engine, case.prompt_ids.clone(), case.greedy_ids.len()),
+            case.greedy_ids
+        );
+        alone.push(logits);
+    }
+    // Rows of different lengths in one right-padded prefill score as they do alone.
+    let rows: Vec<(Vec<u32>, Vec<u32>)> = expected
+        .cases
+        .iter()
+        .map(|c| (c.prompt_ids.clone(), Vec::new()))
+        .collect();
+    assert!(rows.iter().any(|r| r.0.len() != rows[0].0.len()));
+    let batched = engine.score_many_blocking(rows).unwrap();
+    for (row, single) in batched.iter().zip(&alone) {
+        let worst = row[0]
+            .iter()
+            .zip(single)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-4, "batched vs alone: {worst}");
+    }
+    assert_half_graph_matches(
+        &import_as(WeightFormat::F16Compute, "genai-half"),
+        &expected,
+    );
+}
+
+/// A float16 GGUF (`convert_hf_to_gguf.py --outtype f16`) imported with float16 weights is
+/// copied and transposed as float16 bits, never widened: it must compute exactly what the
+/// same file widened to f32 computes (f16 to f32 is exact), Q/K rows unpermuted alike.
+#[test]
+fn a_float16_gguf_keeps_its_values_through_the_float16_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = fixture("gguf/tiny-chatml-f16.gguf");
+    let import_as = |format, name: &str| {
+        let out = dir.path().join(name);
+        let options = ImportOptions {
+            format,
+            ..Default::default()
+        };
+        import(&source, &out, &options, |_, _| {}).unwrap();
+        load(&out)
+    };
+    let bits = import_as(WeightFormat::F16, "f16");
+    let widened = import_as(WeightFormat::F32, "f32");
+    // The reference's prompts (its logits are the f32 model's: this file's are rounded).
+    let expected: Expected = serde_json::from_str(
+        &std::fs::read_to_string(fixture("tiny-chatml-genai/expected.json")).unwrap(),
+    )
+    .unwrap();
+    for case in &expected.cases {
+        let a = bits.score_blocking(case.prompt_ids.clone()).unwrap();
+        let b = widened.score_blocking(case.prompt_ids.clone()).unwrap();
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-5, "float16 path vs widened: {worst}");
+    }
 }
 
 /// The Llama 3 pre-tokenizer rebuilt from a GGUF-style vocabulary encodes exactly as Meta's

@@ -1,12 +1,13 @@
 //! Classification latency and throughput with a local model, one at a time and batched:
 //!
-//!     cargo run --release -p safegate-guard --example bench -- MODEL_DIR [RUNS] [CLIENTS] [DEVICE]
+//!     cargo run --release -p safegate-guard --example bench -- MODEL_DIR [RUNS] [CLIENTS] [DEVICE] [BATCHES]
 //!
 //! Llama Guard 2 prompts (all 11 categories) around a user message of about 50 and about
 //! 500 words (prompt tokens include the template's ~190). For each engine setting (score
 //! batches of 1, then of up to 8) and each number of concurrent callers (CLIENTS, comma
 //! separated, default 1,4,8): p50/p99 per classification, classifications per second, and
-//! rows per prefill (above 1: callers shared prefills).
+//! rows per prefill (above 1: callers shared prefills). BATCHES (comma separated, default
+//! 1,8) picks the engine settings: each is one model load, which a large model makes long.
 
 use std::time::Instant;
 
@@ -36,23 +37,27 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let dir = std::path::PathBuf::from(
         args.get(1)
-            .expect("usage: bench MODEL_DIR [RUNS] [CLIENTS] [DEVICE]"),
+            .expect("usage: bench MODEL_DIR [RUNS] [CLIENTS] [DEVICE] [BATCHES]"),
     );
     let runs: usize = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(10);
-    let clients: Vec<usize> = args
-        .get(3)
-        .map(|c| c.split(',').filter_map(|n| n.parse().ok()).collect())
-        .unwrap_or_else(|| vec![1, 4, 8]);
+    let list = |i: usize, default: &[usize]| -> Vec<usize> {
+        args.get(i).map_or_else(
+            || default.to_vec(),
+            |c| c.split(',').filter_map(|n| n.parse().ok()).collect(),
+        )
+    };
+    let clients = list(3, &[1, 4, 8]);
     let device: Device = args
         .get(4)
         .map_or("cpu", String::as_str)
         .parse()
         .expect("DEVICE: cpu or cuda[:N]");
+    let batches = list(5, &[1, 8]);
     safegate_engine::runtime::init(None).expect("ONNX Runtime");
     println!(
         "| score batch | message | prompt tokens | callers | p50 ms | p99 ms | classifications/s | rows per prefill |\n|---|---|---|---|---|---|---|---|"
     );
-    for batch in [1usize, 8] {
+    for batch in batches {
         let engine = Engine::load(
             &dir,
             &EngineOptions {

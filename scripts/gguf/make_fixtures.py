@@ -13,6 +13,9 @@ Writes, with the reference GGUF library (gguf-py, from llama.cpp):
   (same config, same seed) written as llama.cpp's converter writes a Llama model: HF
   [out, in] matrices, Q/K rows permuted for its rotary layout, byte-level BPE vocabulary,
   ChatML template. Importing it must reproduce that fixture's expected.json.
+* tests/fixtures/gguf/tiny-chatml-f16.gguf: the same with the matrices (embedding and linear
+  layers) in float16, as `convert_hf_to_gguf.py --outtype f16` writes them (norms stay F32):
+  what the importer's float16 path, which never widens to f32, reads.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ def permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def tiny_chatml():
+def tiny_chatml(matrix_dtype=np.float32, name="tiny-chatml.gguf"):
     src = os.path.join(ROOT, "tests", "fixtures", "tiny-chatml-genai")
     tok = json.load(open(os.path.join(src, "tokenizer.json")))
     vocab = sorted(tok["model"]["vocab"].items(), key=lambda kv: kv[1])
@@ -76,7 +79,7 @@ def tiny_chatml():
                                  bos_token_id=eos, eos_token_id=[eos], init_scale=1.2)
     wts = llama_onnx.random_weights(cfg, 5)
 
-    w = GGUFWriter(os.path.join(OUT, "tiny-chatml.gguf"), arch="llama")
+    w = GGUFWriter(os.path.join(OUT, name), arch="llama")
     w.add_name("tiny-chatml")
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
@@ -96,6 +99,7 @@ def tiny_chatml():
     w.add_eos_token_id(eos)
     w.add_chat_template(CHATML_TEMPLATE)
 
+    wts = {k: (v.astype(matrix_dtype) if v.ndim == 2 else v) for k, v in wts.items()}
     w.add_tensor("token_embd.weight", wts["embed"])
     for i in range(cfg.num_layers):
         w.add_tensor(f"blk.{i}.attn_norm.weight", wts[f"l{i}.in_norm"])
@@ -119,5 +123,6 @@ if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
     quant_types()
     tiny_chatml()
+    tiny_chatml(np.float16, "tiny-chatml-f16.gguf")
     for f in sorted(os.listdir(OUT)):
         print(f, os.path.getsize(os.path.join(OUT, f)), "bytes")

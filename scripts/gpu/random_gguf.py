@@ -5,7 +5,8 @@ library only (the GPU machine has no gguf package).
     python3 scripts/gpu/random_gguf.py OUT.gguf --shape llama3-8b --tokenizer tokenizer.json
 
 Shapes: `llama3-8b` (Llama-3-8B: 32 layers, hidden 4096, 32 heads / 8 KV heads, FFN 14336,
-vocabulary 128256, separate output head), `tiny` (2 layers, hidden 256: checks the script
+vocabulary 128256, separate output head), `llama3-1b` (Llama-3.2-1B's blocks: 16 layers,
+hidden 2048, 32 heads / 8 KV heads, FFN 8192), `tiny` (2 layers, hidden 256: checks the script
 on a CPU machine). Weights are float16 normals (std 0.02) tiled from one 32 MiB random
 block: a speed benchmark needs the shape and finite values, not independent ones, and
 tiling writes 16 GB at disk speed. The vocabulary, merges and special tokens come from a
@@ -23,6 +24,7 @@ import numpy as np
 
 SHAPES = {
     "llama3-8b": dict(hidden=4096, layers=32, heads=32, kv_heads=8, ffn=14336, context=8192),
+    "llama3-1b": dict(hidden=2048, layers=16, heads=32, kv_heads=8, ffn=8192, context=8192),
     "tiny": dict(hidden=256, layers=2, heads=4, kv_heads=2, ffn=512, context=2048),
 }
 ALIGN = 32
