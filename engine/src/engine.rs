@@ -227,6 +227,8 @@ impl BatchCounter {
 /// dropped.
 #[derive(Clone)]
 pub struct Engine {
+    /// Declared before `_workers`: fields drop in order, so the job channel has closed when
+    /// the last clone's `Workers` waits for the workers to see it.
     jobs: crossbeam_channel::Sender<Job>,
     shared: Arc<Shared>,
     info: Arc<ModelInfo>,
@@ -237,10 +239,19 @@ struct Workers(Mutex<Vec<JoinHandle<()>>>);
 
 impl Drop for Workers {
     fn drop(&mut self) {
-        // The job channel closes when the last Engine clone is gone; workers then finish their
-        // active sequences' current step and exit. Joining here would deadlock if the last
-        // clone were dropped on a worker, so threads are detached.
-        self.0.lock().map(|mut v| v.clear()).ok();
+        // The job channel has closed (the last Engine's sender is dropped before this):
+        // workers finish their active sequences and exit, dropping their sessions. They are
+        // waited for, so that a process ending right after its last Engine does not run ONNX
+        // Runtime's and CUDA's exit-time teardown while a worker still frees a session (on
+        // CUDA that crashed at exit). A worker dropping the last clone itself is not waited
+        // for (it would wait for itself).
+        let handles = self.0.lock().map(|mut v| std::mem::take(&mut *v));
+        let me = std::thread::current().id();
+        for handle in handles.unwrap_or_default() {
+            if handle.thread().id() != me {
+                let _ = handle.join();
+            }
+        }
     }
 }
 
@@ -772,5 +783,39 @@ impl Worker {
         seq.next_input.push(next);
         seq.cache = Some(cache);
         Ok(StepOutcome::Continue)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Dropping the last Engine waits for its workers: when the drop returns, every worker has
+    /// exited and released what it held (its session among them), so a process can end
+    /// right after without racing ONNX Runtime's exit-time teardown.
+    #[test]
+    fn dropping_the_last_engine_waits_for_its_workers() {
+        crate::runtime::init(None).expect("ONNX Runtime (run scripts/setup.sh)");
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/tiny-llama3");
+        let opts = EngineOptions {
+            device: crate::Device::Cpu,
+            intra_threads: 1,
+            workers: 2,
+            ..Default::default()
+        };
+        let engine = Engine::load(&dir, &opts).expect("fixture loads");
+        let clone = engine.clone();
+        let held_by_workers = Arc::downgrade(&engine.info);
+        drop(engine);
+        assert!(
+            held_by_workers.upgrade().is_some(),
+            "a clone is still alive"
+        );
+        drop(clone);
+        assert!(
+            held_by_workers.upgrade().is_none(),
+            "a worker still ran after the last Engine was dropped"
+        );
     }
 }

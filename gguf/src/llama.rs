@@ -352,17 +352,77 @@ impl Builder<'_> {
         outputs: usize,
         unpermute_heads: Option<usize>,
     ) -> Result<String, GgufError> {
-        if let Some(mut w) = self.f16_values(gguf_name, &[inputs, outputs])? {
-            if let Some(heads) = unpermute_heads {
-                w = unpermute_rows(&w, heads, self.p.head_dim, inputs);
+        let rows = self.rows(gguf_name, inputs, outputs, unpermute_heads)?;
+        Ok(self.matmul_rows(x, rows, onnx_name, inputs, outputs))
+    }
+
+    /// One `x @ W` for several GGUF linear layers of the same input, their outputs side by
+    /// side (`[..., sum of outputs]`): e.g. Q, K and V packed, which GroupQueryAttention
+    /// splits itself (one matrix product per layer where there were three).
+    fn linear_packed(
+        &mut self,
+        x: &str,
+        parts: &[Projection],
+        onnx_name: &str,
+        inputs: usize,
+    ) -> Result<String, GgufError> {
+        let mut all = Vec::with_capacity(parts.len());
+        for p in parts {
+            all.push(self.rows(&p.gguf_name, inputs, p.outputs, p.unpermute_heads)?);
+        }
+        let outputs = parts.iter().map(|p| p.outputs).sum();
+        let packed = if all.iter().all(|r| matches!(r, Rows::F16(_))) {
+            Rows::F16(
+                all.into_iter()
+                    .flat_map(|r| match r {
+                        Rows::F16(bits) => bits,
+                        Rows::F32(_) => unreachable!("all float16"),
+                    })
+                    .collect(),
+            )
+        } else {
+            Rows::F32(all.into_iter().flat_map(Rows::into_f32).collect())
+        };
+        Ok(self.matmul_rows(x, packed, onnx_name, inputs, outputs))
+    }
+
+    /// A linear layer's weights in HF `[out][in]` rows, llama.cpp's Q/K row permutation
+    /// undone: float16 bits as stored when the graph keeps float16, else f32.
+    fn rows(
+        &self,
+        gguf_name: &str,
+        inputs: usize,
+        outputs: usize,
+        unpermute_heads: Option<usize>,
+    ) -> Result<Rows, GgufError> {
+        let d = self.p.head_dim;
+        Ok(match self.f16_values(gguf_name, &[inputs, outputs])? {
+            Some(w) => Rows::F16(match unpermute_heads {
+                Some(heads) => unpermute_rows(&w, heads, d, inputs),
+                None => w,
+            }),
+            None => {
+                let w = self.tensor(gguf_name, &[inputs, outputs])?;
+                Rows::F32(match unpermute_heads {
+                    Some(heads) => unpermute_rows(&w, heads, d, inputs),
+                    None => w,
+                })
             }
-            return Ok(self.matmul_f16(x, &w, onnx_name, inputs, outputs));
+        })
+    }
+
+    fn matmul_rows(
+        &mut self,
+        x: &str,
+        rows: Rows,
+        onnx_name: &str,
+        inputs: usize,
+        outputs: usize,
+    ) -> String {
+        match rows {
+            Rows::F16(bits) => self.matmul_f16(x, &bits, onnx_name, inputs, outputs),
+            Rows::F32(w) => self.matmul(x, w, onnx_name, inputs, outputs),
         }
-        let mut w = self.tensor(gguf_name, &[inputs, outputs])?;
-        if let Some(heads) = unpermute_heads {
-            w = unpermute_rows(&w, heads, self.p.head_dim, inputs);
-        }
-        Ok(self.matmul(x, w, onnx_name, inputs, outputs))
     }
 
     /// A float16 GGUF tensor's raw values (ggml order) when the graph stores float16
@@ -505,6 +565,33 @@ impl Builder<'_> {
         let out2 = g.op("Add", &[&c, &d], &[]);
         g.op("Concat", &[&out1, &out2], &[("axis", Attr::Int(-1))])
     }
+}
+
+/// Weights in `[out][in]` rows: float16 bits as a float16 GGUF stores them, or f32.
+enum Rows {
+    F16(Vec<u16>),
+    F32(Vec<f32>),
+}
+
+impl Rows {
+    fn into_f32(self) -> Vec<f32> {
+        match self {
+            Rows::F16(bits) => bits
+                .into_iter()
+                .map(|b| half::f16::from_bits(b).to_f32())
+                .collect(),
+            Rows::F32(w) => w,
+        }
+    }
+}
+
+/// One linear layer of a packed product: its GGUF tensor, its outputs, and the heads whose
+/// rows llama.cpp permuted (Q and K).
+struct Projection {
+    gguf_name: String,
+    onnx_name: String,
+    outputs: usize,
+    unpermute_heads: Option<usize>,
 }
 
 /// A decoder's output head.
@@ -723,14 +810,13 @@ impl Builder<'_> {
         g.op("Reshape", &[&ctx, &a.flat], &[])
     }
 
-    /// One layer's attention as `com.microsoft.GroupQueryAttention` (rotary inside, the
-    /// cache grown from `past` into `present`). Returns the context `[B,S,heads*d]`.
+    /// One layer's attention as `com.microsoft.GroupQueryAttention` on packed QKV
+    /// `[B,S,(heads+2*kv_heads)*d]` (rotary inside, the cache grown from `past` into
+    /// `present`). Returns the context `[B,S,heads*d]`.
     fn group_query_attention(
         &mut self,
         a: &GroupQueryInputs,
-        q: &str,
-        k: &str,
-        v: &str,
+        qkv: &str,
         past: &[String; 2],
         present: &[String; 2],
     ) -> String {
@@ -740,9 +826,9 @@ impl Builder<'_> {
             "com.microsoft",
             "GroupQueryAttention",
             &[
-                q,
-                k,
-                v,
+                qkv,
+                "",
+                "",
                 &past[0],
                 &past[1],
                 &a.seqlens_k,
@@ -925,30 +1011,26 @@ pub fn build_graph_of(
         let hf = |n: &str| format!("model.layers.{i}.{n}.weight");
         let w = b.vector(&blk("attn_norm"), &hf("input_layernorm"))?;
         let xn = b.rms_norm(&x, &w);
-        let q = b.linear(
-            &xn,
-            &blk("attn_q"),
-            &hf("self_attn.q_proj"),
-            h,
-            nh * d,
-            Some(nh),
-        )?;
-        let k = b.linear(
-            &xn,
-            &blk("attn_k"),
-            &hf("self_attn.k_proj"),
-            h,
-            nkv * d,
-            Some(nkv),
-        )?;
-        let v = b.linear(
-            &xn,
-            &blk("attn_v"),
-            &hf("self_attn.v_proj"),
-            h,
-            nkv * d,
-            None,
-        )?;
+        let projections = [
+            Projection {
+                gguf_name: blk("attn_q"),
+                onnx_name: hf("self_attn.q_proj"),
+                outputs: nh * d,
+                unpermute_heads: Some(nh),
+            },
+            Projection {
+                gguf_name: blk("attn_k"),
+                onnx_name: hf("self_attn.k_proj"),
+                outputs: nkv * d,
+                unpermute_heads: Some(nkv),
+            },
+            Projection {
+                gguf_name: blk("attn_v"),
+                onnx_name: hf("self_attn.v_proj"),
+                outputs: nkv * d,
+                unpermute_heads: None,
+            },
+        ];
         let (past, present) = (
             [
                 format!("past_key_values.{i}.key"),
@@ -958,11 +1040,23 @@ pub fn build_graph_of(
         );
         let ctx = match &attention {
             Attention::Plain(inputs) => {
+                let mut qkv = Vec::with_capacity(3);
+                for p in &projections {
+                    qkv.push(b.linear(
+                        &xn,
+                        &p.gguf_name,
+                        &p.onnx_name,
+                        h,
+                        p.outputs,
+                        p.unpermute_heads,
+                    )?);
+                }
                 let kv = (!encoder).then_some((&past, &present));
-                b.plain_attention(inputs, &q, &k, &v, kv)
+                b.plain_attention(inputs, &qkv[0], &qkv[1], &qkv[2], kv)
             }
             Attention::GroupQuery(inputs) => {
-                b.group_query_attention(inputs, &q, &k, &v, &past, &present)
+                let qkv = b.linear_packed(&xn, &projections, &hf("self_attn.qkv_proj"), h)?;
+                b.group_query_attention(inputs, &qkv, &past, &present)
             }
         };
         let o = b.linear(

@@ -401,31 +401,41 @@ fn a_genai_layout_import_reproduces_the_reference_model() {
 fn a_float16_gguf_keeps_its_values_through_the_float16_path() {
     let dir = tempfile::tempdir().unwrap();
     let source = fixture("gguf/tiny-chatml-f16.gguf");
-    let import_as = |format, name: &str| {
+    let import_as = |format, kind: &safegate_gguf::GraphKind, name: &str| {
         let out = dir.path().join(name);
         let options = ImportOptions {
             format,
+            kind: kind.clone(),
             ..Default::default()
         };
         import(&source, &out, &options, |_, _| {}).unwrap();
         load(&out)
     };
-    let bits = import_as(WeightFormat::F16, "f16");
-    let widened = import_as(WeightFormat::F32, "f32");
     // The reference's prompts (its logits are the f32 model's: this file's are rounded).
     let expected: Expected = serde_json::from_str(
         &std::fs::read_to_string(fixture("tiny-chatml-genai/expected.json")).unwrap(),
     )
     .unwrap();
-    for case in &expected.cases {
-        let a = bits.score_blocking(case.prompt_ids.clone()).unwrap();
-        let b = widened.score_blocking(case.prompt_ids.clone()).unwrap();
-        let worst = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
-        assert!(worst < 1e-5, "float16 path vs widened: {worst}");
+    // Both layouts: the genai one packs Q, K and V into one matrix.
+    for (i, kind) in [
+        safegate_gguf::GraphKind::Decoder,
+        safegate_gguf::GraphKind::GenaiDecoder,
+    ]
+    .iter()
+    .enumerate()
+    {
+        let bits = import_as(WeightFormat::F16, kind, &format!("f16-{i}"));
+        let widened = import_as(WeightFormat::F32, kind, &format!("f32-{i}"));
+        for case in &expected.cases {
+            let a = bits.score_blocking(case.prompt_ids.clone()).unwrap();
+            let b = widened.score_blocking(case.prompt_ids.clone()).unwrap();
+            let worst = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-5, "{kind:?}: float16 path vs widened: {worst}");
+        }
     }
 }
 

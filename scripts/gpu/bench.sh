@@ -25,8 +25,8 @@
 #
 # Stages run in order of importance; one that fails is logged and the rest go on; optional
 # ones start only while $BUDGET_S seconds (default 540) have not passed, so the table comes
-# back inside the call. DEVICE=cpu SHAPE=tiny runs the whole script on a machine without a
-# GPU (a dry run of every stage).
+# back inside the call; SKIP names stages to leave out. DEVICE=cpu SHAPE=tiny runs the whole
+# script on a machine without a GPU (a dry run of every stage).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-bench-out}
@@ -59,6 +59,8 @@ start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 left() { echo $(( BUDGET_S - $(elapsed) )); }
 stage() { echo "[$(elapsed) s] $*" | tee -a "$OUT/timeline.txt" >&2; }
+# SKIP (space-separated: hf guard nobinding optimum small) leaves optional stages out.
+want() { case " ${SKIP:-} " in *" $1 "*) stage "skipped (SKIP): $1"; return 1 ;; esac; }
 # Runs an optional stage only when `need` seconds are left; never past the budget.
 optional() {
   local need=$1; shift
@@ -117,7 +119,7 @@ if [ -f "$M-genai/model.onnx" ]; then
 fi
 
 # ---- Hugging Face transformers, eager attention, float16, same shape, random init -------
-optional 120 "transformers" && {
+want hf && optional 120 "transformers" && {
   stage "transformers eager"
   timeout "$(left)" "$PY" - "$SHAPE" "$DEVICE" <<'PY' >"$OUT/hf.json" 2>>"$OUT/python.log" || stage "transformers failed"
 import json, sys, time
@@ -174,14 +176,15 @@ PY
 }
 
 # ---- The guard's scoring path on the large model ----------------------------------------
-[ -f "$M-genai/model.onnx" ] && optional 90 "guard scoring" && {
+[ -f "$M-genai/model.onnx" ] && want guard && optional 90 "guard scoring" && {
   stage "guard scoring, callers 1/4/8/16, score batch 8"
   timeout "$(left)" "$GB" "$M-genai" 5 1,4,8,16 "$DEVICE" 8 2>>"$OUT/safegate.log" | tee "$OUT/guard.md" \
     || stage "guard scoring failed"
 }
 
 # ---- The KV cache through the host (no I/O binding): what binding saves ----------------
-[ -f "$M-genai/model.onnx" ] && [ "$DEVICE" != cpu ] && optional 100 "genai without I/O binding" && {
+[ -f "$M-genai/model.onnx" ] && [ "$DEVICE" != cpu ] && want nobinding \
+  && optional 100 "genai without I/O binding" && {
   stage "safegate $SHAPE genai, I/O binding off"
   bench "$M-genai" genai off || stage "genai without binding failed"
 }
@@ -189,7 +192,7 @@ PY
 # ---- The large model, Optimum layout (plain operators) ----------------------------------
 free_gb() { df --output=avail -B1G "$WORK" 2>/dev/null | tail -1 | tr -d ' '; }
 [ -f "$GGUF" ] && [ "$(free_gb || echo 0)" -gt $(( $(du -s -BG "$GGUF" | cut -f1 | tr -d G) + 4 )) ] \
-  && optional 200 "Optimum layout" && {
+  && want optimum && optional 200 "Optimum layout" && {
   stage "import Optimum layout"
   rm -rf "$M-optimum"
   timeout "$(left)" "$BIN" models import-gguf "$GGUF" "$M-optimum" --weights f16 --compute f16 --layout optimum \
@@ -197,8 +200,12 @@ free_gb() { df --output=avail -B1G "$WORK" 2>/dev/null | tail -1 | tr -d ' '; }
 }
 
 # ---- The small fixtures: CUDA with and without binding, and the CPU ---------------------
-optional 90 "small models" && {
+want small && optional 90 "small models" && {
   stage "small models"
+  # The fixtures' tokenizer is installed by scripts/setup.sh, which a lent machine skips.
+  for t in tests/fixtures/tiny-llama3/tokenizer.json .cache/llama3-tokenizer/tokenizer.json; do
+    [ -f "$t" ] || { mkdir -p "$(dirname "$t")" && cp "$TOKJSON" "$t"; }
+  done
   "$PY" - "$WORK" <<'PY' >>"$OUT/build.log" 2>&1 || stage "llama-100m build failed"
 import os, sys; sys.path.insert(0, "scripts/fixtures"); sys.path.insert(0, "scripts/bench")
 import engine_bench
