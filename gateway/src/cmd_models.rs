@@ -16,6 +16,7 @@ pub fn run(cmd: &ModelsCommand) -> Result<()> {
         max_context,
         encoder_layers,
         layout,
+        packed_qkv,
     } = cmd;
     let format = match (weights.as_str(), compute.as_str()) {
         ("f32", "f32") => WeightFormat::F32,
@@ -36,8 +37,11 @@ pub fn run(cmd: &ModelsCommand) -> Result<()> {
                 layers: layers.clone(),
             },
             (Some(_), _) => bail!("--encoder-layers writes its own graph; leave --layout out"),
+            (None, "optimum") if *packed_qkv => bail!("--packed-qkv is for --layout genai"),
             (None, "optimum") => GraphKind::Decoder,
-            (None, "genai") => GraphKind::GenaiDecoder,
+            (None, "genai") => GraphKind::GenaiDecoder {
+                packed_qkv: *packed_qkv,
+            },
             (None, other) => bail!("--layout `{other}`: expected optimum or genai"),
         },
     };

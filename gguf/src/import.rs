@@ -170,7 +170,9 @@ pub fn import(
                 "weights": format!("{:?}", options.format).to_lowercase(),
                 "graph": match &options.kind {
                     GraphKind::Decoder => json!("decoder"),
-                    GraphKind::GenaiDecoder => json!("genai-decoder"),
+                    GraphKind::GenaiDecoder { packed_qkv } => {
+                        json!({"genai-decoder": {"packed_qkv": packed_qkv}})
+                    }
                     GraphKind::Encoder { layers } => json!({"encoder": layers}),
                 },
             },

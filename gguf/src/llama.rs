@@ -810,13 +810,13 @@ impl Builder<'_> {
         g.op("Reshape", &[&ctx, &a.flat], &[])
     }
 
-    /// One layer's attention as `com.microsoft.GroupQueryAttention` on packed QKV
-    /// `[B,S,(heads+2*kv_heads)*d]` (rotary inside, the cache grown from `past` into
-    /// `present`). Returns the context `[B,S,heads*d]`.
+    /// One layer's attention as `com.microsoft.GroupQueryAttention` (rotary inside, the
+    /// cache grown from `past` into `present`) on `[q, k, v]`, or on packed QKV
+    /// `[B,S,(heads+2*kv_heads)*d]` as `[qkv, "", ""]`. Returns the context `[B,S,heads*d]`.
     fn group_query_attention(
         &mut self,
         a: &GroupQueryInputs,
-        qkv: &str,
+        [q, k, v]: [&str; 3],
         past: &[String; 2],
         present: &[String; 2],
     ) -> String {
@@ -826,9 +826,9 @@ impl Builder<'_> {
             "com.microsoft",
             "GroupQueryAttention",
             &[
-                qkv,
-                "",
-                "",
+                q,
+                k,
+                v,
                 &past[0],
                 &past[1],
                 &a.seqlens_k,
@@ -863,7 +863,12 @@ pub enum GraphKind {
     /// attends through one `com.microsoft.GroupQueryAttention` node with the rotary inside
     /// it (fused kernels on CUDA: a few launches per layer where plain operators take
     /// dozens, and the engine feeds it as it feeds onnxruntime-genai's own exports).
-    GenaiDecoder,
+    GenaiDecoder {
+        /// Q, K and V as one matrix product that GroupQueryAttention splits itself. Measured
+        /// on an H200 (Llama-3-8B shape, docs/benchmarks.md): decode 6% faster, prefill
+        /// about 20% slower; off by default, since the guard's scoring is all prefill.
+        packed_qkv: bool,
+    },
 }
 
 /// Builds the decoder graph; `progress(done, total)` after each layer.
@@ -897,7 +902,7 @@ pub fn build_graph_of(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Graph, GgufError> {
     let encoder_layers = match kind {
-        GraphKind::Decoder | GraphKind::GenaiDecoder => None,
+        GraphKind::Decoder | GraphKind::GenaiDecoder { .. } => None,
         GraphKind::Encoder { layers } => {
             if layers.is_empty() || layers.iter().any(|&l| l == 0 || l > p.num_layers) {
                 return Err(GgufError::Metadata {
@@ -918,7 +923,8 @@ pub fn build_graph_of(
         format,
         g: graph,
     };
-    let genai = *kind == GraphKind::GenaiDecoder;
+    let genai = matches!(kind, GraphKind::GenaiDecoder { .. });
+    let packed_qkv = matches!(kind, GraphKind::GenaiDecoder { packed_qkv: true });
     let (h, nh, nkv, d) = (p.hidden_size, p.num_heads, p.num_kv_heads, p.head_dim);
     let total = p.num_layers + 2;
 
@@ -1038,25 +1044,34 @@ pub fn build_graph_of(
             ],
             [format!("present.{i}.key"), format!("present.{i}.value")],
         );
-        let ctx = match &attention {
-            Attention::Plain(inputs) => {
-                let mut qkv = Vec::with_capacity(3);
-                for p in &projections {
-                    qkv.push(b.linear(
-                        &xn,
-                        &p.gguf_name,
-                        &p.onnx_name,
-                        h,
-                        p.outputs,
-                        p.unpermute_heads,
-                    )?);
+        let ctx = if packed_qkv {
+            let qkv = b.linear_packed(&xn, &projections, &hf("self_attn.qkv_proj"), h)?;
+            match &attention {
+                Attention::GroupQuery(inputs) => {
+                    b.group_query_attention(inputs, [&qkv, "", ""], &past, &present)
                 }
-                let kv = (!encoder).then_some((&past, &present));
-                b.plain_attention(inputs, &qkv[0], &qkv[1], &qkv[2], kv)
+                Attention::Plain(_) => unreachable!("packed QKV is for the genai layout"),
             }
-            Attention::GroupQuery(inputs) => {
-                let qkv = b.linear_packed(&xn, &projections, &hf("self_attn.qkv_proj"), h)?;
-                b.group_query_attention(inputs, &qkv, &past, &present)
+        } else {
+            let mut qkv = Vec::with_capacity(3);
+            for p in &projections {
+                qkv.push(b.linear(
+                    &xn,
+                    &p.gguf_name,
+                    &p.onnx_name,
+                    h,
+                    p.outputs,
+                    p.unpermute_heads,
+                )?);
+            }
+            match &attention {
+                Attention::Plain(inputs) => {
+                    let kv = (!encoder).then_some((&past, &present));
+                    b.plain_attention(inputs, &qkv[0], &qkv[1], &qkv[2], kv)
+                }
+                Attention::GroupQuery(inputs) => {
+                    b.group_query_attention(inputs, [&qkv[0], &qkv[1], &qkv[2]], &past, &present)
+                }
             }
         };
         let o = b.linear(

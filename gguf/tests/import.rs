@@ -331,67 +331,70 @@ fn a_genai_layout_import_reproduces_the_reference_model() {
         &std::fs::read_to_string(fixture("tiny-chatml-genai/expected.json")).unwrap(),
     )
     .unwrap();
-    let import_as = |format, name: &str| {
-        let out = dir.path().join(name);
+    let import_as = |format, packed_qkv: bool, name: &str| {
+        let out = dir.path().join(format!("{name}-{packed_qkv}"));
         let options = ImportOptions {
             format,
             max_context: Some(256),
-            kind: safegate_gguf::GraphKind::GenaiDecoder,
+            kind: safegate_gguf::GraphKind::GenaiDecoder { packed_qkv },
         };
         import(&fixture("gguf/tiny-chatml.gguf"), &out, &options, |_, _| {}).unwrap();
         let onnx = std::fs::read(out.join("model.onnx")).unwrap();
         assert!(onnx.windows(19).any(|w| w == b"GroupQueryAttention"));
         out
     };
-    let out = import_as(WeightFormat::F32, "genai");
-    safegate_engine::runtime::init(None).unwrap();
-    let engine = Engine::load(
-        &out,
-        &EngineOptions {
-            device: safegate_engine::Device::Cpu,
-            intra_threads: 1,
-            score_batch: 4,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    assert_eq!(engine.info().layout, safegate_engine::Layout::Genai);
-    let mut alone = Vec::new();
-    for case in &expected.cases {
-        let logits = engine.score_blocking(case.prompt_ids.clone()).unwrap();
-        for (i, v) in case.logits[0].indices.iter().zip(&case.logits[0].values) {
-            assert!(
-                (logits[*i] - v).abs() < 1e-4,
-                "logit {i}: {} vs {v}",
-                logits[*i]
+    // Q, K and V as three products and packed into one.
+    for packed_qkv in [false, true] {
+        let out = import_as(WeightFormat::F32, packed_qkv, "genai");
+        safegate_engine::runtime::init(None).unwrap();
+        let engine = Engine::load(
+            &out,
+            &EngineOptions {
+                device: safegate_engine::Device::Cpu,
+                intra_threads: 1,
+                score_batch: 4,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(engine.info().layout, safegate_engine::Layout::Genai);
+        let mut alone = Vec::new();
+        for case in &expected.cases {
+            let logits = engine.score_blocking(case.prompt_ids.clone()).unwrap();
+            for (i, v) in case.logits[0].indices.iter().zip(&case.logits[0].values) {
+                assert!(
+                    (logits[*i] - v).abs() < 1e-4,
+                    "logit {i}: {} vs {v}",
+                    logits[*i]
+                );
+            }
+            assert_eq!(
+                greedy(&engine, case.prompt_ids.clone(), case.greedy_ids.len()),
+                case.greedy_ids
             );
+            alone.push(logits);
         }
-        assert_eq!(
-            greedy(&engine, case.prompt_ids.clone(), case.greedy_ids.len()),
-            case.greedy_ids
-        );
-        alone.push(logits);
-    }
-    // Rows of different lengths in one right-padded prefill score as they do alone.
-    let rows: Vec<(Vec<u32>, Vec<u32>)> = expected
-        .cases
-        .iter()
-        .map(|c| (c.prompt_ids.clone(), Vec::new()))
-        .collect();
-    assert!(rows.iter().any(|r| r.0.len() != rows[0].0.len()));
-    let batched = engine.score_many_blocking(rows).unwrap();
-    for (row, single) in batched.iter().zip(&alone) {
-        let worst = row[0]
+        // Rows of different lengths in one right-padded prefill score as they do alone.
+        let rows: Vec<(Vec<u32>, Vec<u32>)> = expected
+            .cases
             .iter()
-            .zip(single)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(worst < 1e-4, "batched vs alone: {worst}");
+            .map(|c| (c.prompt_ids.clone(), Vec::new()))
+            .collect();
+        assert!(rows.iter().any(|r| r.0.len() != rows[0].0.len()));
+        let batched = engine.score_many_blocking(rows).unwrap();
+        for (row, single) in batched.iter().zip(&alone) {
+            let worst = row[0]
+                .iter()
+                .zip(single)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-4, "batched vs alone: {worst}");
+        }
+        assert_half_graph_matches(
+            &import_as(WeightFormat::F16Compute, packed_qkv, "genai-half"),
+            &expected,
+        );
     }
-    assert_half_graph_matches(
-        &import_as(WeightFormat::F16Compute, "genai-half"),
-        &expected,
-    );
 }
 
 /// A float16 GGUF (`convert_hf_to_gguf.py --outtype f16`) imported with float16 weights is
@@ -419,7 +422,8 @@ fn a_float16_gguf_keeps_its_values_through_the_float16_path() {
     // Both layouts: the genai one packs Q, K and V into one matrix.
     for (i, kind) in [
         safegate_gguf::GraphKind::Decoder,
-        safegate_gguf::GraphKind::GenaiDecoder,
+        safegate_gguf::GraphKind::GenaiDecoder { packed_qkv: false },
+        safegate_gguf::GraphKind::GenaiDecoder { packed_qkv: true },
     ]
     .iter()
     .enumerate()
