@@ -286,8 +286,8 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    /// A GGUF tensor as f32, checking its ggml shape.
-    fn tensor(&self, name: &str, dims: &[usize]) -> Result<Vec<f32>, GgufError> {
+    /// A GGUF tensor's description, checking its ggml shape.
+    fn info(&self, name: &str, dims: &[usize]) -> Result<&crate::TensorInfo, GgufError> {
         let t = self
             .gguf
             .tensor(name)
@@ -300,7 +300,12 @@ impl Builder<'_> {
                 expected: want,
             });
         }
-        self.gguf.dequantize(t)
+        Ok(t)
+    }
+
+    /// A GGUF tensor as f32, checking its ggml shape.
+    fn tensor(&self, name: &str, dims: &[usize]) -> Result<Vec<f32>, GgufError> {
+        self.gguf.dequantize(self.info(name, dims)?)
     }
 
     fn vector(&mut self, gguf_name: &str, onnx_name: &str) -> Result<String, GgufError> {
@@ -429,22 +434,11 @@ impl Builder<'_> {
     /// weights: they are then transposed and written as they are, without the round trip
     /// through f32 (an 8B model's import moves a third of the bytes).
     fn f16_values(&self, name: &str, dims: &[usize]) -> Result<Option<Vec<u16>>, GgufError> {
-        let t = self
-            .gguf
-            .tensor(name)
-            .ok_or_else(|| GgufError::MissingTensor(name.into()))?;
+        let t = self.info(name, dims)?;
         if t.ggml_type != crate::quant::GgmlType::F16
             || !matches!(self.format, WeightFormat::F16 | WeightFormat::F16Compute)
         {
             return Ok(None);
-        }
-        let want: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
-        if t.dims != want {
-            return Err(GgufError::Shape {
-                tensor: name.into(),
-                found: t.dims.clone(),
-                expected: want,
-            });
         }
         let raw = self.gguf.raw(t)?;
         Ok(Some(

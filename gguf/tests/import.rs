@@ -90,6 +90,13 @@ struct Logits {
     values: Vec<f32>,
 }
 
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
 fn load(dir: &Path) -> Engine {
     safegate_engine::runtime::init(None).expect("ONNX Runtime (run scripts/setup.sh)");
     let opts = EngineOptions {
@@ -304,11 +311,7 @@ fn an_imported_gguf_reproduces_the_reference_model() {
     let b = load(&unpacked)
         .score_blocking(case.prompt_ids.clone())
         .unwrap();
-    let worst = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
+    let worst = max_abs_diff(&a, &b);
     assert!(worst < 1e-3, "int4 vs its f32 equivalent: {worst}");
 
     let e = import(
@@ -383,11 +386,7 @@ fn a_genai_layout_import_reproduces_the_reference_model() {
         assert!(rows.iter().any(|r| r.0.len() != rows[0].0.len()));
         let batched = engine.score_many_blocking(rows).unwrap();
         for (row, single) in batched.iter().zip(&alone) {
-            let worst = row[0]
-                .iter()
-                .zip(single)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let worst = max_abs_diff(&row[0], single);
             assert!(worst < 1e-4, "batched vs alone: {worst}");
         }
         assert_half_graph_matches(
@@ -433,11 +432,7 @@ fn a_float16_gguf_keeps_its_values_through_the_float16_path() {
         for case in &expected.cases {
             let a = bits.score_blocking(case.prompt_ids.clone()).unwrap();
             let b = widened.score_blocking(case.prompt_ids.clone()).unwrap();
-            let worst = a
-                .iter()
-                .zip(&b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0f32, f32::max);
+            let worst = max_abs_diff(&a, &b);
             assert!(worst < 1e-5, "{kind:?}: float16 path vs widened: {worst}");
         }
     }
