@@ -194,6 +194,9 @@ impl ModelConfig {
 #[derive(Debug, Clone)]
 pub struct GraphSignature {
     pub layout: Layout,
+    /// The graph takes `logits_positions` `[batch, k]` and returns logits for those
+    /// positions only (`[batch, k, vocabulary]`); otherwise for every position.
+    pub selects_logits: bool,
     pub kv_inputs: Vec<(String, String)>,
     pub kv_outputs: Vec<(String, String)>,
 }
@@ -241,13 +244,14 @@ pub fn recognise_layout(
         n == "input_ids"
             || n == "attention_mask"
             || n == "position_ids"
+            || n == "logits_positions"
             || n.starts_with("past_key_values.")
     };
     let unexpected: Vec<&String> = inputs.iter().filter(|n| !known(n)).collect();
     if !missing.is_empty() || !unexpected.is_empty() {
         let mut msg = String::from(
-            "expected inputs input_ids, attention_mask, [position_ids], past_key_values.N.key/value \
-             and outputs logits, present.N.key/value",
+            "expected inputs input_ids, attention_mask, [position_ids], [logits_positions], \
+             past_key_values.N.key/value and outputs logits, present.N.key/value",
         );
         if !missing.is_empty() {
             msg.push_str(&format!("; missing {}", missing.join(", ")));
@@ -269,6 +273,7 @@ pub fn recognise_layout(
     };
     Ok(GraphSignature {
         layout,
+        selects_logits: has(inputs, "logits_positions"),
         kv_inputs,
         kv_outputs,
     })
@@ -302,6 +307,11 @@ mod tests {
         ]);
         let sig = recognise_layout(Path::new("m"), &genai, &outs, 1).unwrap();
         assert_eq!(sig.layout, Layout::Genai);
+        assert!(!sig.selects_logits);
+        let mut picking = genai.clone();
+        picking.push("logits_positions".into());
+        let sig = recognise_layout(Path::new("m"), &picking, &outs, 1).unwrap();
+        assert!(sig.selects_logits && sig.layout == Layout::Genai);
     }
 
     #[test]

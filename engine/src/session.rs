@@ -477,6 +477,22 @@ impl DecoderSession {
                 Tensor::<i64>::from_array(([b, s], pos))?.into_dyn(),
             ));
         }
+        // With `logits_positions`, row r's logits come back for its wanted positions only
+        // (k per row, the shorter ranges padded with their last position); else for all s.
+        let (rows_out, first): (usize, Vec<usize>) = if self.signature.selects_logits {
+            let k = wanted.iter().map(|w| w.len()).max().unwrap_or(1);
+            let picked: Vec<i64> = wanted
+                .iter()
+                .flat_map(|w| (0..k).map(move |j| (w.start + j.min(w.len() - 1)) as i64))
+                .collect();
+            inputs.push((
+                "logits_positions".into(),
+                Tensor::<i64>::from_array(([b, k], picked))?.into_dyn(),
+            ));
+            (k, wanted.iter().map(|w| w.start).collect())
+        } else {
+            (s, vec![0; b])
+        };
         let mut values = self.empty_cache_for(b)?.values.into_iter();
         for (k, v) in &self.signature.kv_inputs {
             let kt = values.next().expect("cache has one tensor per input");
@@ -491,36 +507,29 @@ impl DecoderSession {
             inputs,
         )?;
         let logits = outputs.get("logits")?;
-        // Logits of every position, [batch, sequence, vocabulary], or nothing to read here.
+        // Logits of the positions run or picked, [batch, rows_out, vocabulary], or nothing to
+        // read here (a graph that returns the last position only).
         let per_position = |shape: &[i64], len: usize| -> Option<usize> {
             let vocab = *shape.last()? as usize;
             let full = shape.len() == 3
                 && shape[0] as usize == b
-                && shape[1] as usize == s
-                && len == b * s * vocab;
+                && shape[1] as usize == rows_out
+                && len == b * rows_out * vocab;
             full.then_some(vocab)
         };
-        fn gather<T: Copy>(
-            data: &[T],
-            s: usize,
-            vocab: usize,
-            wanted: &[Range<usize>],
-            convert: impl Fn(T) -> f32,
-        ) -> Vec<Vec<Vec<f32>>> {
+        // Position c of row r is logits row r * rows_out + (c - first[r]).
+        let gather = |vocab: usize, each: &mut dyn FnMut(usize) -> Vec<f32>| {
             wanted
                 .iter()
                 .enumerate()
                 .map(|(r, range)| {
                     range
                         .clone()
-                        .map(|c| {
-                            let at = (r * s + c) * vocab;
-                            data[at..at + vocab].iter().map(|&v| convert(v)).collect()
-                        })
+                        .map(|c| each((r * rows_out + c - first[r]) * vocab))
                         .collect()
                 })
-                .collect()
-        }
+                .collect::<Vec<Vec<Vec<f32>>>>()
+        };
         let out = match logits.dtype() {
             ValueType::Tensor {
                 ty: TensorElementType::Float16,
@@ -530,14 +539,16 @@ impl DecoderSession {
                 let Some(vocab) = per_position(shape, data.len()) else {
                     return Ok(None);
                 };
-                gather(data, s, vocab, wanted, half::f16::to_f32)
+                gather(vocab, &mut |at| {
+                    data[at..at + vocab].iter().map(|v| v.to_f32()).collect()
+                })
             }
             _ => {
                 let (shape, data) = logits.try_extract_tensor::<f32>()?;
                 let Some(vocab) = per_position(shape, data.len()) else {
                     return Ok(None);
                 };
-                gather(data, s, vocab, wanted, |v| v)
+                gather(vocab, &mut |at| data[at..at + vocab].to_vec())
             }
         };
         Ok(Some(out))
@@ -582,6 +593,13 @@ impl DecoderSession {
             inputs.push((
                 "position_ids".into(),
                 Tensor::<i64>::from_array(([1usize, n], pos))?.into_dyn(),
+            ));
+        }
+        if self.signature.selects_logits {
+            // The next token's logits: the last position of this run only.
+            inputs.push((
+                "logits_positions".into(),
+                Tensor::<i64>::from_array(([1usize, 1], vec![n as i64 - 1]))?.into_dyn(),
             ));
         }
         let mut values = cache.values.into_iter();

@@ -87,6 +87,10 @@ pub enum ModelsCommand {
         /// on an H200, prefill about 20% slower: docs/benchmarks.md).
         #[arg(long)]
         packed_qkv: bool,
+        /// Logits for every position, as other runtimes expect. By default the decoder takes
+        /// `logits_positions` and computes logits only where safegate reads them.
+        #[arg(long)]
+        all_logits: bool,
     },
 }
 

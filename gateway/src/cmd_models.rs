@@ -3,7 +3,7 @@
 use std::io::{IsTerminal, Write};
 
 use anyhow::{bail, Result};
-use safegate_gguf::{GraphKind, ImportOptions, WeightFormat};
+use safegate_gguf::{DecoderGraph, DecoderLayout, GraphKind, ImportOptions, WeightFormat};
 
 use crate::cli::ModelsCommand;
 
@@ -17,6 +17,7 @@ pub fn run(cmd: &ModelsCommand) -> Result<()> {
         encoder_layers,
         layout,
         packed_qkv,
+        all_logits,
     } = cmd;
     let format = match (weights.as_str(), compute.as_str()) {
         ("f32", "f32") => WeightFormat::F32,
@@ -38,11 +39,16 @@ pub fn run(cmd: &ModelsCommand) -> Result<()> {
             },
             (Some(_), _) => bail!("--encoder-layers writes its own graph; leave --layout out"),
             (None, "optimum") if *packed_qkv => bail!("--packed-qkv is for --layout genai"),
-            (None, "optimum") => GraphKind::Decoder,
-            (None, "genai") => GraphKind::GenaiDecoder {
-                packed_qkv: *packed_qkv,
-            },
-            (None, other) => bail!("--layout `{other}`: expected optimum or genai"),
+            (None, layout) => GraphKind::Decoder(DecoderGraph {
+                layout: match layout {
+                    "optimum" => DecoderLayout::Optimum,
+                    "genai" => DecoderLayout::Genai {
+                        packed_qkv: *packed_qkv,
+                    },
+                    other => bail!("--layout `{other}`: expected optimum or genai"),
+                },
+                all_logits: *all_logits,
+            }),
         },
     };
     let tty = std::io::stderr().is_terminal();

@@ -6,9 +6,9 @@ use std::time::Instant;
 
 use serde_json::json;
 
-pub use crate::llama::GraphKind;
 pub use crate::llama::WeightFormat;
 use crate::llama::{build_graph_of, LlamaParams};
+pub use crate::llama::{DecoderGraph, DecoderLayout, GraphKind};
 use crate::onnx::Graph;
 use crate::tokenizer::Vocab;
 use crate::{GgufError, GgufFile, Value};
@@ -28,7 +28,7 @@ impl Default for ImportOptions {
         Self {
             format: WeightFormat::F32,
             max_context: None,
-            kind: GraphKind::Decoder,
+            kind: GraphKind::default(),
         }
     }
 }
@@ -169,10 +169,14 @@ pub fn import(
                 "source": gguf_path.file_name().map(|f| f.to_string_lossy().into_owned()),
                 "weights": format!("{:?}", options.format).to_lowercase(),
                 "graph": match &options.kind {
-                    GraphKind::Decoder => json!("decoder"),
-                    GraphKind::GenaiDecoder { packed_qkv } => {
-                        json!({"genai-decoder": {"packed_qkv": packed_qkv}})
-                    }
+                    GraphKind::Decoder(d) => json!({"decoder": {
+                        "layout": match d.layout {
+                            DecoderLayout::Optimum => "optimum",
+                            DecoderLayout::Genai { .. } => "genai",
+                        },
+                        "packed_qkv": d.layout == DecoderLayout::Genai { packed_qkv: true },
+                        "all_logits": d.all_logits,
+                    }}),
                     GraphKind::Encoder { layers } => json!({"encoder": layers}),
                 },
             },

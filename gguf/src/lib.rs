@@ -13,7 +13,9 @@ pub mod tokenizer;
 
 use std::path::PathBuf;
 
-pub use import::{import, GraphKind, ImportOptions, ImportSummary, WeightFormat};
+pub use import::{
+    import, DecoderGraph, DecoderLayout, GraphKind, ImportOptions, ImportSummary, WeightFormat,
+};
 pub use quant::GgmlType;
 pub use reader::{GgufFile, TensorInfo, Value};
 

@@ -844,20 +844,44 @@ impl Builder<'_> {
 }
 
 /// What the graph computes.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GraphKind {
-    /// The decoder: logits and a KV cache (Optimum layout).
-    #[default]
-    Decoder,
+    /// The decoder: logits and a KV cache.
+    Decoder(DecoderGraph),
     /// Hidden states for feature extraction: no KV cache and no output head; one output
     /// `hidden_states.{n}` `[batch, sequence, hidden]` per listed layer `n` (the residual
     /// stream after `n` blocks; `n` = the number of layers is the final normed output).
     Encoder { layers: Vec<usize> },
-    /// The decoder in the onnxruntime-genai layout: no `position_ids` input; each layer
-    /// attends through one `com.microsoft.GroupQueryAttention` node with the rotary inside
-    /// it (fused kernels on CUDA: a few launches per layer where plain operators take
-    /// dozens, and the engine feeds it as it feeds onnxruntime-genai's own exports).
-    GenaiDecoder {
+}
+
+impl Default for GraphKind {
+    fn default() -> Self {
+        GraphKind::Decoder(DecoderGraph::default())
+    }
+}
+
+/// How a decoder graph is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DecoderGraph {
+    pub layout: DecoderLayout,
+    /// Logits for every position, as other runtimes expect. Otherwise (the default) the
+    /// graph takes `logits_positions` `[batch, k]` and only those positions reach the output
+    /// head: a prompt's prefill computes and returns one row of logits, not one per
+    /// position (on an 8B model's 746-token guard prompt, 191 MB copied from the GPU).
+    pub all_logits: bool,
+}
+
+/// The decoder's layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DecoderLayout {
+    /// Optimum's: `position_ids` an input, attention in plain ONNX operators.
+    #[default]
+    Optimum,
+    /// onnxruntime-genai's: no `position_ids` input; each layer attends through one
+    /// `com.microsoft.GroupQueryAttention` node with the rotary inside it (fused kernels on
+    /// CUDA: a few launches per layer where plain operators take dozens, and the engine
+    /// feeds it as it feeds onnxruntime-genai's own exports).
+    Genai {
         /// Q, K and V as one matrix product that GroupQueryAttention splits itself. Measured
         /// on an H200 (Llama-3-8B shape, docs/benchmarks.md): decode 6% faster, prefill
         /// about 20% slower; off by default, since the guard's scoring is all prefill.
@@ -879,7 +903,7 @@ pub fn build_graph(
         p,
         format,
         positions,
-        &GraphKind::Decoder,
+        &GraphKind::default(),
         graph,
         progress,
     )
@@ -895,8 +919,12 @@ pub fn build_graph_of(
     graph: Graph,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Graph, GgufError> {
+    let decoder = match kind {
+        GraphKind::Decoder(d) => *d,
+        GraphKind::Encoder { .. } => DecoderGraph::default(),
+    };
     let encoder_layers = match kind {
-        GraphKind::Decoder | GraphKind::GenaiDecoder { .. } => None,
+        GraphKind::Decoder(_) => None,
         GraphKind::Encoder { layers } => {
             if layers.is_empty() || layers.iter().any(|&l| l == 0 || l > p.num_layers) {
                 return Err(GgufError::Metadata {
@@ -917,8 +945,9 @@ pub fn build_graph_of(
         format,
         g: graph,
     };
-    let genai = matches!(kind, GraphKind::GenaiDecoder { .. });
-    let packed_qkv = matches!(kind, GraphKind::GenaiDecoder { packed_qkv: true });
+    let genai = matches!(decoder.layout, DecoderLayout::Genai { .. });
+    let packed_qkv = decoder.layout == DecoderLayout::Genai { packed_qkv: true };
+    let select_logits = !encoder && !decoder.all_logits;
     let (h, nh, nkv, d) = (p.hidden_size, p.num_heads, p.num_kv_heads, p.head_dim);
     let total = p.num_layers + 2;
 
@@ -1140,6 +1169,15 @@ pub fn build_graph_of(
         progress(total, total);
         return Ok(b.g);
     }
+    // Only the positions asked for reach the output head: `logits_positions` [B, k] picks
+    // k rows of each sequence (GatherND over the batch), so logits are [B, k, vocabulary].
+    let x = if select_logits {
+        let last = b.g.const_i64(&[-1]);
+        let at = b.g.op("Unsqueeze", &["logits_positions", &last], &[]);
+        b.g.op("GatherND", &[&x, &at], &[("batch_dims", Attr::Int(1))])
+    } else {
+        x
+    };
     let w = b.vector("output_norm.weight", "model.norm.weight")?;
     let xn = b.rms_norm(&x, &w);
     let logits = match head {
@@ -1176,12 +1214,22 @@ pub fn build_graph_of(
             vec![sym("batch_size"), sym("sequence_length")],
         ));
     }
+    let logit_rows = if select_logits {
+        inputs.push(tensor(
+            "logits_positions".into(),
+            DataType::Int64,
+            vec![sym("batch_size"), sym("num_logits")],
+        ));
+        "num_logits"
+    } else {
+        "sequence_length"
+    };
     let mut outputs = vec![tensor(
         "logits".into(),
         act,
         vec![
             sym("batch_size"),
-            sym("sequence_length"),
+            sym(logit_rows),
             Dim::Fixed(p.vocab_size as i64),
         ],
     )];

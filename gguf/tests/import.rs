@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use safegate_engine::session::IoBindingMode;
 use safegate_engine::{ChatMessage, Engine, EngineOptions, GenerateRequest, GenerationEvent};
 use safegate_gguf::tokenizer::Vocab;
-use safegate_gguf::{import, GgufError, GgufFile, ImportOptions, WeightFormat};
+use safegate_gguf::{
+    import, DecoderGraph, DecoderLayout, GgufError, GgufFile, GraphKind, ImportOptions,
+    WeightFormat,
+};
 
 fn fixture(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -282,7 +285,7 @@ fn an_imported_gguf_reproduces_the_reference_model() {
         &ImportOptions {
             format: WeightFormat::F16Compute,
             max_context: None,
-            kind: safegate_gguf::GraphKind::Encoder { layers: vec![1] },
+            kind: GraphKind::Encoder { layers: vec![1] },
         },
         |_, _| {},
     );
@@ -339,7 +342,10 @@ fn a_genai_layout_import_reproduces_the_reference_model() {
         let options = ImportOptions {
             format,
             max_context: Some(256),
-            kind: safegate_gguf::GraphKind::GenaiDecoder { packed_qkv },
+            kind: GraphKind::Decoder(DecoderGraph {
+                layout: DecoderLayout::Genai { packed_qkv },
+                all_logits: false,
+            }),
         };
         import(&fixture("gguf/tiny-chatml.gguf"), &out, &options, |_, _| {}).unwrap();
         let onnx = std::fs::read(out.join("model.onnx")).unwrap();
@@ -403,7 +409,7 @@ fn a_genai_layout_import_reproduces_the_reference_model() {
 fn a_float16_gguf_keeps_its_values_through_the_float16_path() {
     let dir = tempfile::tempdir().unwrap();
     let source = fixture("gguf/tiny-chatml-f16.gguf");
-    let import_as = |format, kind: &safegate_gguf::GraphKind, name: &str| {
+    let import_as = |format, kind: &GraphKind, name: &str| {
         let out = dir.path().join(name);
         let options = ImportOptions {
             format,
@@ -420,10 +426,16 @@ fn a_float16_gguf_keeps_its_values_through_the_float16_path() {
     .unwrap();
     // Both layouts: the genai one packs Q, K and V into one matrix.
     for (i, kind) in [
-        safegate_gguf::GraphKind::Decoder,
-        safegate_gguf::GraphKind::GenaiDecoder { packed_qkv: false },
-        safegate_gguf::GraphKind::GenaiDecoder { packed_qkv: true },
+        DecoderLayout::Optimum,
+        DecoderLayout::Genai { packed_qkv: false },
+        DecoderLayout::Genai { packed_qkv: true },
     ]
+    .map(|layout| {
+        GraphKind::Decoder(DecoderGraph {
+            layout,
+            all_logits: false,
+        })
+    })
     .iter()
     .enumerate()
     {
@@ -434,6 +446,72 @@ fn a_float16_gguf_keeps_its_values_through_the_float16_path() {
             let b = widened.score_blocking(case.prompt_ids.clone()).unwrap();
             let worst = max_abs_diff(&a, &b);
             assert!(worst < 1e-5, "{kind:?}: float16 path vs widened: {worst}");
+        }
+    }
+}
+
+/// By default a decoder takes `logits_positions` and runs only those positions through the
+/// output head. Whatever the engine asks for (the next token after a prompt, a teacher-forced
+/// continuation's steps, padded rows of different lengths together) must come out as the
+/// graph with logits at every position (`all_logits`) gives it, in both layouts.
+#[test]
+fn selected_logits_are_the_logits_of_every_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected: Expected = serde_json::from_str(
+        &std::fs::read_to_string(fixture("tiny-chatml-genai/expected.json")).unwrap(),
+    )
+    .unwrap();
+    let p = |i: usize| expected.cases[i % expected.cases.len()].prompt_ids.clone();
+    // A continuation of 3 tokens, none, and 1: ranges of 4, 1 and 2 positions.
+    let rows = vec![(p(0), vec![5, 9, 2]), (p(1), vec![]), (p(2), vec![7])];
+    for (i, layout) in [
+        DecoderLayout::Optimum,
+        DecoderLayout::Genai { packed_qkv: false },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let scores = |all_logits: bool| {
+            let out = dir.path().join(format!("{i}-{all_logits}"));
+            let options = ImportOptions {
+                kind: GraphKind::Decoder(DecoderGraph { layout, all_logits }),
+                ..Default::default()
+            };
+            import(&fixture("gguf/tiny-chatml.gguf"), &out, &options, |_, _| {}).unwrap();
+            let onnx = std::fs::read(out.join("model.onnx")).unwrap();
+            assert_eq!(
+                onnx.windows(16).any(|w| w == b"logits_positions"),
+                !all_logits
+            );
+            safegate_engine::runtime::init(None).unwrap();
+            let engine = Engine::load(
+                &out,
+                &EngineOptions {
+                    device: safegate_engine::Device::Cpu,
+                    intra_threads: 1,
+                    score_batch: 4,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let mut got = engine.score_many_blocking(rows.clone()).unwrap();
+            got.push(vec![engine.score_blocking(p(1)).unwrap()]);
+            got.push(vec![{
+                let mut ids = p(0);
+                ids.truncate(ids.len() - 2);
+                engine.score_blocking(ids).unwrap()
+            }]);
+            (got, greedy(&engine, p(0), 6))
+        };
+        let (selected, selected_tokens) = scores(false);
+        let (every, every_tokens) = scores(true);
+        assert_eq!(selected_tokens, every_tokens, "{layout:?}");
+        for (a, b) in selected.iter().zip(&every) {
+            assert_eq!(a.len(), b.len());
+            for (x, y) in a.iter().zip(b) {
+                let worst = max_abs_diff(x, y);
+                assert!(worst < 1e-5, "{layout:?}: {worst}");
+            }
         }
     }
 }
@@ -510,7 +588,7 @@ fn encoders_stop_early_exactly_and_pool_padded_batches_like_single_sequences() {
     let encoder = |layers: Vec<usize>, name: &str| {
         let out = dir.path().join(name);
         let options = ImportOptions {
-            kind: safegate_gguf::GraphKind::Encoder { layers },
+            kind: GraphKind::Encoder { layers },
             ..Default::default()
         };
         import(&fixture("gguf/tiny-chatml.gguf"), &out, &options, |_, _| {}).unwrap();
@@ -542,7 +620,7 @@ fn encoders_stop_early_exactly_and_pool_padded_batches_like_single_sequences() {
 
     // Layer numbers outside the model are refused with a clear error.
     let options = ImportOptions {
-        kind: safegate_gguf::GraphKind::Encoder { layers: vec![3] },
+        kind: GraphKind::Encoder { layers: vec![3] },
         ..Default::default()
     };
     let e = import(
