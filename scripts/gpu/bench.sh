@@ -59,7 +59,7 @@ start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 left() { echo $(( BUDGET_S - $(elapsed) )); }
 stage() { echo "[$(elapsed) s] $*" | tee -a "$OUT/timeline.txt" >&2; }
-# SKIP (space-separated: hf guard nobinding optimum small) leaves optional stages out.
+# SKIP (space-separated: hf guard alllogits nobinding optimum small) leaves optional stages out.
 want() { case " ${SKIP:-} " in *" $1 "*) stage "skipped (SKIP): $1"; return 1 ;; esac; }
 # Runs an optional stage only when `need` seconds are left; never past the budget.
 optional() {
@@ -180,6 +180,16 @@ PY
   stage "guard scoring, callers 1/4/8/16, score batch 8"
   timeout "$(left)" "$GB" "$M-genai" 5 1,4,8,16 "$DEVICE" 8 2>>"$OUT/safegate.log" | tee "$OUT/guard.md" \
     || stage "guard scoring failed"
+}
+
+# ---- Logits for every position (--all-logits), as before logits_positions --------------
+[ -f "$GGUF" ] && want alllogits && optional 150 "every position's logits" && {
+  stage "import genai with --all-logits; decode, prefill and guard scoring"
+  rm -rf "$M-genai-all"
+  timeout "$(left)" "$BIN" models import-gguf "$GGUF" "$M-genai-all" --weights f16 --compute f16 \
+    --layout genai --all-logits 2>>"$OUT/build.log" && bench "$M-genai-all" genai-all-logits on \
+    && timeout "$(left)" "$GB" "$M-genai-all" 5 1,4 "$DEVICE" 8 2>>"$OUT/safegate.log" \
+      | sed 's/^| 8 |/| 8, all logits |/' | tee -a "$OUT/guard.md" || stage "every position's logits failed"
 }
 
 # ---- The KV cache through the host (no I/O binding): what binding saves ----------------
