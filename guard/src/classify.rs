@@ -44,16 +44,27 @@ pub fn encode_prompt(
     Ok(ids)
 }
 
-fn softmax_at(logits: &[f32], ids: &[u32]) -> Vec<f64> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let total: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
-    ids.iter()
-        .map(|&i| {
-            logits
-                .get(i as usize)
-                .map_or(0.0, |&l| (l as f64 - max).exp() / total)
-        })
-        .collect()
+/// A next-token distribution: the softmax of `logits`, normalised once. Reading a token's
+/// probability is then one `exp`; normalising is one per vocabulary entry (128,256 for
+/// Llama 3), which per code read cost a classification about 8 ms.
+struct Softmax<'a> {
+    logits: &'a [f32],
+    max: f64,
+    total: f64,
+}
+
+impl<'a> Softmax<'a> {
+    fn new(logits: &'a [f32]) -> Self {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let total = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+        Softmax { logits, max, total }
+    }
+
+    fn p(&self, id: u32) -> f64 {
+        self.logits
+            .get(id as usize)
+            .map_or(0.0, |&l| (l as f64 - self.max).exp() / self.total)
+    }
 }
 
 /// The local backend: Llama Guard (or a model in its place) run by the engine.
@@ -130,13 +141,13 @@ impl LocalGuard {
             .score_many_blocking(rows)
             .map_err(GuardError::Engine)?;
         let steps = &scored[0];
-        let p_unsafe = softmax_at(&steps[0], &[unsafe_id])[0];
+        let p_unsafe = Softmax::new(&steps[0]).p(unsafe_id);
         // P(the shared prefix | unsafe\n): the same factor for every code.
         let mut p_common = 1.0;
         for (k, &t) in continuation.iter().enumerate().skip(head.len()) {
-            p_common *= softmax_at(&steps[k], &[t])[0];
+            p_common *= Softmax::new(&steps[k]).p(t);
         }
-        let base = &steps[continuation.len()];
+        let base = Softmax::new(&steps[continuation.len()]);
         let mut given_unsafe = Vec::with_capacity(prompt.codes.len());
         for (((_, reported), tokens), row) in
             prompt.codes.iter().zip(&code_tokens).zip(&row_of_code)
@@ -144,13 +155,13 @@ impl LocalGuard {
             let rest = &tokens[common..];
             let mut p = p_common
                 * match rest.first() {
-                    Some(&t) => softmax_at(base, &[t])[0],
+                    Some(&t) => base.p(t),
                     None => 1.0,
                 };
             if let Some(row) = row {
                 let more = &scored[*row];
                 for (k, &t) in rest.iter().enumerate().skip(1) {
-                    p *= softmax_at(&more[k], &[t])[0];
+                    p *= Softmax::new(&more[k]).p(t);
                 }
             }
             given_unsafe.push((reported.clone(), p));
