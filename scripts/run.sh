@@ -9,7 +9,10 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh >/dev/null
 cargo build --release -q -p safegate-gateway
 MODEL=models/smollm2-135m-instruct
-if [ ! -f "$MODEL/model.onnx" ]; then
+# Imported once; again when an older safegate made the folder (its graph revision, written
+# by the importer into config.json, is not this one's): it still runs, only slower.
+if ! grep -Eq '"graph_version": 2(,|$)' "$MODEL/config.json" 2>/dev/null || [ ! -f "$MODEL/model.onnx" ]; then
+  rm -rf "$MODEL"
   target/release/safegate models import-gguf .cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf "$MODEL"
 fi
 # The embedded default guard (a small classifier on SmolLM2-135M features; docs/guard.md).

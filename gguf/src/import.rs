@@ -13,6 +13,12 @@ use crate::onnx::Graph;
 use crate::tokenizer::Vocab;
 use crate::{GgufError, GgufFile, Value};
 
+/// The importer's graph revision, written to `config.json` (`safegate_import.graph_version`)
+/// so that a folder made by an older importer can be told apart and made again
+/// (`scripts/run.sh` does). Raise it when the same options would write a different graph.
+/// 2: `logits_positions`, RMSNorm as ONNX Runtime fuses it, the genai layout.
+pub const GRAPH_VERSION: u32 = 2;
+
 #[derive(Debug, Clone)]
 pub struct ImportOptions {
     pub format: WeightFormat,
@@ -166,6 +172,7 @@ pub fn import(
             "torch_dtype": if options.format == WeightFormat::F16Compute { "float16" } else { "float32" },
             "_name_or_path": name,
             "safegate_import": {
+                "graph_version": GRAPH_VERSION,
                 "source": gguf_path.file_name().map(|f| f.to_string_lossy().into_owned()),
                 "weights": format!("{:?}", options.format).to_lowercase(),
                 "graph": match &options.kind {

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 
 pub use import::{
     import, DecoderGraph, DecoderLayout, GraphKind, ImportOptions, ImportSummary, WeightFormat,
+    GRAPH_VERSION,
 };
 pub use quant::GgmlType;
 pub use reader::{GgufFile, TensorInfo, Value};

@@ -277,6 +277,10 @@ fn an_imported_gguf_reproduces_the_reference_model() {
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(outh.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["torch_dtype"], "float16");
+    assert_eq!(
+        config["safegate_import"]["graph_version"],
+        safegate_gguf::GRAPH_VERSION
+    );
     assert_half_graph_matches(&outh, &expected);
     // An encoder is not written in float16.
     let refused = import(
