@@ -361,6 +361,27 @@ impl Builder<'_> {
         Ok(self.matmul_rows(x, rows, onnx_name, inputs, outputs))
     }
 
+    /// `x @ W` for each of `N` GGUF linear layers of the same input, one product each.
+    fn linear_each<const N: usize>(
+        &mut self,
+        x: &str,
+        parts: &[Projection; N],
+        inputs: usize,
+    ) -> Result<[String; N], GgufError> {
+        let mut out = Vec::with_capacity(N);
+        for p in parts {
+            out.push(self.linear(
+                x,
+                &p.gguf_name,
+                &p.onnx_name,
+                inputs,
+                p.outputs,
+                p.unpermute_heads,
+            )?);
+        }
+        Ok(out.try_into().expect("one product per part"))
+    }
+
     /// One `x @ W` for several GGUF linear layers of the same input, their outputs side by
     /// side (`[..., sum of outputs]`): e.g. Q, K and V packed, which GroupQueryAttention
     /// splits itself (one matrix product per layer where there were three).
@@ -1067,34 +1088,19 @@ pub fn build_graph_of(
             ],
             [format!("present.{i}.key"), format!("present.{i}.value")],
         );
-        let ctx = if packed_qkv {
-            let qkv = b.linear_packed(&xn, &projections, &hf("self_attn.qkv_proj"), h)?;
-            match &attention {
-                Attention::GroupQuery(inputs) => {
-                    b.group_query_attention(inputs, [&qkv, "", ""], &past, &present)
-                }
-                Attention::Plain(_) => unreachable!("packed QKV is for the genai layout"),
+        let ctx = match &attention {
+            Attention::GroupQuery(inputs) if packed_qkv => {
+                let qkv = b.linear_packed(&xn, &projections, &hf("self_attn.qkv_proj"), h)?;
+                b.group_query_attention(inputs, [&qkv, "", ""], &past, &present)
             }
-        } else {
-            let mut qkv = Vec::with_capacity(3);
-            for p in &projections {
-                qkv.push(b.linear(
-                    &xn,
-                    &p.gguf_name,
-                    &p.onnx_name,
-                    h,
-                    p.outputs,
-                    p.unpermute_heads,
-                )?);
+            Attention::GroupQuery(inputs) => {
+                let [q, k, v] = b.linear_each(&xn, &projections, h)?;
+                b.group_query_attention(inputs, [&q, &k, &v], &past, &present)
             }
-            match &attention {
-                Attention::Plain(inputs) => {
-                    let kv = (!encoder).then_some((&past, &present));
-                    b.plain_attention(inputs, &qkv[0], &qkv[1], &qkv[2], kv)
-                }
-                Attention::GroupQuery(inputs) => {
-                    b.group_query_attention(inputs, [&qkv[0], &qkv[1], &qkv[2]], &past, &present)
-                }
+            Attention::Plain(inputs) => {
+                let [q, k, v] = b.linear_each(&xn, &projections, h)?;
+                let kv = (!encoder).then_some((&past, &present));
+                b.plain_attention(inputs, &q, &k, &v, kv)
             }
         };
         let o = b.linear(

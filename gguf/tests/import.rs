@@ -101,10 +101,17 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn load(dir: &Path) -> Engine {
+    load_batched(dir, 0)
+}
+
+/// The model on the CPU, concurrent scoring requests sharing padded prefills of up to
+/// `score_batch` rows (0: the CPU default).
+fn load_batched(dir: &Path, score_batch: usize) -> Engine {
     safegate_engine::runtime::init(None).expect("ONNX Runtime (run scripts/setup.sh)");
     let opts = EngineOptions {
         device: safegate_engine::Device::Cpu,
         intra_threads: 1,
+        score_batch,
         ..Default::default()
     };
     Engine::load(dir, &opts).unwrap()
@@ -223,20 +230,20 @@ fn an_imported_gguf_reproduces_the_reference_model() {
         assert_eq!(greedy(&engine, ids, case.greedy_ids.len()), case.greedy_ids);
     }
 
-    // Half-precision weights: same model within f16 rounding.
-    let out16 = dir.path().join("tiny16");
-    let options = ImportOptions {
-        format: WeightFormat::F16,
-        max_context: Some(256),
-        ..Default::default()
+    // The fixture imported again in another format, into `dir/name`.
+    let import_as = |format, max_context, name: &str| {
+        let out = dir.path().join(name);
+        let options = ImportOptions {
+            format,
+            max_context,
+            ..Default::default()
+        };
+        import(&fixture("gguf/tiny-chatml.gguf"), &out, &options, |_, _| {}).unwrap();
+        out
     };
-    import(
-        &fixture("gguf/tiny-chatml.gguf"),
-        &out16,
-        &options,
-        |_, _| {},
-    )
-    .unwrap();
+
+    // Half-precision weights: same model within f16 rounding.
+    let out16 = import_as(WeightFormat::F16, Some(256), "tiny16");
     let f32_size = std::fs::metadata(out.join("model.onnx.data"))
         .unwrap()
         .len();
@@ -257,19 +264,7 @@ fn an_imported_gguf_reproduces_the_reference_model() {
     }
 
     // Float16 end to end (the CUDA graph).
-    let outh = dir.path().join("tiny-half");
-    let options = ImportOptions {
-        format: WeightFormat::F16Compute,
-        max_context: Some(256),
-        ..Default::default()
-    };
-    import(
-        &fixture("gguf/tiny-chatml.gguf"),
-        &outh,
-        &options,
-        |_, _| {},
-    )
-    .unwrap();
+    let outh = import_as(WeightFormat::F16Compute, Some(256), "tiny-half");
     let half_size = std::fs::metadata(outh.join("model.onnx.data"))
         .unwrap()
         .len();
@@ -298,20 +293,10 @@ fn an_imported_gguf_reproduces_the_reference_model() {
     // 4-bit linear layers (MatMulNBits) compute exactly what their dequantized values
     // stored as f32 compute: the packing, scales and zero points are laid out as ONNX
     // Runtime reads them.
-    let int4 = |format, name: &str| {
-        let dir = dir.path().join(name);
-        let options = ImportOptions {
-            format,
-            max_context: None,
-            ..Default::default()
-        };
-        import(&fixture("gguf/tiny-chatml.gguf"), &dir, &options, |_, _| {}).unwrap();
-        dir
-    };
-    let packed = int4(WeightFormat::Int4 { accuracy_level: 0 }, "int4");
+    let packed = import_as(WeightFormat::Int4 { accuracy_level: 0 }, None, "int4");
     let onnx = std::fs::read(packed.join("model.onnx")).unwrap();
     assert!(onnx.windows(11).any(|w| w == b"MatMulNBits"));
-    let unpacked = int4(WeightFormat::Int4Dequantized, "int4-as-f32");
+    let unpacked = import_as(WeightFormat::Int4Dequantized, None, "int4-as-f32");
     let a = load(&packed)
         .score_blocking(case.prompt_ids.clone())
         .unwrap();
@@ -359,17 +344,7 @@ fn a_genai_layout_import_reproduces_the_reference_model() {
     // Q, K and V as three products and packed into one.
     for packed_qkv in [false, true] {
         let out = import_as(WeightFormat::F32, packed_qkv, "genai");
-        safegate_engine::runtime::init(None).unwrap();
-        let engine = Engine::load(
-            &out,
-            &EngineOptions {
-                device: safegate_engine::Device::Cpu,
-                intra_threads: 1,
-                score_batch: 4,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let engine = load_batched(&out, 4);
         assert_eq!(engine.info().layout, safegate_engine::Layout::Genai);
         let mut alone = Vec::new();
         for case in &expected.cases {
@@ -487,17 +462,7 @@ fn selected_logits_are_the_logits_of_every_position() {
                 onnx.windows(16).any(|w| w == b"logits_positions"),
                 !all_logits
             );
-            safegate_engine::runtime::init(None).unwrap();
-            let engine = Engine::load(
-                &out,
-                &EngineOptions {
-                    device: safegate_engine::Device::Cpu,
-                    intra_threads: 1,
-                    score_batch: 4,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+            let engine = load_batched(&out, 4);
             let mut got = engine.score_many_blocking(rows.clone()).unwrap();
             got.push(vec![engine.score_blocking(p(1)).unwrap()]);
             got.push(vec![{
