@@ -7,9 +7,11 @@
 //! - [`session`]: one ONNX Runtime session and its KV-cache step;
 //! - [`sampling`], [`text`]: pure next-token choice, detokenization and stop strings;
 //! - [`encoder`]: pooled hidden states of an encoder graph (guard features);
+//! - [`classifier`]: sequence classifiers (Prompt Guard) over windows of long texts;
 //! - [`engine`]: worker threads that own sessions, fed by a bounded queue.
 
 pub mod chat;
+pub mod classifier;
 pub mod encoder;
 pub mod engine;
 pub mod error;
@@ -20,6 +22,7 @@ pub mod session;
 pub mod text;
 
 pub use chat::{ChatMessage, ChatTokenizer};
+pub use classifier::SequenceClassifier;
 pub use encoder::{Encoder, Pooling};
 pub use engine::{
     BatchCounter, Completion, Engine, EngineOptions, FinishReason, GenerateRequest,

@@ -4,6 +4,7 @@
 //! - [`prompt`]: byte-exact Llama Guard prompts, injection-proof tokenization;
 //! - [`classify`]: scores from a local model (P(unsafe), per-category scores);
 //! - [`remote`]: the same scores from an OpenAI-compatible server (vLLM);
+//! - [`prompt_guard`]: Prompt Guard (v1, v2) as the prompt-attack stage's backend;
 //! - [`embedded`], [`train`]: the small classifier that ships with safegate, and how it is
 //!   trained and measured.
 
@@ -13,6 +14,7 @@ pub mod measure;
 pub mod moderation;
 pub mod normalize;
 pub mod prompt;
+pub mod prompt_guard;
 pub mod remote;
 pub mod taxonomy;
 #[cfg(feature = "train")]
@@ -21,6 +23,7 @@ pub mod train;
 pub use classify::{Classification, LocalGuard};
 pub use embedded::{is_embedded_guard, EmbeddedGuard, EmbeddedOptions};
 pub use prompt::{build_prompt, AgentType, CategorySelection, GuardPrompt};
+pub use prompt_guard::PromptGuard;
 pub use remote::{RemoteConfig, RemoteGuard};
 
 /// A safety classifier: the local engine or a remote server, same verdict shape.

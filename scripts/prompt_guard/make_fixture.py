@@ -18,7 +18,7 @@ Each folder holds model.onnx, config.json, tokenizer.json (a 1,000-piece Unigram
 trained with sentencepiece on safegate's own docs, converted by transformers' DeBERTa-v2
 converter as the real tokenizer.json was) and expected.json: for each text, the softmax
 of every window, computed by Python onnxruntime on ids from the Python tokenizer, windows
-made as safegate documents them (510 content tokens, 448 apart, the last ending at the
+made as safegate documents them (510 content tokens, 447 apart, the last ending at the
 end, each wrapped in [CLS] ... [SEP]). The torch model's logits are checked against
 onnxruntime's before anything is written.
 """
@@ -43,7 +43,7 @@ from transformers.convert_slow_tokenizer import DebertaV2Converter
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 WINDOW = 510  # content tokens per window: 512 positions less [CLS] and [SEP]
-STRIDE = 448  # windows overlap by 62 tokens, so an instruction cut at a boundary is whole in one
+STRIDE = WINDOW - WINDOW // 8  # windows overlap by an eighth, so a sentence cut at a boundary is whole in one
 
 TEXTS = [
     "What is the capital of France?",
