@@ -231,6 +231,11 @@ pub struct ServeArgs {
     /// Guard model folder (Llama Guard, or a model in its place).
     #[arg(long, env = "SAFEGATE_GUARD_MODEL")]
     pub guard_model: Option<PathBuf>,
+    /// Prompt Guard folder (model.onnx, tokenizer.json, config.json: Prompt Guard v1 or 2
+    /// exported to ONNX) for the policies' prompt_attack stage, in place of the embedded
+    /// guard's attack head.
+    #[arg(long, env = "SAFEGATE_PROMPT_GUARD")]
+    pub prompt_guard: Option<PathBuf>,
     /// Policy files or folders (default: the shipped presets, `default` for everyone).
     #[arg(long, env = "SAFEGATE_POLICIES", value_delimiter = ',')]
     pub policies: Option<Vec<PathBuf>>,

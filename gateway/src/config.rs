@@ -17,6 +17,8 @@ pub struct FileConfig {
     pub allow_insecure_listen: Option<bool>,
     pub model: Option<PathBuf>,
     pub guard_model: Option<PathBuf>,
+    /// Prompt Guard (v1 or 2, ONNX) for the prompt_attack stage.
+    pub prompt_guard: Option<PathBuf>,
     pub policies: Option<Vec<PathBuf>>,
     pub device: Option<String>,
     pub io_binding: Option<String>,
@@ -345,6 +347,7 @@ pub struct Settings {
     pub allow_insecure_listen: bool,
     pub model: Option<PathBuf>,
     pub guard_model: Option<PathBuf>,
+    pub prompt_guard: Option<PathBuf>,
     pub policies: Option<Vec<PathBuf>>,
     pub device: String,
     pub io_binding: String,
@@ -396,9 +399,14 @@ fn read_file(path: &Path) -> Result<FileConfig> {
             *p = base.join(&*p);
         }
     };
-    for p in [&mut cfg.model, &mut cfg.guard_model, &mut cfg.audit_log]
-        .into_iter()
-        .flatten()
+    for p in [
+        &mut cfg.model,
+        &mut cfg.guard_model,
+        &mut cfg.prompt_guard,
+        &mut cfg.audit_log,
+    ]
+    .into_iter()
+    .flatten()
     {
         rebase(p);
     }
@@ -610,6 +618,7 @@ impl Settings {
                 || file.allow_insecure_listen.unwrap_or(false),
             model: args.model.clone().or(file.model),
             guard_model: args.guard_model.clone().or(file.guard_model),
+            prompt_guard: args.prompt_guard.clone().or(file.prompt_guard),
             policies: args.policies.clone().or(file.policies),
             device: args
                 .device

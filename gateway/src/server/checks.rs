@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::web;
 use safegate_engine::ChatMessage;
+use safegate_guard::prompt_guard::Source;
 use safegate_guard::{build_prompt, AgentType, CategorySelection};
 use safegate_policies::{OnError, Policy, Stage, Verdict};
 use safegate_shield::{Language, ScanOptions, StreamScanner};
@@ -218,33 +219,46 @@ pub(super) async fn input_guard(
 }
 
 /// P(prompt attack) of the turns the policy's `prompt_attack` stage judges (their roles),
-/// the worst of them; None when the stage is off, no turn is judged, or the guard has no
-/// prompt-attack classifier. Within the input stage's time budget; a failure is the
-/// policy's `on_error` to settle, as for the guard.
+/// the worst of them; None when the stage is off, no turn is judged, or there is no
+/// prompt-attack classifier (Prompt Guard, or the embedded guard's attack head). Within the
+/// input stage's time budget; a failure is the policy's `on_error` to settle, as for the
+/// guard.
 pub(super) async fn prompt_attack(
     state: &AppState,
     policy: &Policy,
     messages: &[ChatMessage],
 ) -> Result<Option<f64>, ApiError> {
-    let Some(guard) = state.guard.clone() else {
-        return Ok(None);
-    };
     let pa = &policy.prompt_attack;
-    let texts: Vec<String> = messages
+    let texts: Vec<(Source, String)> = messages
         .iter()
         .filter(|m| pa.judge.contains(&m.role))
-        .map(|m| safegate_guard::normalize::for_guard(&m.content).into_owned())
-        .filter(|t| !t.trim().is_empty())
+        .map(|m| {
+            let text = safegate_guard::normalize::for_guard(&m.content).into_owned();
+            (Source::of_role(&m.role), text)
+        })
+        .filter(|(_, t)| !t.trim().is_empty())
         .collect();
     if !pa.enabled || texts.is_empty() {
         return Ok(None);
     }
     let t0 = Instant::now();
     let budget = Duration::from_millis(policy.input.timeout_ms);
-    let result = on_guard(budget, move |until| {
-        guard.prompt_attack_scores(&texts, until)
-    })
-    .await?;
+    let result = match (state.prompt_guard.clone(), state.guard.clone()) {
+        (Some(prompt_guard), _) => {
+            on_guard(budget, move |until| {
+                prompt_guard.scores(&texts, until).map(Some)
+            })
+            .await?
+        }
+        (None, Some(guard)) => {
+            let texts: Vec<String> = texts.into_iter().map(|(_, t)| t).collect();
+            on_guard(budget, move |until| {
+                guard.prompt_attack_scores(&texts, until)
+            })
+            .await?
+        }
+        (None, None) => return Ok(None),
+    };
     observe_stage(state, "prompt_attack", t0);
     match result {
         Ok(scores) => Ok(scores.and_then(|s| s.into_iter().reduce(f64::max))),

@@ -47,6 +47,8 @@ pub use startup::run;
 pub struct AppState {
     pub engine: Option<Engine>,
     pub guard: Option<Arc<dyn SafetyClassifier>>,
+    /// Prompt Guard for the prompt_attack stage (None: the guard's attack head, if any).
+    pub prompt_guard: Option<Arc<safegate_guard::PromptGuard>>,
     pub policies: Arc<PolicyStore>,
     pub shield: &'static Shield,
     pub metrics: Metrics,
@@ -167,10 +169,24 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         .guard
         .as_ref()
         .map(|g| json!({"backend": g.backend(), "model": g.model_name()}));
+    // What judges the prompt_attack stage: Prompt Guard, the embedded guard's attack head
+    // (asked with no texts, it says whether it has one), or nothing (the stage is skipped).
+    let prompt_attack = match (&state.prompt_guard, &state.guard) {
+        (Some(p), _) => {
+            Some(json!({"backend": "prompt-guard", "model": p.name(), "labels": p.labels()}))
+        }
+        (None, Some(g)) => matches!(
+            g.prompt_attack_scores(&[], &Default::default()),
+            Ok(Some(_))
+        )
+        .then(|| json!({"backend": g.backend(), "model": g.model_name()})),
+        (None, None) => None,
+    };
     HttpResponse::Ok().json(json!({
         "status": "ready",
         "chat_model": model,
         "guard": guard,
+        "prompt_attack": prompt_attack,
         // Distinct rules (a pack serving two languages holds each of its rules once per
         // language: `rule_language_pairs` counts those), as docs/shield.md counts them.
         "shield": {

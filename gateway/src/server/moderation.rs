@@ -117,7 +117,10 @@ pub async fn guard_classify(
             })?,
             None => set.for_group(caller.group.as_deref()),
         };
-        require_guard(&state)?;
+        // A user turn can be judged by Prompt Guard alone (the prompt-attack check).
+        if !(stage == Stage::Input && state.prompt_guard.is_some()) {
+            require_guard(&state)?;
+        }
         let messages = crate::messages::to_chat_messages(request.messages);
         check_guard_size(&state, "messages", messages.iter().map(|m| &m.content))?;
         audit.policy = Some(policy.name.clone());

@@ -9,8 +9,8 @@ use anyhow::{bail, Context, Result};
 use safegate_engine::session::SessionOptions;
 use safegate_engine::{Engine, EngineOptions};
 use safegate_guard::{
-    is_embedded_guard, EmbeddedGuard, EmbeddedOptions, LocalGuard, RemoteConfig, RemoteGuard,
-    SafetyClassifier,
+    is_embedded_guard, EmbeddedGuard, EmbeddedOptions, LocalGuard, PromptGuard, RemoteConfig,
+    RemoteGuard, SafetyClassifier,
 };
 use safegate_policies::{PolicySet, PolicyStore};
 use safegate_shield::Shield;
@@ -160,6 +160,21 @@ pub fn run(cli: &Cli, serve_args: &ServeArgs) -> Result<()> {
     if let Some(g) = &guard {
         tracing::info!(backend = g.backend(), model = %g.model_name(), "guard ready");
     }
+    let prompt_guard = match &args.prompt_guard {
+        Some(dir) => {
+            safegate_engine::runtime::init(cli.ort_lib.as_deref())?;
+            let session = SessionOptions {
+                device: args.device.parse()?,
+                intra_threads: args.threads,
+                ..Default::default()
+            };
+            let p = PromptGuard::open(dir, &session)
+                .with_context(|| format!("loading the Prompt Guard {}", dir.display()))?;
+            tracing::info!(model = p.name(), labels = ?p.labels(), "prompt guard ready (the policies' prompt_attack stage)");
+            Some(Arc::new(p))
+        }
+        None => None,
+    };
     if guard.is_none() {
         tracing::warn!(
             "no guard model (--guard-model DIR): the policies' guard stages are skipped; the shield still runs"
@@ -183,6 +198,7 @@ pub fn run(cli: &Cli, serve_args: &ServeArgs) -> Result<()> {
     let state = web::Data::new(AppState {
         engine,
         guard,
+        prompt_guard,
         policies: Arc::new(PolicyStore::new(set)),
         shield,
         metrics,
