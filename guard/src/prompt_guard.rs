@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use safegate_engine::classifier::MAX_BATCH;
+use safegate_engine::classifier::batches;
 use safegate_engine::session::SessionOptions;
 use safegate_engine::SequenceClassifier;
 
@@ -139,8 +139,8 @@ impl PromptGuard {
 
     /// The attack score of each text (its worst window). Windows of all texts run together,
     /// shortest first so that rows of one batch pad little; the caller's deadline or
-    /// cancellation is checked between batches (one batch is the most it waits for after
-    /// giving up).
+    /// cancellation is checked between batches (one batch, at most one window of 512
+    /// tokens or a few short ones, is the most it waits for after giving up).
     pub fn scores(
         &self,
         texts: &[(Source, String)],
@@ -154,17 +154,17 @@ impl PromptGuard {
             }
         }
         rows.sort_by_key(|(_, w)| w.len());
+        let (owners, windows): (Vec<usize>, Vec<Vec<u32>>) = rows.into_iter().unzip();
         let mut scores = vec![0.0f64; texts.len()];
-        for batch in rows.chunks(MAX_BATCH) {
+        for range in batches(&windows) {
             if until.given_up(Instant::now()) {
                 return Err(GuardError::Timeout(
                     "the prompt-attack check was given up".into(),
                 ));
             }
-            let windows: Vec<Vec<u32>> = batch.iter().map(|(_, w)| w.clone()).collect();
-            let probs = self.lock().probabilities(&windows)?;
-            for ((i, _), p) in batch.iter().zip(&probs) {
-                scores[*i] = scores[*i].max(self.scoring.score(p, texts[*i].0));
+            let probs = self.lock().probabilities(&windows[range.clone()])?;
+            for (&i, p) in owners[range].iter().zip(&probs) {
+                scores[i] = scores[i].max(self.scoring.score(p, texts[i].0));
             }
         }
         Ok(scores)

@@ -217,8 +217,9 @@ pub struct Policy {
     pub on_error: OnError,
 }
 
-/// The prompt-attack stage: a classifier's P(attack) of the turns it judges (with the
-/// embedded guard's attack head; guards without one skip the stage).
+/// The prompt-attack stage: a classifier's P(attack) of the turns it judges (Prompt Guard
+/// with `serve --prompt-guard`, else the embedded guard's attack head; without either the
+/// stage is skipped).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PromptAttackPolicy {
