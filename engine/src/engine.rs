@@ -26,6 +26,8 @@ pub struct EngineOptions {
     pub device: Device,
     /// ONNX Runtime I/O binding (KV cache kept on the provider's device); `auto` binds on CUDA.
     pub io_binding: IoBindingMode,
+    /// Growing KV tensors even where a shared buffer per layer is possible (measurement).
+    pub growing_kv: bool,
     /// ONNX Runtime intra-op threads per session; 0 lets ONNX Runtime choose.
     pub intra_threads: usize,
     /// Worker threads, each with its own session (memory grows with each).
@@ -50,6 +52,7 @@ impl Default for EngineOptions {
         Self {
             device: Device::Auto,
             io_binding: IoBindingMode::Auto,
+            growing_kv: false,
             intra_threads: 0,
             workers: 1,
             queue_capacity: 64,
@@ -158,6 +161,9 @@ pub struct ModelInfo {
     pub provider: Provider,
     /// Whether the sessions run through ONNX Runtime's I/O binding.
     pub io_bound: bool,
+    /// Whether each sequence's KV cache is one shared past/present buffer per layer,
+    /// written in place (I/O-bound GroupQueryAttention graphs).
+    pub kv_shared: bool,
     /// Why `--device auto` ended on the CPU, when it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
@@ -265,6 +271,7 @@ impl Engine {
             device: opts.device,
             intra_threads: opts.intra_threads,
             io_binding: opts.io_binding,
+            growing_kv: opts.growing_kv,
         };
         let workers = opts.workers.max(1);
         let mut sessions = Vec::with_capacity(workers);
@@ -285,6 +292,7 @@ impl Engine {
             layout: sessions[0].layout(),
             provider: sessions[0].provider,
             io_bound: sessions[0].io_bound(),
+            kv_shared: sessions[0].shares_kv(),
             fallback: crate::session::fallback_reason(opts.device, sessions[0].provider),
             config,
         });
@@ -586,7 +594,10 @@ impl Worker {
                 control,
                 submitted,
             } => {
-                let cache = match self.session.empty_cache() {
+                // Room for the prompt and every token it may add (admission checked that
+                // this fits the context), so a shared KV buffer never has to grow.
+                let positions = request.prompt_ids.len() + request.max_tokens;
+                let cache = match self.session.cache_for(positions) {
                     Ok(c) => c,
                     Err(e) => {
                         let _ = events.send(GenerationEvent::Error(e));
@@ -695,9 +706,11 @@ impl Worker {
         let (prompt, continuation) = row;
         self.shared.scoring.record(1);
         let mut out = Vec::with_capacity(continuation.len() + 1);
-        let (mut cache, logits) =
-            self.session
-                .forward_with(prompt, self.session.empty_cache()?, |l| l.to_vec())?;
+        let (mut cache, logits) = self.session.forward_with(
+            prompt,
+            self.session.cache_for(prompt.len() + continuation.len())?,
+            |l| l.to_vec(),
+        )?;
         out.push(logits);
         for &t in continuation {
             let (next, logits) = self.session.forward_with(&[t], cache, |l| l.to_vec())?;

@@ -7,9 +7,9 @@ use std::ops::Range;
 use std::path::Path;
 use std::str::FromStr;
 
-use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::{Session, SessionInputValue, SessionOutputs};
-use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
+use ort::value::{DynTensor, DynValue, Tensor, TensorElementType, ValueType};
 
 use crate::error::{EngineError, Result};
 use crate::model::{recognise_layout, GraphSignature, Layout, ModelConfig};
@@ -117,6 +117,9 @@ pub struct SessionOptions {
     /// ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose.
     pub intra_threads: usize,
     pub io_binding: IoBindingMode,
+    /// Keep growing KV tensors (a new present per step) even where the graph could share
+    /// one buffer per layer: for measuring what sharing saves.
+    pub growing_kv: bool,
 }
 
 /// Where a bound session's outputs go: the KV cache stays on the provider's device, the
@@ -198,26 +201,51 @@ impl<'n> RunOutputs<'n> {
 }
 
 /// Runs `session` once, plainly or through an I/O binding (`bound`), and returns the logits
-/// and every KV output by name.
+/// and every KV output by name. With `shared` KV buffers (bound sessions of a
+/// GroupQueryAttention graph), each layer's buffer is bound as both its past input and its
+/// present output: the attention writes the new positions in place and nothing is copied;
+/// only the logits come back.
 fn run_decoder<'s>(
     session: &mut Session,
     bound: Option<&BoundMemory>,
     signature: &'s GraphSignature,
     inputs: Vec<(Cow<'_, str>, DynValue)>,
+    shared: Option<&mut [DynValue]>,
 ) -> Result<RunOutputs<'s>> {
     let mut names: Vec<&'s str> = Vec::with_capacity(1 + signature.kv_outputs.len() * 2);
     names.push("logits");
-    for (k, v) in &signature.kv_outputs {
-        names.push(k);
-        names.push(v);
+    if shared.is_none() {
+        for (k, v) in &signature.kv_outputs {
+            names.push(k);
+            names.push(v);
+        }
     }
-    match bound {
-        None => {
+    match (bound, shared) {
+        (Some(memory), Some(buffers)) => {
+            let mut binding = session.create_binding()?;
+            for (name, value) in &inputs {
+                binding.bind_input(name.as_ref(), value)?;
+            }
+            binding.bind_output_to_device("logits", &memory.host)?;
+            let pairs = signature.kv_inputs.iter().zip(&signature.kv_outputs);
+            for (((k_in, v_in), (k_out, v_out)), kv) in pairs.zip(buffers.chunks_mut(2)) {
+                binding.bind_input(k_in.as_str(), &kv[0])?;
+                binding.bind_input(v_in.as_str(), &kv[1])?;
+                binding.bind_output(k_out.as_str(), &mut kv[0])?;
+                binding.bind_output(v_out.as_str(), &mut kv[1])?;
+            }
+            let outputs = session.run_binding(&binding)?;
+            RunOutputs::collect(outputs, &names)
+        }
+        (None, Some(_)) => Err(EngineError::Ort(
+            "shared KV buffers need an I/O-bound session".into(),
+        )),
+        (None, None) => {
             let inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
                 inputs.into_iter().map(|(n, v)| (n, v.into())).collect();
             RunOutputs::collect(session.run(inputs)?, &names)
         }
-        Some(memory) => {
+        (Some(memory), None) => {
             let mut binding = session.create_binding()?;
             for (name, value) in &inputs {
                 binding.bind_input(name.as_ref(), value)?;
@@ -315,6 +343,9 @@ pub fn fallback_reason(device: Device, provider: Provider) -> Option<String> {
 pub struct KvCache {
     values: Vec<DynValue>,
     len: usize,
+    /// `Some(positions)`: the tensors are fixed buffers of that many positions, written in
+    /// place (shared past/present); `None`: each run returns grown tensors.
+    capacity: Option<usize>,
 }
 
 impl KvCache {
@@ -326,6 +357,11 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// Positions the cache can hold (`None`: it grows with every run).
+    pub fn capacity(&self) -> Option<usize> {
+        self.capacity
+    }
 }
 
 /// A decoder session with its recognised signature.
@@ -336,6 +372,9 @@ pub struct DecoderSession {
     kv_type: TensorElementType,
     num_kv_heads: usize,
     head_dim: usize,
+    /// Allocates shared past/present KV buffers on the provider's device, when this session
+    /// uses them (I/O-bound, and the graph's attention writes its cache in place).
+    kv_buffers: Option<Allocator>,
     pub provider: Provider,
 }
 
@@ -381,14 +420,77 @@ impl DecoderSession {
         } else {
             None
         };
-        Ok(Self {
+        let mut decoder = Self {
             session,
             bound,
             signature,
             kv_type,
             num_kv_heads: config.num_kv_heads,
             head_dim: config.head_dim,
+            kv_buffers: None,
             provider,
+        };
+        if !opts.growing_kv {
+            decoder.kv_buffers = decoder.try_shared_buffers(dir);
+        }
+        Ok(decoder)
+    }
+
+    /// Shared past/present buffers, where the graph takes them. onnxruntime-genai's layout
+    /// runs attention in `com.microsoft.GroupQueryAttention`, which writes new positions
+    /// into a past buffer that is also its present output (it compares the two pointers)
+    /// and reads the real lengths from the attention mask; one layer's cache then lives in
+    /// one buffer for the whole sequence, and no step copies it. Whether a graph does is
+    /// found by running one token into a two-position buffer: any other attention (past and
+    /// new concatenated) returns a present longer than the buffer, which ONNX Runtime
+    /// refuses, and the session keeps its growing tensors.
+    fn try_shared_buffers(&mut self, dir: &Path) -> Option<Allocator> {
+        let memory = self.bound.as_ref()?;
+        if self.signature.layout != Layout::Genai {
+            return None;
+        }
+        let allocator = match Allocator::new(&self.session, memory.kv.clone()) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(model = %dir.display(), error = %e, "no allocator for shared KV buffers; the KV cache grows per step");
+                return None;
+            }
+        };
+        self.kv_buffers = Some(allocator);
+        let probe = self
+            .cache_for(2)
+            .and_then(|cache| self.forward_with(&[0], cache, |_| ()));
+        let allocator = self.kv_buffers.take();
+        match probe {
+            Ok(_) => allocator,
+            Err(e) => {
+                tracing::info!(model = %dir.display(), error = %e, "the graph does not update its KV cache in place; it grows per step");
+                None
+            }
+        }
+    }
+
+    /// Whether this session's KV caches are shared past/present buffers.
+    pub fn shares_kv(&self) -> bool {
+        self.kv_buffers.is_some()
+    }
+
+    /// A cache for a sequence that will hold at most `positions` positions: fixed buffers
+    /// of that size where the session shares them, else an empty growing cache.
+    pub fn cache_for(&self, positions: usize) -> Result<KvCache> {
+        let Some(allocator) = &self.kv_buffers else {
+            return self.empty_cache();
+        };
+        let positions = positions.max(1);
+        let shape = [1, self.num_kv_heads, positions, self.head_dim];
+        let mut values = Vec::with_capacity(self.signature.kv_inputs.len() * 2);
+        for _ in 0..self.signature.kv_inputs.len() * 2 {
+            values.push(DynTensor::new(allocator, self.kv_type, shape)?.into_dyn());
+        }
+        Ok(KvCache {
+            values,
+            len: 0,
+            capacity: Some(positions),
         })
     }
 
@@ -417,7 +519,11 @@ impl DecoderSession {
             };
             values.push(v);
         }
-        Ok(KvCache { values, len: 0 })
+        Ok(KvCache {
+            values,
+            len: 0,
+            capacity: None,
+        })
     }
 
     /// Runs several sequences from an empty cache as one right-padded batch and copies the
@@ -505,6 +611,7 @@ impl DecoderSession {
             self.bound.as_ref(),
             &self.signature,
             inputs,
+            None,
         )?;
         let logits = outputs.get("logits")?;
         // Logits of the positions run or picked, [batch, rows_out, vocabulary], or nothing to
@@ -580,6 +687,13 @@ impl DecoderSession {
     ) -> Result<(KvCache, R)> {
         let n = ids.len();
         let total = cache.len + n;
+        if let Some(capacity) = cache.capacity {
+            if total > capacity {
+                return Err(EngineError::InvalidRequest(format!(
+                    "{total} positions do not fit the sequence's KV cache of {capacity}"
+                )));
+            }
+        }
         let ids_t = Tensor::<i64>::from_array((
             [1usize, n],
             ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
@@ -602,18 +716,26 @@ impl DecoderSession {
                 Tensor::<i64>::from_array(([1usize, 1], vec![n as i64 - 1]))?.into_dyn(),
             ));
         }
-        let mut values = cache.values.into_iter();
-        for (k, v) in &self.signature.kv_inputs {
-            let kt = values.next().expect("cache has one tensor per input");
-            let vt = values.next().expect("cache has one tensor per input");
-            inputs.push((k.as_str().into(), kt));
-            inputs.push((v.as_str().into(), vt));
+        let KvCache {
+            values: mut buffers,
+            capacity,
+            ..
+        } = cache;
+        if capacity.is_none() {
+            let mut values = std::mem::take(&mut buffers).into_iter();
+            for (k, v) in &self.signature.kv_inputs {
+                let kt = values.next().expect("cache has one tensor per input");
+                let vt = values.next().expect("cache has one tensor per input");
+                inputs.push((k.as_str().into(), kt));
+                inputs.push((v.as_str().into(), vt));
+            }
         }
         let mut outputs = run_decoder(
             &mut self.session,
             self.bound.as_ref(),
             &self.signature,
             inputs,
+            capacity.is_some().then_some(buffers.as_mut_slice()),
         )?;
         let logits = outputs.get("logits")?;
         let looked = match logits.dtype() {
@@ -635,15 +757,17 @@ impl DecoderSession {
                 look(&data[data.len() - vocab..])
             }
         };
-        let mut next = Vec::with_capacity(self.signature.kv_outputs.len() * 2);
-        for (k, v) in &self.signature.kv_outputs {
-            next.push(outputs.take(k)?);
-            next.push(outputs.take(v)?);
+        if capacity.is_none() {
+            for (k, v) in &self.signature.kv_outputs {
+                buffers.push(outputs.take(k)?);
+                buffers.push(outputs.take(v)?);
+            }
         }
         Ok((
             KvCache {
-                values: next,
+                values: buffers,
                 len: total,
+                capacity,
             },
             looked,
         ))

@@ -10,6 +10,12 @@ use safegate_engine::{GenerateRequest, GenerationEvent, SamplingParams};
 
 const FIXTURES: &[&str] = &["tiny-llama3", "tiny-chatml-genai"];
 
+/// Whether a fixture's session keeps each layer's KV cache in one shared past/present
+/// buffer: bound sessions of the GroupQueryAttention graph (the genai fixture) do.
+fn shares_kv(name: &str, mode: IoBindingMode) -> bool {
+    mode == IoBindingMode::On && name == "tiny-chatml-genai"
+}
+
 fn greedy(
     engine: &safegate_engine::Engine,
     prompt: Vec<u32>,
@@ -40,6 +46,7 @@ fn cpu_session(name: &str, io_binding: IoBindingMode) -> (DecoderSession, ModelC
             device: safegate_engine::Device::Cpu,
             intra_threads: 1,
             io_binding,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -73,6 +80,11 @@ fn greedy_tokens_match_the_python_loop() {
     {
         let engine = engine_with(name, mode);
         assert_eq!(engine.info().io_bound, mode == IoBindingMode::On);
+        assert_eq!(
+            engine.info().kv_shared,
+            shares_kv(name, mode),
+            "{name} {mode:?}"
+        );
         let exp = expected(name);
         for case in &exp.cases {
             let (ids, _) = greedy(&engine, case.prompt_ids.clone(), exp.max_new_tokens);
@@ -97,8 +109,22 @@ fn kv_cache_step_logits_match_within_1e_4() {
     {
         let (mut session, config) = cpu_session(name, mode);
         assert_eq!(session.io_bound(), mode == IoBindingMode::On);
+        assert_eq!(
+            session.shares_kv(),
+            shares_kv(name, mode),
+            "{name} {mode:?}"
+        );
         for case in expected(name).cases {
-            let mut cache = session.empty_cache().unwrap();
+            // Room for exactly the prompt and the steps: a shared buffer is filled to the end.
+            let steps = case.logits.len();
+            let mut cache = session
+                .cache_for(case.prompt_ids.len() + steps - 1)
+                .unwrap();
+            assert_eq!(
+                cache.capacity().is_some(),
+                shares_kv(name, mode),
+                "{name} {mode:?}"
+            );
             let mut input = case.prompt_ids.clone();
             let mut logits = Vec::new();
             for (step, sample) in case.logits.iter().enumerate() {
@@ -254,8 +280,11 @@ fn io_binding_gives_the_plain_paths_logits() {
         let (mut plain, _) = cpu_session(name, IoBindingMode::Off);
         let (mut bound, _) = cpu_session(name, IoBindingMode::On);
         let case = &expected(name).cases[0];
-        let (mut cache_p, mut cache_b) =
-            (plain.empty_cache().unwrap(), bound.empty_cache().unwrap());
+        // The bound session's cache is a shared buffer where the graph allows (genai).
+        let (mut cache_p, mut cache_b) = (
+            plain.empty_cache().unwrap(),
+            bound.cache_for(case.prompt_ids.len() + 10).unwrap(),
+        );
         let (mut lp, mut lb) = (Vec::new(), Vec::new());
         let mut input = case.prompt_ids.clone();
         for step in 0..10 {
@@ -286,4 +315,26 @@ fn io_binding_gives_the_plain_paths_logits() {
             }
         }
     }
+}
+
+/// A shared KV buffer holds what it was sized for and refuses more (the engine sizes it for
+/// the prompt and max_tokens); the same session still runs growing caches.
+#[test]
+fn a_shared_kv_buffer_refuses_positions_past_its_size() {
+    init_runtime();
+    let (mut session, _) = cpu_session("tiny-chatml-genai", IoBindingMode::On);
+    let ids = &expected("tiny-chatml-genai").cases[0].prompt_ids;
+    let mut logits = Vec::new();
+    let cache = session.cache_for(ids.len()).unwrap();
+    let cache = session.forward(ids, cache, &mut logits).unwrap();
+    assert_eq!(cache.len(), ids.len());
+    let err = session.forward(&[1], cache, &mut logits).err().unwrap();
+    assert!(
+        matches!(err, safegate_engine::EngineError::InvalidRequest(_)),
+        "{err}"
+    );
+    let mut again = Vec::new();
+    let grown = session.empty_cache().unwrap();
+    session.forward(ids, grown, &mut again).unwrap();
+    assert!(max_abs_diff(&logits, &again) <= 1e-4);
 }

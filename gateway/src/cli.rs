@@ -326,6 +326,11 @@ pub struct ModelArgs {
     /// only; on; off).
     #[arg(long, default_value = "auto")]
     pub io_binding: String,
+    /// With I/O binding, give each step a new, grown KV tensor even where the graph
+    /// (GroupQueryAttention) can update one shared buffer per layer in place: for measuring
+    /// what sharing saves.
+    #[arg(long)]
+    pub growing_kv: bool,
     /// ONNX Runtime intra-op threads (0: ONNX Runtime's choice).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,

@@ -86,7 +86,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
             "{}",
             json!({
                 "model": info.name, "layout": info.layout, "provider": info.provider.as_str(),
-                "io_binding": info.io_bound, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "runs": args.runs,
+                "io_binding": info.io_bound, "kv_shared": info.kv_shared, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "runs": args.runs,
                 "time_to_first_token_ms": ttft_ms, "per_token_ms": per_token_ms,
                 "tokens_per_second": 1e3 / per_token_ms,
                 "prefill_tokens": args.prefill_tokens, "prefill_ms": prefill_ms,
@@ -98,7 +98,11 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> Result<()> {
             info.name,
             info.layout,
             info.provider.as_str(),
-            if info.io_bound { ", I/O binding" } else { "" }
+            match (info.io_bound, info.kv_shared) {
+                (true, true) => ", I/O binding, shared KV buffers",
+                (true, false) => ", I/O binding",
+                _ => "",
+            }
         );
         println!(
             "prompt {} tokens, {} new tokens, median of {} runs",

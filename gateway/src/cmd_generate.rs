@@ -15,6 +15,7 @@ pub fn load_engine(cli: &Cli, args: &ModelArgs) -> Result<Engine> {
     let opts = EngineOptions {
         device: args.device.parse()?,
         io_binding: args.io_binding.parse()?,
+        growing_kv: args.growing_kv,
         intra_threads: args.threads,
         ..Default::default()
     };
