@@ -59,7 +59,8 @@ start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 left() { echo $(( BUDGET_S - $(elapsed) )); }
 stage() { echo "[$(elapsed) s] $*" | tee -a "$OUT/timeline.txt" >&2; }
-# SKIP (space-separated: hf guard alllogits nobinding optimum small) leaves optional stages out.
+# SKIP (space-separated: hf guard alllogits nobinding growingkv optimum small) leaves optional
+# stages out.
 want() { case " ${SKIP:-} " in *" $1 "*) stage "skipped (SKIP): $1"; return 1 ;; esac; }
 # Runs an optional stage only when `need` seconds are left; never past the budget.
 optional() {
@@ -69,9 +70,10 @@ optional() {
     return 1
   fi
 }
-# `bench MODEL TAG IO_BINDING`: decode 256 tokens after 128, prefill 500; one JSON line.
+# `bench MODEL TAG IO_BINDING [FLAG...]`: decode 256 tokens after 128, prefill 500; one JSON
+# line.
 bench() {
-  timeout "$(left)" "$BIN" --log info bench --model "$1" --device "$DEVICE" --io-binding "$3" \
+  timeout "$(left)" "$BIN" --log info bench --model "$1" --device "$DEVICE" --io-binding "$3" "${@:4}" \
     --prompt-tokens 128 --new-tokens 256 --prefill-tokens 500 --runs 3 --json \
     2>>"$OUT/safegate.log" | sed "s/^{/{\"tag\":\"$2\",/" | tee -a "$OUT/results.jsonl"
 }
@@ -199,6 +201,12 @@ PY
   bench "$M-genai" genai off || stage "genai without binding failed"
 }
 
+# ---- Bound, but a new present tensor per step instead of one shared buffer per layer ------
+[ -f "$M-genai/model.onnx" ] && want growingkv && optional 100 "genai with growing KV tensors" && {
+  stage "safegate $SHAPE genai, I/O binding on, growing KV tensors"
+  bench "$M-genai" genai on --growing-kv || stage "genai with growing KV tensors failed"
+}
+
 # ---- The large model, Optimum layout (plain operators) ----------------------------------
 free_gb() { df --output=avail -B1G "$WORK" 2>/dev/null | tail -1 | tr -d ' '; }
 [ -f "$GGUF" ] && [ "$(free_gb || echo 0)" -gt $(( $(du -s -BG "$GGUF" | cut -f1 | tr -d G) + 4 )) ] \
@@ -267,7 +275,9 @@ for r in rows:
     tps = r["tokens_per_second"]
     share = f", {100 * tps / bound:.0f}% of the bound" if bound else ""
     vs = f", {tps / hf['hf_tokens_s']:.1f}x transformers" if hf else ""
-    binding = "I/O binding" if r.get("io_binding") else "no I/O binding"
+    binding = "no I/O binding"
+    if r.get("io_binding"):
+        binding = "I/O binding, " + ("shared KV buffers" if r.get("kv_shared") else "growing KV tensors")
     print(f"| safegate decode, {r['tag']} layout, {binding}, 128 + 256 tokens | {tps:.1f} tokens/s{share}{vs} |")
     print(f"| safegate prefill 500 tokens (time to first token), {r['tag']}, {binding} | {r['prefill_ms']:.1f} ms |")
 if hf:

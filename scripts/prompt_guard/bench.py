@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import socket
 import statistics
@@ -42,29 +41,17 @@ import torch
 from tokenizers import Tokenizer
 from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_fixture import windows  # noqa: E402  (the windows safegate makes, in one place)
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "prompt-guard-v1")
-WINDOW = 510
-STRIDE = WINDOW - WINDOW // 8
-
 SHAPES = {
     "86m": dict(vocab_size=251000, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                 intermediate_size=3072, pooler_hidden_size=768),
     "22m": dict(vocab_size=128100, hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
                 intermediate_size=1536, pooler_hidden_size=384),
 }
-
-
-def windows(ids):
-    if len(ids) <= WINDOW:
-        return [ids]
-    out, start = [], 0
-    while True:
-        end = min(start + WINDOW, len(ids))
-        out.append(ids[end - WINDOW:end])
-        if end == len(ids):
-            return out
-        start += STRIDE
 
 
 def build(shape: str, out: str) -> DebertaV2ForSequenceClassification:
