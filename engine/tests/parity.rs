@@ -338,3 +338,14 @@ fn a_shared_kv_buffer_refuses_positions_past_its_size() {
     session.forward(ids, grown, &mut again).unwrap();
     assert!(max_abs_diff(&logits, &again) <= 1e-4);
 }
+
+/// `--io-binding auto` on the CPU binds where the KV buffers can be shared (the genai
+/// fixture's GroupQueryAttention), and not otherwise (plain attention gains nothing there).
+#[test]
+fn auto_binding_on_the_cpu_follows_shared_kv_buffers() {
+    for (name, shared) in [("tiny-chatml-genai", true), ("tiny-llama3", false)] {
+        let engine = engine_with(name, IoBindingMode::Auto);
+        assert_eq!(engine.info().io_bound, shared, "{name}");
+        assert_eq!(engine.info().kv_shared, shared, "{name}");
+    }
+}
