@@ -89,6 +89,9 @@ fn chat_shield_errors_and_metrics() {
         .into_json()
         .unwrap();
     assert_eq!(ready["chat_model"]["provider"], "cpu");
+    // Plain attention on the CPU: no binding (it only pays with shared KV buffers).
+    assert_eq!(ready["chat_model"]["io_binding"], false, "{ready}");
+    assert_eq!(ready["chat_model"]["kv_shared"], false, "{ready}");
     assert_eq!(ready["policy_version"], 1);
 
     let metrics = metrics(&s.base);

@@ -163,7 +163,7 @@ fn endpoint(
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let set = state.policies.current();
     let model = state.engine.as_ref().map(|e| {
-        json!({"name": e.info().name, "layout": e.info().layout, "provider": e.info().provider.as_str(), "fallback": e.info().fallback})
+        json!({"name": e.info().name, "layout": e.info().layout, "provider": e.info().provider.as_str(), "fallback": e.info().fallback, "io_binding": e.info().io_bound, "kv_shared": e.info().kv_shared})
     });
     let guard = state
         .guard
