@@ -24,7 +24,8 @@ use crate::text::{IncrementalDecoder, StopMatcher};
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     pub device: Device,
-    /// ONNX Runtime I/O binding (KV cache kept on the provider's device); `auto` binds on CUDA.
+    /// ONNX Runtime I/O binding (KV cache kept on the provider's device); `auto` binds on CUDA,
+    /// and on the CPU where the graph lets each layer's KV cache be one shared buffer.
     pub io_binding: IoBindingMode,
     /// Growing KV tensors even where a shared buffer per layer is possible (measurement).
     pub growing_kv: bool,

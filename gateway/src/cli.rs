@@ -243,7 +243,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub device: Option<String>,
     /// ONNX Runtime I/O binding for the chat model: keep the KV cache on the provider's
-    /// device (auto: on CUDA only; on; off) [default: auto].
+    /// device (auto: on CUDA, and on the CPU where KV buffers can be shared; on; off)
+    /// [default: auto].
     #[arg(long)]
     pub io_binding: Option<String>,
     /// ONNX Runtime intra-op threads (0: ONNX Runtime's choice) [default: 0].
@@ -322,8 +323,8 @@ pub struct ModelArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// ONNX Runtime I/O binding: keep the KV cache on the provider's device (auto: on CUDA
-    /// only; on; off).
+    /// ONNX Runtime I/O binding: keep the KV cache on the provider's device (auto: on CUDA,
+    /// and on the CPU where KV buffers can be shared; on; off).
     #[arg(long, default_value = "auto")]
     pub io_binding: String,
     /// With I/O binding, give each step a new, grown KV tensor even where the graph
