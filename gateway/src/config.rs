@@ -53,8 +53,12 @@ pub struct FileConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`; the password may come from `password_env`.
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS (checked against the
+    /// system's roots, or `ca_file`); the password may come from `password_env`.
     pub url: String,
+    /// PEM file of the CA that signed the Redis server's certificate (`rediss://` only),
+    /// instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
     /// Environment variable holding the password (kept out of the config text).
     pub password_env: Option<String>,
     /// Time for one limiter round trip (connect included); past it `on_error` applies.
@@ -422,6 +426,9 @@ fn read_file(path: &Path) -> Result<FileConfig> {
     if let Some(p) = cfg.tracing.as_mut().and_then(|t| t.ca_file.as_mut()) {
         rebase(p);
     }
+    if let Some(p) = cfg.redis.as_mut().and_then(|r| r.ca_file.as_mut()) {
+        rebase(p);
+    }
     for m in &mut cfg.models {
         for p in [&mut m.api_key_file, &mut m.ca_file, &mut m.tokenizer]
             .into_iter()
@@ -585,11 +592,19 @@ impl Settings {
             }
         }
         if let Some(r) = &file.redis {
-            if !r.url.starts_with("redis://") && !r.url.starts_with("redis+unix://") {
+            let tls = r.url.starts_with("rediss://");
+            if !tls && !r.url.starts_with("redis://") && !r.url.starts_with("redis+unix://") {
                 bail!(
-                    "{}: [redis] url must be redis://HOST:PORT (or redis+unix://PATH); got `{}`",
+                    "{}: [redis] url must be redis://HOST:PORT, rediss://HOST:PORT (TLS) or \
+                     redis+unix://PATH; got `{}`",
                     where_(),
                     r.url
+                );
+            }
+            if r.ca_file.is_some() && !tls {
+                bail!(
+                    "{}: [redis] ca_file is for TLS: the url must be rediss://",
+                    where_()
                 );
             }
             if r.timeout_ms == 0 {

@@ -51,6 +51,65 @@ fn redis() -> Redis {
     Redis { child, port }
 }
 
+/// A Redis that speaks TLS only (`--port 0`), its certificate for 127.0.0.1 signed by a
+/// private CA; and the CA's PEM file.
+fn redis_tls(dir: &std::path::Path) -> (Redis, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "safegate test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let file = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let ca = file("ca.pem", ca_cert.pem());
+    let cert_file = file("redis.crt", cert.pem());
+    let key_file = file("redis.key", key.serialize_pem());
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args(["--port", "0", "--tls-port", &port.to_string()])
+        .arg("--tls-cert-file")
+        .arg(&cert_file)
+        .arg("--tls-key-file")
+        .arg(&key_file)
+        .arg("--tls-ca-cert-file")
+        .arg(&ca)
+        .args([
+            "--tls-auth-clients",
+            "no",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server (apt-get install redis-server; scripts/test.sh installs it)");
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "redis-server (TLS) did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (Redis { child, port }, ca)
+}
+
 fn sha256_hex(text: &str) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(text.as_bytes())
@@ -186,6 +245,51 @@ fn a_keys_rate_and_token_budget_hold_across_replicas() {
         m.contains("safegate_ratelimit_redis_errors_total{kind=\"error\"} 0"),
         "{m}"
     );
+}
+
+/// `rediss://`: the limits are shared over TLS, the server's certificate checked against
+/// `ca_file`; without it (the system's roots do not know the private CA) Redis is
+/// unreachable and `on_error` applies.
+#[test]
+fn rediss_shares_limits_over_tls_checked_against_the_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (redis, ca) = redis_tls(dir.path());
+    let policies = policies();
+    let up = upstream();
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let section = format!(
+        "[redis]\nurl = \"{url}\"\nca_file = \"{}\"\ntimeout_ms = 2000\non_error = \"closed\"\n",
+        ca.display()
+    );
+    let a = replica(dir.path(), "a", &section, &up, policies.path());
+    let b = replica(dir.path(), "b", &section, &up, policies.path());
+    let mut accepted = 0;
+    for i in 0..10 {
+        let base = if i % 2 == 0 { &a.base } else { &b.base };
+        let (status, _, body) = chat(base, "sk-rate");
+        match status {
+            200 => accepted += 1,
+            429 => assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}"),
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!(accepted, 6, "6 a minute across both replicas");
+    let m = metrics(&a.base);
+    assert!(
+        m.contains("safegate_ratelimit_redis_errors_total{kind=\"error\"} 0"),
+        "{m}"
+    );
+
+    let untrusted = replica(
+        dir.path(),
+        "untrusted",
+        &format!("[redis]\nurl = \"{url}\"\ntimeout_ms = 2000\non_error = \"closed\"\n"),
+        &up,
+        policies.path(),
+    );
+    let (status, _, body) = chat(&untrusted.base, "sk-rate");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limiter_unavailable");
 }
 
 #[test]

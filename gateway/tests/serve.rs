@@ -986,6 +986,11 @@ fn bad_config_files_are_refused_naming_the_file_and_field() {
         e.contains("bad.toml") && e.contains("[guard_remote]") && e.contains("remove one"),
         "{e}"
     );
+    // A CA file without TLS, and a scheme Redis does not have.
+    let e = run("[redis]\nurl = \"redis://127.0.0.1:6379\"\nca_file = \"ca.pem\"\n");
+    assert!(e.contains("bad.toml") && e.contains("rediss://"), "{e}");
+    let e = run("[redis]\nurl = \"http://127.0.0.1:6379\"\n");
+    assert!(e.contains("[redis] url must be"), "{e}");
 }
 
 /// A scripted upstream: the n-th request gets the n-th canned response (raw HTTP).

@@ -186,11 +186,8 @@ impl Endpoint {
     pub fn new(config: EndpointConfig) -> Result<Self, UpstreamError> {
         static IDS: AtomicUsize = AtomicUsize::new(0);
         // reqwest builds TLS settings for every client, plain-HTTP ones too, from the
-        // process's default provider: ring, the one this crate links.
-        static PROVIDER: std::sync::Once = std::sync::Once::new();
-        PROVIDER.call_once(|| {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        });
+        // process's default provider.
+        tls::install_crypto_provider();
         let base = config.base_url.trim_end_matches('/');
         let tls = if base.starts_with("https://") {
             Some(Arc::new(tls::client_config(config.ca_file.as_deref())?))

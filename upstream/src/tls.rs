@@ -11,6 +11,16 @@ use rustls_pki_types::CertificateDer;
 
 use crate::UpstreamError;
 
+/// Makes ring (the provider this crate links) the process's default rustls provider, once:
+/// clients that build their TLS settings from the default (reqwest, the Redis client) need
+/// one.
+pub fn install_crypto_provider() {
+    static PROVIDER: std::sync::Once = std::sync::Once::new();
+    PROVIDER.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// The client TLS settings for one upstream: HTTP/2 and HTTP/1.1 offered (ALPN).
 pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, UpstreamError> {
     let mut roots = RootCertStore::empty();

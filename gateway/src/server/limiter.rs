@@ -374,10 +374,32 @@ impl Limiter {
                     let settings = info.redis_settings().clone().set_password(password);
                     info = info.set_redis_settings(settings);
                 }
+                let tls = r.url.starts_with("rediss://");
+                let client = match (&r.ca_file, tls) {
+                    (Some(ca), _) => {
+                        let pem = std::fs::read(ca).map_err(|e| {
+                            anyhow::anyhow!("[redis] ca_file: cannot read {}: {e}", ca.display())
+                        })?;
+                        safegate_upstream::tls::install_crypto_provider();
+                        redis::Client::build_with_tls(
+                            info,
+                            redis::TlsCertificates {
+                                client_tls: None,
+                                root_cert: Some(pem),
+                            },
+                        )
+                    }
+                    (None, tls) => {
+                        if tls {
+                            safegate_upstream::tls::install_crypto_provider();
+                        }
+                        redis::Client::open(info)
+                    }
+                }
+                .map_err(|e| anyhow::anyhow!("[redis] url: {e}"))?;
                 Some(Shared {
                     id: IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                    client: redis::Client::open(info)
-                        .map_err(|e| anyhow::anyhow!("[redis] url: {e}"))?,
+                    client,
                     prefix: r.key_prefix.clone(),
                     timeout: Duration::from_millis(r.timeout_ms),
                     on_error: r.on_error,
