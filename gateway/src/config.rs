@@ -112,6 +112,15 @@ pub struct TracingConfig {
     pub headers: std::collections::BTreeMap<String, String>,
     #[serde(default = "default_export_interval")]
     pub export_interval_ms: u64,
+    /// `http/json` (the default here) or `http/protobuf` (OTLP/HTTP's own default);
+    /// from the environment, `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` or
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL`.
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+}
+
+fn default_protocol() -> String {
+    "http/json".into()
 }
 
 fn default_service_name() -> String {
@@ -167,6 +176,9 @@ impl TracingConfig {
             ca_file: None,
             headers,
             export_interval_ms: default_export_interval(),
+            protocol: var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"))
+                .unwrap_or_else(default_protocol),
         })
     }
 }

@@ -951,3 +951,99 @@ fn spans_still_queued_at_sigterm_are_sent_before_exit() {
         spans.len()
     );
 }
+
+/// `protocol = "http/protobuf"`: the spans arrive as `application/x-protobuf` that OTLP's
+/// generated types decode; a protocol safegate does not speak stops the start.
+#[test]
+fn traces_in_otlp_protobuf_when_asked() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    use prost::Message as _;
+
+    let received = Arc::new(std::sync::Mutex::new(Vec::<(String, Vec<u8>)>::new()));
+    let kept = received.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let receiver = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push_str(&line.to_ascii_lowercase());
+            }
+            let header = |name: &str| {
+                head.lines()
+                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+                    .unwrap_or_default()
+            };
+            let mut body = vec![0; header("content-length:").parse().unwrap_or(0)];
+            reader.read_exact(&mut body).unwrap();
+            kept.lock().unwrap().push((header("content-type:"), body));
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let url = upstream(counter(), |_| words_reply(2));
+    let config = dir.path().join("gateway.toml");
+    let write = |protocol: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[tracing]\notlp_endpoint = \"{receiver}\"\nprotocol = \"{protocol}\"\nexport_interval_ms = 100\n\n\
+                 [[models]]\nname = \"m\"\nupstream = \"{url}\"\n"
+            ),
+        )
+        .unwrap();
+    };
+    write("http/protobuf");
+    let server = common::start(&["--config", config.to_str().unwrap(), "--audit-log", "off"]);
+    let (status, body) = post(&server.base, "/v1/chat/completions", &chat("m", 10, false));
+    assert_eq!(status, 200, "{body}");
+    let t0 = Instant::now();
+    let mut names = Vec::new();
+    while !names.iter().any(|n: &String| n == "chat m") && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+        names.clear();
+        for (content_type, body) in received.lock().unwrap().iter() {
+            assert_eq!(content_type, "application/x-protobuf");
+            let request = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+            for rs in &request.resource_spans {
+                let service = &rs.resource.as_ref().unwrap().attributes[0];
+                assert_eq!(service.key, "service.name");
+                assert_eq!(
+                    service.value.as_ref().unwrap().value,
+                    Some(Any::StringValue("safegate".into()))
+                );
+                for ss in &rs.scope_spans {
+                    names.extend(ss.spans.iter().map(|s| s.name.clone()));
+                }
+            }
+        }
+    }
+    assert!(names.iter().any(|n| n == "chat m"), "{names:?}");
+    drop(server);
+
+    write("grpc");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_safegate"))
+        .args([
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("[tracing] protocol") && err.contains("gRPC"),
+        "{err}"
+    );
+}

@@ -12,6 +12,8 @@ pub struct ExporterConfig {
     /// The receiver's traces URL, e.g. `http://otel-collector:4318/v1/traces`.
     pub url: String,
     pub service_name: String,
+    /// JSON or protobuf.
+    pub protocol: crate::Protocol,
     /// Extra CA certificates (PEM) for an `https://` receiver.
     pub ca_file: Option<std::path::PathBuf>,
     /// Headers sent with each export (e.g. a vendor's API key).
@@ -161,10 +163,10 @@ fn run(
             }
         }
         if !batch.is_empty() {
-            let body = crate::encode(&config.service_name, &batch).to_string();
+            let body = config.protocol.body(&config.service_name, &batch);
             let mut request = client
                 .post(&config.url)
-                .header("content-type", "application/json")
+                .header("content-type", config.protocol.content_type())
                 .body(body);
             for (k, v) in &config.headers {
                 request = request.header(k, v);

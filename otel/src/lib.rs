@@ -1,17 +1,64 @@
 //! OpenTelemetry traces without the SDK's global state: W3C trace context in and out
 //! (`traceparent`), finished spans as plain data, and an exporter that posts them in
-//! batches to an OTLP/HTTP receiver in OTLP's JSON encoding (`POST {endpoint}/v1/traces`,
-//! `application/json`, which OpenTelemetry collectors, Jaeger and Tempo accept). The
+//! batches to an OTLP/HTTP receiver (`POST {endpoint}/v1/traces`) in OTLP's JSON encoding
+//! (`application/json`) or its protobuf encoding (`application/x-protobuf`, the OTLP/HTTP
+//! default, which every receiver accepts). The
 //! exporter runs on its own thread with a bounded queue: a slow or absent collector costs
 //! dropped spans (counted), never a waiting request.
 
 mod context;
 mod export;
 mod otlp;
+mod protobuf;
 
 pub use context::{new_span_id, new_trace_id, parse_traceparent, traceparent, TraceContext};
 pub use export::{Exporter, ExporterConfig};
 pub use otlp::encode;
+pub use protobuf::encode_protobuf;
+
+/// How spans are encoded for the receiver (`OTEL_EXPORTER_OTLP_PROTOCOL`'s names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// `http/json`.
+    #[default]
+    Json,
+    /// `http/protobuf`.
+    Protobuf,
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "http/json" => Ok(Protocol::Json),
+            "http/protobuf" => Ok(Protocol::Protobuf),
+            "grpc" => Err(
+                "OTLP over gRPC is not supported: use http/protobuf or http/json (port 4318)"
+                    .into(),
+            ),
+            other => Err(format!(
+                "unknown OTLP protocol `{other}` (http/protobuf, http/json)"
+            )),
+        }
+    }
+}
+
+impl Protocol {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Protocol::Json => "application/json",
+            Protocol::Protobuf => "application/x-protobuf",
+        }
+    }
+
+    /// The request body for these spans.
+    pub fn body(self, service_name: &str, spans: &[SpanData]) -> Vec<u8> {
+        match self {
+            Protocol::Json => encode(service_name, spans).to_string().into_bytes(),
+            Protocol::Protobuf => encode_protobuf(service_name, spans),
+        }
+    }
+}
 
 use std::time::SystemTime;
 

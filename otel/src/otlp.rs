@@ -33,6 +33,19 @@ fn attributes(attrs: &[(String, AttrValue)]) -> Value {
         .collect()
 }
 
+/// The resource's attributes: which service, which SDK.
+pub(crate) fn resource_attributes(service_name: &str) -> Vec<(String, AttrValue)> {
+    vec![
+        ("service.name".into(), service_name.into()),
+        ("telemetry.sdk.name".into(), "safegate".into()),
+        ("telemetry.sdk.language".into(), "rust".into()),
+        (
+            "telemetry.sdk.version".into(),
+            env!("CARGO_PKG_VERSION").into(),
+        ),
+    ]
+}
+
 /// The request body for `POST /v1/traces`.
 pub fn encode(service_name: &str, spans: &[SpanData]) -> Value {
     let spans: Vec<Value> = spans
@@ -58,12 +71,7 @@ pub fn encode(service_name: &str, spans: &[SpanData]) -> Value {
         })
         .collect();
     json!({"resourceSpans": [{
-        "resource": {"attributes": attributes(&[
-            ("service.name".into(), service_name.into()),
-            ("telemetry.sdk.name".into(), "safegate".into()),
-            ("telemetry.sdk.language".into(), "rust".into()),
-            ("telemetry.sdk.version".into(), env!("CARGO_PKG_VERSION").into()),
-        ])},
+        "resource": {"attributes": attributes(&resource_attributes(service_name))},
         "scopeSpans": [{
             "scope": {"name": "safegate", "version": env!("CARGO_PKG_VERSION")},
             "spans": spans,

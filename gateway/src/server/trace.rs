@@ -32,6 +32,10 @@ impl Tracing {
         let exporter = Exporter::start(safegate_otel::ExporterConfig {
             url: config.traces_url(),
             service_name: config.service_name.clone(),
+            protocol: config
+                .protocol
+                .parse()
+                .map_err(|e| anyhow::anyhow!("[tracing] protocol: {e}"))?,
             ca_file: config.ca_file.clone(),
             headers: config.headers.clone().into_iter().collect(),
             queue: 8192,
