@@ -399,6 +399,13 @@ def main():
     for line in hand_written("terse_harmful.txt"):
         code, text = line.split("\t", 1)
         add(text, "prompt", 1, [code], "terse-harmful")
+    # Weapons (explosives, CBRN, illegal firearms) asked briefly, and safe questions on the
+    # same topics (hand-written, eleventh session): the registry sources hold few.
+    for line in hand_written("weapons_harmful.txt"):
+        code, text = line.split("\t", 1)
+        add(text, "prompt", 1, [code], "weapons-harmful")
+    for line in hand_written("weapons_benign.txt"):
+        add(line, "prompt", 0, [], "weapons-benign")
 
     # Real traffic is mostly casual: greetings, jokes, creative writing, role-play, coding,
     # short orders. Hand-written everyday requests and harmful requests in the same
