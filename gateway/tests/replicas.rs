@@ -25,17 +25,14 @@ impl Drop for Redis {
 
 fn redis() -> Redis {
     let port = free_port();
+    spawn_redis(port, &["--port", &port.to_string()])
+}
+
+/// A throwaway `redis-server` (loopback, nothing saved) listening on `port` as `args` say.
+fn spawn_redis(port: u16, args: &[&str]) -> Redis {
     let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
+        .args(args)
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -54,60 +51,30 @@ fn redis() -> Redis {
 /// A Redis that speaks TLS only (`--port 0`), its certificate for 127.0.0.1 signed by a
 /// private CA; and the CA's PEM file.
 fn redis_tls(dir: &std::path::Path) -> (Redis, std::path::PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "safegate test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let file = |name: &str, text: String| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    };
-    let ca = file("ca.pem", ca_cert.pem());
-    let cert_file = file("redis.crt", cert.pem());
-    let key_file = file("redis.key", key.serialize_pem());
+    let ca = common::test_ca(dir);
+    let cert_file = dir.join("redis.crt");
+    let key_file = dir.join("redis.key");
+    std::fs::write(&cert_file, ca.cert.pem()).unwrap();
+    std::fs::write(&key_file, ca.key.serialize_pem()).unwrap();
     let port = free_port();
-    let child = Command::new("redis-server")
-        .args(["--port", "0", "--tls-port", &port.to_string()])
-        .arg("--tls-cert-file")
-        .arg(&cert_file)
-        .arg("--tls-key-file")
-        .arg(&key_file)
-        .arg("--tls-ca-cert-file")
-        .arg(&ca)
-        .args([
+    let redis = spawn_redis(
+        port,
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            cert_file.to_str().unwrap(),
+            "--tls-key-file",
+            key_file.to_str().unwrap(),
+            "--tls-ca-cert-file",
+            ca.ca_file.to_str().unwrap(),
             "--tls-auth-clients",
             "no",
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server (apt-get install redis-server; scripts/test.sh installs it)");
-    let t0 = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "redis-server (TLS) did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (Redis { child, port }, ca)
+        ],
+    );
+    (redis, ca.ca_file)
 }
 
 fn sha256_hex(text: &str) -> String {

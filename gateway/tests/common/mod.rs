@@ -218,3 +218,31 @@ pub fn logprobs_answer(p_unsafe: f64) -> Vec<u8> {
     let top = serde_json::json!({"unsafe": p_unsafe.ln(), "safe": (1.0 - p_unsafe).ln(), "S": 0.0, "1": 0.0});
     json_response(&serde_json::json!({"choices": [{"logprobs": {"top_logprobs": [top]}}]}))
 }
+
+/// A private CA (its PEM file written to `dir/ca.pem`) and a server certificate for
+/// 127.0.0.1 and localhost signed by it, with its key: what the TLS tests serve.
+pub struct TestCa {
+    pub ca_file: PathBuf,
+    pub cert: rcgen::Certificate,
+    pub key: rcgen::KeyPair,
+}
+
+pub fn test_ca(dir: &std::path::Path) -> TestCa {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "safegate test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+    TestCa { ca_file, cert, key }
+}
