@@ -288,20 +288,9 @@ impl SequenceClassifier {
     /// [`Self::window_len`] tokens, [`Self::window_stride`] apart, the last ending at the
     /// end, each wrapped. An empty text is one wrapped empty window.
     pub fn windows(&self, ids: &[u32]) -> Vec<Vec<u32>> {
-        let len = self.window_len();
-        let mut starts = Vec::new();
-        let mut start = 0;
-        while start + len < ids.len() {
-            starts.push(start);
-            start += self.window_stride();
-        }
-        starts.push(ids.len().saturating_sub(len));
-        starts
+        windows(ids, self.window_len(), self.window_stride())
             .into_iter()
-            .map(|s| {
-                let body = &ids[s..(s + len).min(ids.len())];
-                [self.prefix.as_slice(), body, self.suffix.as_slice()].concat()
-            })
+            .map(|body| [self.prefix.as_slice(), &body, self.suffix.as_slice()].concat())
             .collect()
     }
 
@@ -365,6 +354,26 @@ impl SequenceClassifier {
         }
         Ok(data.chunks(n).map(softmax).collect())
     }
+}
+
+/// Overlapping windows of at most `len` tokens, `stride` apart, the last one ending at the
+/// end (no token left out). The embedded guard and the sequence classifier both read long
+/// texts this way.
+pub fn windows(ids: &[u32], len: usize, stride: usize) -> Vec<Vec<u32>> {
+    if ids.len() <= len {
+        return vec![ids.to_vec()];
+    }
+    let mut out = Vec::new();
+    let mut start = 0;
+    loop {
+        let end = (start + len).min(ids.len());
+        out.push(ids[end - len.min(end)..end].to_vec());
+        if end == ids.len() {
+            break;
+        }
+        start += stride;
+    }
+    out
 }
 
 /// Probabilities from logits, computed stably.

@@ -729,25 +729,8 @@ fn traces_reach_an_otlp_receiver_with_stages_parents_and_the_upstream_linked() {
         for (n, stream) in listener.incoming().enumerate() {
             let Ok(mut stream) = stream else { return };
             let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut head = String::new();
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                head.push_str(&line);
-            }
-            let length: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .unwrap_or(0);
-            let mut body = vec![0; length];
-            reader.read_exact(&mut body).unwrap();
-            headers.lock().unwrap().push(head.to_ascii_lowercase());
+            let (head, _) = common::read_request_with_head(&mut reader);
+            headers.lock().unwrap().push(head);
             let reply = if n == 1 {
                 sse_response(&[delta(
                     "Sure:\n```python\nimport os\nos.system(input())\n```\n",
@@ -957,22 +940,15 @@ fn traces_in_otlp_protobuf_when_asked() {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { return };
             let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut head = String::new();
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                head.push_str(&line.to_ascii_lowercase());
-            }
-            let header = |name: &str| {
-                head.lines()
-                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
-                    .unwrap_or_default()
-            };
-            let mut body = vec![0; header("content-length:").parse().unwrap_or(0)];
-            reader.read_exact(&mut body).unwrap();
-            kept.lock().unwrap().push((header("content-type:"), body));
+            let (head, body) = common::read_request_with_head(&mut reader);
+            let content_type = head
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("content-type:")
+                        .map(|v| v.trim().to_string())
+                })
+                .unwrap_or_default();
+            kept.lock().unwrap().push((content_type, body));
             let _ = stream
                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
         }

@@ -237,24 +237,7 @@ pub fn judged_texts(messages: &[ChatMessage], agent: AgentType) -> Vec<String> {
     }
 }
 
-/// Overlapping windows of at most `len` tokens, `stride` apart, the last one ending at the
-/// end (no token left out).
-pub fn windows(ids: &[u32], len: usize, stride: usize) -> Vec<Vec<u32>> {
-    if ids.len() <= len {
-        return vec![ids.to_vec()];
-    }
-    let mut out = Vec::new();
-    let mut start = 0;
-    loop {
-        let end = (start + len).min(ids.len());
-        out.push(ids[end - len.min(end)..end].to_vec());
-        if end == ids.len() {
-            break;
-        }
-        start += stride;
-    }
-    out
-}
+pub use safegate_engine::classifier::windows;
 
 /// A text's verdict from the embedded guard.
 #[derive(Debug, Clone, PartialEq)]

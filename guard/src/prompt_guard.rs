@@ -81,6 +81,8 @@ impl Scoring {
 /// A Prompt Guard model loaded for scoring.
 pub struct PromptGuard {
     classifier: Mutex<SequenceClassifier>,
+    /// The label names, kept apart so that reading them never waits for a scoring run.
+    labels: Vec<String>,
     scoring: Scoring,
     name: String,
 }
@@ -108,6 +110,7 @@ impl PromptGuard {
                 |n| n.to_string_lossy().into_owned(),
             );
         Ok(Self {
+            labels: classifier.labels().to_vec(),
             classifier: Mutex::new(classifier),
             scoring,
             name,
@@ -118,8 +121,8 @@ impl PromptGuard {
         &self.name
     }
 
-    pub fn labels(&self) -> Vec<String> {
-        self.lock().labels().to_vec()
+    pub fn labels(&self) -> &[String] {
+        &self.labels
     }
 
     pub fn scoring(&self) -> &Scoring {

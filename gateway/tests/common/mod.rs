@@ -139,19 +139,27 @@ pub fn free_port() -> u16 {
 
 /// Reads one HTTP request (head and body) from `reader`; the body.
 pub fn read_request(reader: &mut impl std::io::BufRead) -> Vec<u8> {
+    read_request_with_head(reader).1
+}
+
+/// One HTTP/1.1 request: its head (request line and headers, lower-cased) and its body.
+pub fn read_request_with_head(reader: &mut impl std::io::BufRead) -> (String, Vec<u8>) {
+    let mut head = String::new();
     let mut length = 0;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
             break;
         }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+        let line = line.to_ascii_lowercase();
+        if let Some(v) = line.strip_prefix("content-length:") {
             length = v.trim().parse().unwrap_or(0);
         }
+        head.push_str(&line);
     }
     let mut body = vec![0; length];
     let _ = reader.read_exact(&mut body);
-    body
+    (head, body)
 }
 
 /// Builds the embedded default guard into `dir` as scripts/run.sh does
