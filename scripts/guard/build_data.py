@@ -430,6 +430,13 @@ def main():
         code, text = line.split("\t", 1)
         unsafe = code != "safe"
         add(text, "prompt", int(unsafe), [code] if unsafe else [], "statements")
+    # Self-harm intent said plainly, sexual content with minors asked for as stories, and
+    # dehumanising hate, with their safe neighbours (everyday complaints that say "hate"):
+    # gaps a held-out probe found (twelfth session; content_probe.txt is never trained on).
+    for line in hand_written("content_gaps.txt"):
+        code, text = line.split("\t", 1)
+        unsafe = code != "safe"
+        add(text, "prompt", int(unsafe), [code] if unsafe else [], "content-gaps")
     for line in hand_written("conversational_harmful.txt"):
         code, text = line.split("\t", 1)
         add(text, "prompt", 1, [code], "conversational-harmful")
