@@ -5,8 +5,9 @@ for the embedded guard's response head (build_data.py reads scripts/guard/model_
 Why: the response head learnt "safe reply" from other models' answers; SmolLM2's replies
 (repetitive, list-heavy, odd stories) read differently, and the head flagged 11 of 40
 everyday requests' replies on the dev prompts (2026-11-30). Only prompts of the training
-sources are used (everyday_benign.txt, lookalike_benign.txt): the dev prompts' replies stay
-unseen for measuring.
+sources are used (everyday_benign.txt, lookalike_benign.txt, everyday_tasks.txt,
+writing_tasks.txt): the dev prompts' replies stay unseen for measuring. Replies are appended
+in that order, so adding a file leaves the earlier replies as they were.
 
   target/release/safegate serve --model models/smollm2-135m-instruct --listen 127.0.0.1:8090 --audit-log off &
   python3 scripts/guard/model_replies.py [--base http://127.0.0.1:8090] [--max-tokens 128]
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def prompts():
-    for name in ("everyday_benign.txt", "lookalike_benign.txt"):
+    for name in ("everyday_benign.txt", "lookalike_benign.txt", "everyday_tasks.txt", "writing_tasks.txt"):
         for line in (ROOT / "scripts/guard" / name).read_text().splitlines():
             if line.strip() and not line.startswith("#"):
                 yield line.strip()
