@@ -667,10 +667,14 @@ fn retries_then_fallbacks_in_order_and_never_after_the_reply_began() {
 
 // ---------------------------------------------------------------- OpenTelemetry
 
-/// A small OTLP/HTTP receiver: collects the spans of every `POST /v1/traces` (JSON).
-fn otlp_receiver() -> (String, Arc<std::sync::Mutex<Vec<Value>>>) {
-    let spans = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let kept = spans.clone();
+/// What an OTLP/HTTP receiver was sent: each request's content type and body.
+type Exports = Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A small OTLP/HTTP receiver: keeps every export request (JSON or protobuf) and answers
+/// 200, on kept-alive connections.
+fn otlp_receiver() -> (String, Exports) {
+    let received: Exports = Arc::default();
+    let kept = received.clone();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     std::thread::spawn(move || {
@@ -680,22 +684,18 @@ fn otlp_receiver() -> (String, Arc<std::sync::Mutex<Vec<Value>>>) {
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
                 loop {
-                    let body = read_request(&mut reader);
-                    if body.is_empty() {
+                    let (head, body) = common::read_request_with_head(&mut reader);
+                    if head.is_empty() {
                         return;
                     }
-                    let request: Value = serde_json::from_slice(&body).unwrap();
-                    for rs in request["resourceSpans"].as_array().unwrap() {
-                        assert_eq!(
-                            rs["resource"]["attributes"][0]["value"]["stringValue"],
-                            "safegate"
-                        );
-                        for ss in rs["scopeSpans"].as_array().unwrap() {
-                            kept.lock()
-                                .unwrap()
-                                .extend(ss["spans"].as_array().unwrap().iter().cloned());
-                        }
-                    }
+                    let content_type = head
+                        .lines()
+                        .find_map(|l| {
+                            l.strip_prefix("content-type:")
+                                .map(|v| v.trim().to_string())
+                        })
+                        .unwrap_or_default();
+                    kept.lock().unwrap().push((content_type, body));
                     if stream
                         .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
                         .is_err()
@@ -706,7 +706,25 @@ fn otlp_receiver() -> (String, Arc<std::sync::Mutex<Vec<Value>>>) {
             });
         }
     });
-    (base, spans)
+    (base, received)
+}
+
+/// The spans of every OTLP/JSON export received so far, each export's resource checked.
+fn json_spans(received: &Exports) -> Vec<Value> {
+    let mut spans = Vec::new();
+    for (_, body) in received.lock().unwrap().iter() {
+        let request: Value = serde_json::from_slice(body).unwrap();
+        for rs in request["resourceSpans"].as_array().unwrap() {
+            assert_eq!(
+                rs["resource"]["attributes"][0]["value"]["stringValue"],
+                "safegate"
+            );
+            for ss in rs["scopeSpans"].as_array().unwrap() {
+                spans.extend(ss["spans"].as_array().unwrap().iter().cloned());
+            }
+        }
+    }
+    spans
 }
 
 fn attribute<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
@@ -720,7 +738,7 @@ fn attribute<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
 #[test]
 fn traces_reach_an_otlp_receiver_with_stages_parents_and_the_upstream_linked() {
     let dir = tempfile::tempdir().unwrap();
-    let (receiver, spans) = otlp_receiver();
+    let (receiver, received) = otlp_receiver();
     let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let headers = seen.clone();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -774,16 +792,14 @@ fn traces_reach_an_otlp_receiver_with_stages_parents_and_the_upstream_linked() {
     let unsampled = "6bf92f3577b34da6a3ce929d0e0e4738";
     send(&format!("00-{unsampled}-{client_span}-00"), false);
     assert!(wait_until(Duration::from_secs(5), || {
-        spans
-            .lock()
-            .unwrap()
+        json_spans(&received)
             .iter()
             .filter(|s| s["parentSpanId"] == client_span)
             .count()
             >= 2
     }));
     std::thread::sleep(Duration::from_millis(300));
-    let spans = spans.lock().unwrap().clone();
+    let spans = json_spans(&received);
     assert!(
         spans.iter().all(|s| s["traceId"] != unsampled),
         "an unsampled request was traced"
@@ -891,7 +907,7 @@ fn traces_reach_an_otlp_receiver_with_stages_parents_and_the_upstream_linked() {
 #[test]
 fn spans_still_queued_at_sigterm_are_sent_before_exit() {
     let dir = tempfile::tempdir().unwrap();
-    let (receiver, spans) = otlp_receiver();
+    let (receiver, received) = otlp_receiver();
     let url = upstream(counter(), |_| words_reply(2));
     let config = dir.path().join("gateway.toml");
     // A batch would wait a minute: only the flush at shutdown sends it.
@@ -906,7 +922,7 @@ fn spans_still_queued_at_sigterm_are_sent_before_exit() {
     let (status, body) = post(&server.base, "/v1/chat/completions", &chat("m", 10, false));
     assert_eq!(status, 200, "{body}");
     std::thread::sleep(Duration::from_millis(300));
-    assert!(spans.lock().unwrap().is_empty());
+    assert!(received.lock().unwrap().is_empty());
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &server.child.id().to_string()])
         .status()
@@ -916,7 +932,7 @@ fn spans_still_queued_at_sigterm_are_sent_before_exit() {
     while server.child.try_wait().unwrap().is_none() && t0.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let spans = spans.lock().unwrap().clone();
+    let spans = json_spans(&received);
     assert!(
         spans.iter().any(|s| s["name"] == "chat m"),
         "{} spans after exit",
@@ -932,27 +948,7 @@ fn traces_in_otlp_protobuf_when_asked() {
     use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
     use prost::Message as _;
 
-    let received = Arc::new(std::sync::Mutex::new(Vec::<(String, Vec<u8>)>::new()));
-    let kept = received.clone();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let receiver = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let (head, body) = common::read_request_with_head(&mut reader);
-            let content_type = head
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix("content-type:")
-                        .map(|v| v.trim().to_string())
-                })
-                .unwrap_or_default();
-            kept.lock().unwrap().push((content_type, body));
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-        }
-    });
+    let (receiver, received) = otlp_receiver();
     let dir = tempfile::tempdir().unwrap();
     let url = upstream(counter(), |_| words_reply(2));
     let config = dir.path().join("gateway.toml");

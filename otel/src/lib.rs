@@ -136,3 +136,21 @@ pub struct SpanData {
     /// `Some(message)`: the span's status is an error.
     pub error: Option<String>,
 }
+
+/// The server span both encoders' tests write: fixed ids, a parent, 5 ms from a fixed
+/// start, an error status, and the given attributes.
+#[cfg(test)]
+pub(crate) fn sample_server_span(attributes: Vec<(String, AttrValue)>) -> SpanData {
+    let start = SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(1_700_000_000_123_456_789);
+    SpanData {
+        trace_id: [0xab; 16],
+        span_id: [1, 2, 3, 4, 5, 6, 7, 8],
+        parent_span_id: Some([9; 8]),
+        name: "chat llama".into(),
+        kind: SpanKind::Server,
+        start,
+        end: start + std::time::Duration::from_millis(5),
+        attributes,
+        error: Some("upstream_error".into()),
+    }
+}

@@ -81,31 +81,17 @@ pub fn encode(service_name: &str, spans: &[SpanData]) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-    use crate::SpanKind;
 
     #[test]
     fn a_span_in_otlp_json() {
-        let start = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
-        let span = SpanData {
-            trace_id: [0xab; 16],
-            span_id: [1, 2, 3, 4, 5, 6, 7, 8],
-            parent_span_id: Some([9; 8]),
-            name: "chat llama".into(),
-            kind: SpanKind::Server,
-            start,
-            end: start + Duration::from_millis(5),
-            attributes: vec![
-                ("gen_ai.request.model".into(), "llama".into()),
-                ("gen_ai.usage.input_tokens".into(), 12usize.into()),
-                ("safegate.score".into(), 0.25.into()),
-                ("safegate.blocked".into(), false.into()),
-                ("safegate.categories".into(), vec!["S1".to_string()].into()),
-            ],
-            error: Some("upstream_error".into()),
-        };
+        let span = crate::sample_server_span(vec![
+            ("gen_ai.request.model".into(), "llama".into()),
+            ("gen_ai.usage.input_tokens".into(), 12usize.into()),
+            ("safegate.score".into(), 0.25.into()),
+            ("safegate.blocked".into(), false.into()),
+            ("safegate.categories".into(), vec!["S1".to_string()].into()),
+        ]);
         let body = encode("safegate", &[span]);
         let s = &body["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
         assert_eq!(s["traceId"], "abababababababababababababababab");

@@ -150,8 +150,6 @@ pub fn encode_protobuf(service_name: &str, spans: &[SpanData]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
     use prost::Message as _;
@@ -161,29 +159,20 @@ mod tests {
 
     #[test]
     fn the_generated_types_decode_every_field() {
-        let start = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
+        let first = crate::sample_server_span(vec![
+            ("gen_ai.request.model".into(), "llama".into()),
+            ("gen_ai.usage.input_tokens".into(), 12usize.into()),
+            ("safegate.offset".into(), AttrValue::Int(-3)),
+            ("safegate.score".into(), 0.25.into()),
+            ("safegate.blocked".into(), true.into()),
+            (
+                "safegate.categories".into(),
+                vec!["S1".to_string(), "S10".to_string()].into(),
+            ),
+        ]);
+        let start = first.start;
         let spans = [
-            SpanData {
-                trace_id: [0xab; 16],
-                span_id: [1, 2, 3, 4, 5, 6, 7, 8],
-                parent_span_id: Some([9; 8]),
-                name: "chat llama".into(),
-                kind: SpanKind::Server,
-                start,
-                end: start + Duration::from_millis(5),
-                attributes: vec![
-                    ("gen_ai.request.model".into(), "llama".into()),
-                    ("gen_ai.usage.input_tokens".into(), 12usize.into()),
-                    ("safegate.offset".into(), AttrValue::Int(-3)),
-                    ("safegate.score".into(), 0.25.into()),
-                    ("safegate.blocked".into(), true.into()),
-                    (
-                        "safegate.categories".into(),
-                        vec!["S1".to_string(), "S10".to_string()].into(),
-                    ),
-                ],
-                error: Some("upstream_error".into()),
-            },
+            first,
             SpanData {
                 trace_id: [0xcd; 16],
                 span_id: [7; 8],
