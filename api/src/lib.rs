@@ -266,12 +266,126 @@ pub struct ChatParams {
     pub stream: bool,
     /// `stream_options.include_usage`: a last chunk carries the usage.
     pub include_usage: bool,
-    /// Whether the request offers tools (`tools` non-empty).
+    /// Whether the request offers tools the model may call (`tools` non-empty and
+    /// `tool_choice` not `"none"`).
     pub tools: bool,
+    /// OpenAI's penalties (-2..=2) and `logit_bias` (token id, -100..=100): honoured by the
+    /// local engine, relayed to an upstream.
+    pub frequency_penalty: f64,
+    pub presence_penalty: f64,
+    pub logit_bias: Vec<(u32, f64)>,
+    /// What the reply must look like.
+    pub response_format: ResponseFormat,
     /// Fields relayed as they are to an upstream model (`tools`, `tool_choice`,
     /// `parallel_tool_calls`, `response_format`, `user`, `metadata`, `frequency_penalty`,
     /// `presence_penalty`, `logit_bias`), checked for their shape.
     pub relayed: serde_json::Map<String, Value>,
+}
+
+/// `response_format`: free text, any JSON object, or JSON that follows a schema.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum ResponseFormat {
+    #[default]
+    Text,
+    JsonObject,
+    JsonSchema {
+        name: String,
+        schema: Value,
+    },
+}
+
+/// The most `logit_bias` entries a request may carry.
+pub const MAX_LOGIT_BIAS: usize = 1024;
+
+fn penalty(v: &Value, key: &str) -> Result<f64, RequestError> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(0.0),
+        Some(x) => match x.as_f64() {
+            Some(p) if (-2.0..=2.0).contains(&p) => Ok(p),
+            _ => Err(RequestError::param(
+                key,
+                format!("`{key}` must be a number from -2 to 2"),
+            )),
+        },
+    }
+}
+
+fn logit_bias(v: &Value) -> Result<Vec<(u32, f64)>, RequestError> {
+    let bad = |m: String| RequestError::param("logit_bias", m);
+    let map = match v.get("logit_bias") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(m)) => m,
+        Some(_) => {
+            return Err(bad(
+                "`logit_bias` must be an object of token ids to biases".into()
+            ))
+        }
+    };
+    if map.len() > MAX_LOGIT_BIAS {
+        return Err(bad(format!(
+            "`logit_bias` has {} entries; at most {MAX_LOGIT_BIAS}",
+            map.len()
+        )));
+    }
+    map.iter()
+        .map(|(k, b)| {
+            let Ok(id) = k.parse::<u32>() else {
+                return Err(bad(format!(
+                    "`logit_bias` keys are token ids (integers as strings), got {k:?}"
+                )));
+            };
+            match b.as_f64() {
+                Some(b) if (-100.0..=100.0).contains(&b) => Ok((id, b)),
+                _ => Err(bad(format!(
+                    "`logit_bias` values must be numbers from -100 to 100 (token {id})"
+                ))),
+            }
+        })
+        .collect()
+}
+
+fn response_format(v: &Value) -> Result<ResponseFormat, RequestError> {
+    let bad = |m: &str| Err(RequestError::param("response_format", m));
+    let Some(f) = v.get("response_format").filter(|f| !f.is_null()) else {
+        return Ok(ResponseFormat::Text);
+    };
+    match f.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(ResponseFormat::Text),
+        Some("json_object") => Ok(ResponseFormat::JsonObject),
+        Some("json_schema") => {
+            let Some(js) = f.get("json_schema").filter(|j| j.is_object()) else {
+                return bad(
+                    "`response_format.json_schema` must be an object {name, schema, strict}",
+                );
+            };
+            let name = match js.get("name") {
+                Some(Value::String(n))
+                    if !n.is_empty()
+                        && n.len() <= 64
+                        && n
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
+                {
+                    n.clone()
+                }
+                _ => {
+                    return bad("`response_format.json_schema.name` must be 1 to 64 letters, digits, `_` or `-`")
+                }
+            };
+            let schema = match js.get("schema") {
+                None | Some(Value::Null) => Value::Bool(true),
+                Some(s @ (Value::Object(_) | Value::Bool(_))) => s.clone(),
+                Some(_) => {
+                    return bad("`response_format.json_schema.schema` must be a JSON Schema object")
+                }
+            };
+            if !matches!(js.get("strict"), None | Some(Value::Null | Value::Bool(_))) {
+                return bad("`response_format.json_schema.strict` must be a boolean");
+            }
+            Ok(ResponseFormat::JsonSchema { name, schema })
+        }
+        _ => bad("`response_format.type` must be \"text\", \"json_object\" or \"json_schema\""),
+    }
 }
 
 /// Fields an OpenAI client may send that safegate cannot honour: refused, never ignored.
@@ -454,8 +568,13 @@ pub fn parse_chat(v: &Value, limits: &ChatLimits) -> Result<ChatParams, RequestE
     let tools = relayed
         .get("tools")
         .and_then(Value::as_array)
-        .is_some_and(|t| !t.is_empty());
+        .is_some_and(|t| !t.is_empty())
+        && relayed.get("tool_choice").and_then(Value::as_str) != Some("none");
     Ok(ChatParams {
+        frequency_penalty: penalty(v, "frequency_penalty")?,
+        presence_penalty: penalty(v, "presence_penalty")?,
+        logit_bias: logit_bias(v)?,
+        response_format: response_format(v)?,
         messages,
         model,
         stream,

@@ -221,6 +221,38 @@ impl ChatTokenizer {
             .to_vec())
     }
 
+    /// The bytes each id in `0..vocab_size` stands for in generated text: byte-level BPE
+    /// tokens (GPT-2's byte-to-character map, as Llama 3 and SmolLM2 use) mapped back to
+    /// bytes, SentencePiece pieces with `▁` as a space and `<0xNN>` as that byte; empty for
+    /// added and special tokens and for ids the tokenizer does not have.
+    pub fn token_bytes(&self, vocab_size: usize) -> Vec<Vec<u8>> {
+        let unbyte = byte_level_inverse();
+        let added: std::collections::HashSet<u32> = self.markers.iter().map(|m| m.1).collect();
+        (0..vocab_size as u32)
+            .map(|id| {
+                if added.contains(&id) {
+                    return Vec::new();
+                }
+                let Some(token) = self.with_specials.id_to_token(id) else {
+                    return Vec::new();
+                };
+                if let Some(bytes) = token
+                    .chars()
+                    .map(|c| unbyte.get(&c).copied())
+                    .collect::<Option<Vec<u8>>>()
+                {
+                    return bytes;
+                }
+                if let Some(hex) = token.strip_prefix("<0x").and_then(|t| t.strip_suffix('>')) {
+                    if let Ok(b) = u8::from_str_radix(hex, 16) {
+                        return vec![b];
+                    }
+                }
+                token.replace('\u{2581}', " ").into_bytes()
+            })
+            .collect()
+    }
+
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         self.with_specials
             .decode(ids, skip_special)
@@ -346,6 +378,24 @@ fn content_text(content: &str, trimmed: bool) -> &str {
     } else {
         content
     }
+}
+
+/// GPT-2's byte-level BPE writes each byte as a printable character: bytes that are
+/// printable Latin-1 stand for themselves, the others for 256 + n in order. The inverse.
+fn byte_level_inverse() -> std::collections::HashMap<char, u8> {
+    let mut map = std::collections::HashMap::with_capacity(256);
+    let mut n = 0u32;
+    for b in 0..=255u8 {
+        let printable = matches!(b, b'!'..=b'~' | 0xa1..=0xac | 0xae..=0xff);
+        let c = if printable {
+            char::from(b)
+        } else {
+            n += 1;
+            char::from_u32(255 + n).expect("a valid character")
+        };
+        map.insert(c, b);
+    }
+    map
 }
 
 #[cfg(test)]

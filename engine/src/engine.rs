@@ -73,6 +73,8 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Keep going past end-of-sequence tokens (benchmarks want a fixed length).
     pub ignore_eos: bool,
+    /// A grammar the reply must follow (structured output), or None for free text.
+    pub format: Option<Arc<safegate_structured::Grammar>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -198,6 +200,8 @@ struct Shared {
     scoring: BatchCounter,
     /// Decode steps run by all workers (one per generated token of each sequence).
     decode_steps: AtomicU64,
+    /// Each token's bytes, built the first time a reply is held to a grammar.
+    vocabulary: std::sync::OnceLock<Arc<safegate_structured::Vocabulary>>,
 }
 
 /// What a batching model runner has done so far: model runs and the sequences they carried
@@ -303,6 +307,7 @@ impl Engine {
             queued: AtomicUsize::new(0),
             scoring: BatchCounter::default(),
             decode_steps: AtomicU64::new(0),
+            vocabulary: std::sync::OnceLock::new(),
         });
         let score_batch = match (opts.score_batch, info.provider) {
             (0, Provider::Cuda) => 8,
@@ -389,6 +394,11 @@ impl Engine {
                 "token id {bad} is outside the model's vocabulary of {vocab}"
             )));
         }
+        if let Some((bad, _)) = req.sampling.logit_bias.iter().find(|(id, _)| *id >= vocab) {
+            return Err(EngineError::InvalidRequest(format!(
+                "logit_bias: token id {bad} is outside the model's vocabulary of {vocab}"
+            )));
+        }
         Ok(())
     }
 
@@ -432,6 +442,7 @@ impl Engine {
                 sampling: SamplingParams::default(),
                 stop: Vec::new(),
                 ignore_eos: false,
+                format: None,
             })?;
             if let Some(bad) = continuation.iter().find(|&&id| id >= vocab) {
                 return Err(EngineError::InvalidRequest(format!(
@@ -605,6 +616,7 @@ impl Worker {
                         return;
                     }
                 };
+                let sampler = self.sampler(&request);
                 active.push_back(Active {
                     cache: Some(cache),
                     prompt_tokens: request.prompt_ids.len(),
@@ -613,7 +625,7 @@ impl Worker {
                     generated: 0,
                     max_tokens: request.max_tokens,
                     ignore_eos: request.ignore_eos,
-                    sampler: Sampler::new(request.sampling),
+                    sampler,
                     decoder: IncrementalDecoder::default(),
                     stops: StopMatcher::new(request.stop),
                     events,
@@ -624,6 +636,26 @@ impl Worker {
                 });
             }
         }
+    }
+
+    /// The sequence's sampler, held to its grammar if it has one.
+    fn sampler(&self, request: &GenerateRequest) -> Sampler {
+        let sampler = Sampler::new(request.sampling.clone());
+        let Some(grammar) = &request.format else {
+            return sampler;
+        };
+        let vocabulary = self.shared.vocabulary.get_or_init(|| {
+            Arc::new(safegate_structured::Vocabulary::new(
+                self.shared
+                    .tokenizer
+                    .token_bytes(self.info.config.vocab_size),
+            ))
+        });
+        sampler.with_constraint(safegate_structured::Constraint::new(
+            grammar.clone(),
+            vocabulary.clone(),
+            self.info.config.eos_token_ids.clone(),
+        ))
     }
 
     /// Scores every row of `jobs`: rows sorted by length and cut into padded batches within

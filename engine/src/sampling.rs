@@ -1,5 +1,8 @@
-//! Choosing the next token from logits: greedy, temperature, top-k, top-p and repetition
-//! penalty, reproducible under a seed. Pure functions over slices; no I/O.
+//! Choosing the next token from logits: greedy, temperature, top-k, top-p, the repetition,
+//! frequency and presence penalties, logit bias, and structured output (a grammar the reply
+//! must follow), reproducible under a seed. Pure functions over slices; no I/O.
+
+use safegate_structured::Constraint;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -16,6 +19,15 @@ pub struct SamplingParams {
     pub top_p: f32,
     /// 1.0 means no penalty (the Hugging Face convention: >1 discourages repeats).
     pub repetition_penalty: f32,
+    /// OpenAI's: subtracted once per time a token has been generated in this reply.
+    #[serde(default)]
+    pub frequency_penalty: f32,
+    /// OpenAI's: subtracted once from every token generated in this reply so far.
+    #[serde(default)]
+    pub presence_penalty: f32,
+    /// Added to these tokens' logits (OpenAI's `logit_bias`; -100 bans, 100 forces).
+    #[serde(default)]
+    pub logit_bias: Vec<(u32, f32)>,
     pub seed: Option<u64>,
 }
 
@@ -26,6 +38,9 @@ impl Default for SamplingParams {
             top_k: 0,
             top_p: 1.0,
             repetition_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            logit_bias: Vec::new(),
             seed: None,
         }
     }
@@ -47,6 +62,23 @@ impl SamplingParams {
             return bad(format!(
                 "repetition_penalty must be positive, got {}",
                 self.repetition_penalty
+            ));
+        }
+        for (name, v) in [
+            ("frequency_penalty", self.frequency_penalty),
+            ("presence_penalty", self.presence_penalty),
+        ] {
+            if !(-2.0..=2.0).contains(&v) {
+                return bad(format!("{name} must be in -2..=2, got {v}"));
+            }
+        }
+        if let Some((id, b)) = self
+            .logit_bias
+            .iter()
+            .find(|(_, b)| !(-100.0..=100.0).contains(b))
+        {
+            return bad(format!(
+                "logit_bias values must be in -100..=100, got {b} for token {id}"
             ));
         }
         Ok(())
@@ -114,6 +146,10 @@ pub struct Sampler {
     rng: ChaCha8Rng,
     candidates: Vec<(f32, u32)>,
     scratch: Vec<f32>,
+    /// How often each token has been generated in this reply (frequency and presence
+    /// penalties).
+    generated: std::collections::HashMap<u32, u32>,
+    constraint: Option<Constraint>,
 }
 
 impl Sampler {
@@ -127,22 +163,80 @@ impl Sampler {
             rng,
             candidates: Vec::new(),
             scratch: Vec::new(),
+            generated: std::collections::HashMap::new(),
+            constraint: None,
         }
     }
 
-    /// Picks the next token from `logits` (left untouched; a copy is made only when the
-    /// penalty has to change it).
-    pub fn sample(&mut self, logits: &[f32], seen: &[u32]) -> u32 {
-        if self.params.repetition_penalty != 1.0 {
-            let mut penalised = std::mem::take(&mut self.scratch);
-            penalised.clear();
-            penalised.extend_from_slice(logits);
-            apply_repetition_penalty(&mut penalised, seen, self.params.repetition_penalty);
-            let id = self.sample_unpenalised(&penalised);
-            self.scratch = penalised;
-            return id;
+    /// Holds the reply to a grammar: only tokens that keep it on the grammar are chosen, and
+    /// an end-of-sequence token only where the reply may end.
+    pub fn with_constraint(mut self, constraint: Constraint) -> Self {
+        self.constraint = Some(constraint);
+        self
+    }
+
+    fn adjusts(&self) -> bool {
+        let p = &self.params;
+        p.repetition_penalty != 1.0
+            || p.frequency_penalty != 0.0
+            || p.presence_penalty != 0.0
+            || !p.logit_bias.is_empty()
+    }
+
+    /// Penalties and bias, in place.
+    fn adjust(&self, logits: &mut [f32], seen: &[u32]) {
+        let p = &self.params;
+        apply_repetition_penalty(logits, seen, p.repetition_penalty);
+        if p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
+            for (&id, &n) in &self.generated {
+                if let Some(v) = logits.get_mut(id as usize) {
+                    *v -= n as f32 * p.frequency_penalty + p.presence_penalty;
+                }
+            }
         }
-        self.sample_unpenalised(logits)
+        for &(id, bias) in &p.logit_bias {
+            if let Some(v) = logits.get_mut(id as usize) {
+                *v += bias;
+            }
+        }
+    }
+
+    /// Picks the next token from `logits` (left untouched; a copy is made only when
+    /// penalties, bias or the grammar have to change it). `seen`: the prompt and the reply
+    /// so far (the repetition penalty's window).
+    pub fn sample(&mut self, logits: &[f32], seen: &[u32]) -> u32 {
+        let mut work = std::mem::take(&mut self.scratch);
+        let adjusted = self.adjusts();
+        if adjusted {
+            work.clear();
+            work.extend_from_slice(logits);
+            self.adjust(&mut work, seen);
+        }
+        let mut id = self.sample_unpenalised(if adjusted { &work } else { logits });
+        if let Some(c) = &self.constraint {
+            if !c.allows(id) {
+                // The likeliest choice breaks the grammar: choose again among the tokens that
+                // keep to it (drawing from the candidates that fit is drawing from the
+                // distribution restricted to them).
+                if !adjusted {
+                    work.clear();
+                    work.extend_from_slice(logits);
+                }
+                id = if c.mask(&mut work) == 0 {
+                    // Nothing fits (a grammar that cannot be finished within its bounds):
+                    // end the reply rather than break it.
+                    c.end_token().unwrap_or(id)
+                } else {
+                    self.sample_unpenalised(&work)
+                };
+            }
+        }
+        if let Some(c) = &mut self.constraint {
+            c.advance(id);
+        }
+        *self.generated.entry(id).or_default() += 1;
+        self.scratch = work;
+        id
     }
 
     fn sample_unpenalised(&mut self, logits: &[f32]) -> u32 {
@@ -206,8 +300,8 @@ mod tests {
             temperature: t,
             top_k: k,
             top_p: p,
-            repetition_penalty: 1.0,
             seed: Some(seed),
+            ..Default::default()
         }
     }
 

@@ -69,6 +69,7 @@ fn seeded_sampling_is_reproducible() {
             top_p: 0.95,
             repetition_penalty: 1.1,
             seed: Some(seed),
+            ..Default::default()
         };
         run(&engine, r).0
     };
@@ -268,4 +269,122 @@ fn a_model_without_chat_template_reports_it_on_chat() {
         .encode_chat(&[ChatMessage::new("user", "x")], true)
         .unwrap_err();
     assert!(e.to_string().contains("no chat template"), "{e}");
+}
+
+/// A reply held to a grammar on a random-weight model: whatever the weights prefer, the text
+/// is always on the grammar, and a reply that ends is a whole value. Both tokenizers (a small
+/// byte-level one and Llama 3's 128k) and greedy and sampled choice.
+#[test]
+fn structured_output_keeps_random_models_on_the_grammar() {
+    use safegate_structured::{Cursor, Grammar};
+    use std::sync::Arc;
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "verdict": {"enum": ["safe", "unsafe"]},
+            "score": {"type": "integer"},
+            "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 2}
+        },
+        "required": ["verdict", "score", "tags"]
+    });
+    for fixture in ["tiny-chatml-genai", "tiny-llama3"] {
+        let engine = engine(fixture);
+        let prompt = expected(fixture).cases[0].prompt_ids.clone();
+        for (grammar, temperature) in [
+            (Grammar::from_schema(&schema).unwrap(), 0.0),
+            (Grammar::from_schema(&schema).unwrap(), 1.0),
+            (Grammar::any_object(), 0.0),
+            (Grammar::any_object(), 1.0),
+        ] {
+            let grammar = Arc::new(grammar);
+            let mut r = request(prompt.clone(), 120);
+            r.format = Some(grammar.clone());
+            r.sampling.temperature = temperature;
+            r.sampling.seed = Some(5);
+            let (_, text, finish) = run(&engine, r);
+            let mut cursor = Cursor::new(&grammar);
+            assert!(
+                cursor.feed_all(&grammar, text.as_bytes()),
+                "{fixture}: off the grammar: {text:?}"
+            );
+            if finish == FinishReason::Stop {
+                assert!(cursor.can_end(&grammar), "{fixture}: ended early: {text:?}");
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert!(v.is_object(), "{text}");
+            }
+        }
+        // The schema's enums and bounds leave only short replies: this one must finish.
+        let mut r = request(prompt.clone(), 200);
+        r.format = Some(Arc::new(Grammar::from_schema(&schema).unwrap()));
+        let (_, text, finish) = run(&engine, r);
+        assert_eq!(finish, FinishReason::Stop, "{fixture}: {text:?}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(
+            ["safe", "unsafe"].contains(&v["verdict"].as_str().unwrap()),
+            "{v}"
+        );
+        assert!(v["score"].is_i64(), "{v}");
+    }
+}
+
+#[test]
+fn logit_bias_and_penalties_change_the_choice() {
+    let engine = engine("tiny-chatml-genai");
+    let prompt = expected("tiny-chatml-genai").cases[0].prompt_ids.clone();
+    let greedy = run(&engine, request(prompt.clone(), 12)).0;
+    // -100 on the greedy first token: another first token.
+    let mut r = request(prompt.clone(), 12);
+    r.sampling.logit_bias = vec![(greedy[0], -100.0)];
+    let banned = run(&engine, r).0;
+    assert_ne!(banned[0], greedy[0]);
+    assert!(!banned.contains(&greedy[0]));
+    // +100 on one token: that token every time.
+    let forced_id = 300;
+    let mut r = request(prompt.clone(), 12);
+    r.sampling.logit_bias = vec![(forced_id, 100.0)];
+    assert_eq!(run(&engine, r).0, vec![forced_id; 12]);
+    // A frequency penalty works against repeats: with a moderate bias the token comes
+    // up less often once each repeat costs 2.
+    let count = |frequency_penalty: f32| {
+        let mut r = request(prompt.clone(), 12);
+        r.sampling.logit_bias = vec![(forced_id, 30.0)];
+        r.sampling.frequency_penalty = frequency_penalty;
+        let ids = run(&engine, r).0;
+        ids.iter().filter(|&&i| i == forced_id).count()
+    };
+    let (free, penalised) = (count(0.0), count(2.0));
+    assert!(penalised < free && penalised > 0, "{penalised} vs {free}");
+    // Out-of-vocabulary bias and out-of-range penalties are refused before any work.
+    let mut r = request(prompt.clone(), 4);
+    r.sampling.logit_bias = vec![(1_000_000, 1.0)];
+    assert!(matches!(
+        engine.generate(r),
+        Err(EngineError::InvalidRequest(_))
+    ));
+    let mut r = request(prompt, 4);
+    r.sampling.presence_penalty = 2.5;
+    assert!(matches!(
+        engine.generate(r),
+        Err(EngineError::InvalidRequest(_))
+    ));
+}
+
+#[test]
+fn token_bytes_are_what_each_token_writes() {
+    let engine = engine("tiny-llama3");
+    let tok = engine.tokenizer();
+    let table = tok.token_bytes(engine.info().config.vocab_size);
+    for text in [" hello", "\n\n", "{\"", " é", "日本"] {
+        let ids = tok.encode_plain(text).unwrap();
+        let joined: Vec<u8> = ids
+            .iter()
+            .flat_map(|&i| table[i as usize].clone())
+            .collect();
+        assert_eq!(joined, text.as_bytes(), "{text:?} as {ids:?}");
+    }
+    assert!(
+        table[EOT as usize].is_empty(),
+        "a special token writes nothing"
+    );
+    assert!(table[START_HEADER as usize].is_empty());
 }

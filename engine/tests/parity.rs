@@ -168,6 +168,7 @@ fn interleaved_requests_get_the_same_tokens_as_alone() {
                     sampling: SamplingParams::default(),
                     stop: vec![],
                     ignore_eos: false,
+                    format: None,
                 })
                 .unwrap()
         })

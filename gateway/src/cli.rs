@@ -365,6 +365,12 @@ pub struct GenerateArgs {
     /// Stop string (repeatable).
     #[arg(long)]
     pub stop: Vec<String>,
+    /// Hold the reply to any JSON object (as `response_format: json_object`).
+    #[arg(long, conflicts_with = "json_schema")]
+    pub json_object: bool,
+    /// Hold the reply to the JSON Schema in this file (as `response_format: json_schema`).
+    #[arg(long, value_name = "FILE.json")]
+    pub json_schema: Option<std::path::PathBuf>,
     /// One JSON object per token, then a summary line.
     #[arg(long)]
     pub json: bool,

@@ -37,6 +37,7 @@ fn time_runs(
             sampling: SamplingParams::default(),
             stop: vec![],
             ignore_eos: true,
+            format: None,
         })?;
         while let Some(ev) = stream.blocking_next() {
             match ev {

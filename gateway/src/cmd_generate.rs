@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use safegate_engine::{
     ChatMessage, Engine, EngineOptions, GenerateRequest, GenerationEvent, SamplingParams,
 };
+use safegate_structured::Grammar;
 use serde_json::json;
 
 use crate::cli::{Cli, GenerateArgs, ModelArgs};
@@ -48,9 +49,11 @@ pub fn run(cli: &Cli, args: &GenerateArgs) -> Result<()> {
             top_p: args.top_p,
             repetition_penalty: args.repetition_penalty,
             seed: args.seed,
+            ..Default::default()
         },
         stop: args.stop.clone(),
         ignore_eos: false,
+        format: output_format(args)?,
     };
     let started = Instant::now();
     let mut stream = engine.generate(request)?;
@@ -104,4 +107,22 @@ pub fn run(cli: &Cli, args: &GenerateArgs) -> Result<()> {
         }
     }
     anyhow::bail!("the engine stopped before finishing")
+}
+
+/// `--json-object` or `--json-schema FILE` as a grammar (errors name the file and the
+/// place in the schema).
+fn output_format(args: &GenerateArgs) -> Result<Option<std::sync::Arc<Grammar>>> {
+    let grammar = match (&args.json_schema, args.json_object) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let schema: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not JSON", path.display()))?;
+            Grammar::from_schema(&schema)
+                .with_context(|| format!("{}: schema not usable", path.display()))?
+        }
+        (None, true) => Grammar::any_object(),
+        (None, false) => return Ok(None),
+    };
+    Ok(Some(std::sync::Arc::new(grammar)))
 }

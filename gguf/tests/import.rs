@@ -125,6 +125,7 @@ fn greedy(engine: &Engine, prompt: Vec<u32>, n: usize) -> Vec<u32> {
             sampling: Default::default(),
             stop: Vec::new(),
             ignore_eos: false,
+            format: None,
         })
         .unwrap();
     let mut ids = Vec::new();

@@ -83,6 +83,7 @@ fn smollm2_imports_and_matches_transformers_token_for_token() {
                 sampling: Default::default(),
                 stop: Vec::new(),
                 ignore_eos: false,
+                format: None,
             })
             .unwrap();
         let (mut got, mut text) = (Vec::new(), String::new());

@@ -94,5 +94,6 @@ pub fn request(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
         sampling: SamplingParams::default(),
         stop: vec![],
         ignore_eos: false,
+        format: None,
     }
 }

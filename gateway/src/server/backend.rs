@@ -23,6 +23,8 @@ pub(super) struct ChatRequest {
     pub max_tokens: usize,
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
+    /// The grammar a local reply is held to (`response_format`; an upstream gets the field).
+    pub format: Option<std::sync::Arc<safegate_structured::Grammar>>,
 }
 
 /// A generation backend: starts replies to chat requests.
@@ -58,6 +60,7 @@ impl Backend for Local {
             sampling: req.sampling.clone(),
             stop: req.stop.clone(),
             ignore_eos: false,
+            format: req.format.clone(),
         })?))
     }
 }

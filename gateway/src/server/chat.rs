@@ -136,6 +136,13 @@ async fn prepare(
         temperature: params.temperature as f32,
         top_p: params.top_p as f32,
         seed: params.seed,
+        frequency_penalty: params.frequency_penalty as f32,
+        presence_penalty: params.presence_penalty as f32,
+        logit_bias: params
+            .logit_bias
+            .iter()
+            .map(|&(id, b)| (id, b as f32))
+            .collect(),
         ..Default::default()
     };
     sampling
@@ -148,8 +155,15 @@ async fn prepare(
         max_tokens: params.max_tokens,
         sampling,
         stop: params.stop,
+        format: None,
     };
+    let mut req = req;
     let backend = choose_backend(state, params.model.as_deref(), &req.messages)?;
+    if backend.kind() == "local" {
+        // An upstream gets `response_format` as sent; the local engine holds its reply to
+        // the grammar token by token.
+        req.format = local_format(&params.response_format)?;
+    }
     if params.tools && backend.kind() == "local" {
         // The local engine's chat templates here take no tools, and nothing would parse
         // the model's calls: refused, rather than the tools dropped without a word.
@@ -337,4 +351,26 @@ async fn complete_whole(
         outcome: checks.outcome(),
         released_bytes: Some(checks.released()),
     })
+}
+
+/// The grammar a local reply is held to, or a 400 naming what in the schema cannot be held to.
+fn local_format(
+    format: &safegate_api::ResponseFormat,
+) -> Result<Option<std::sync::Arc<safegate_structured::Grammar>>, ApiError> {
+    use safegate_api::ResponseFormat;
+    use safegate_structured::Grammar;
+    let grammar = match format {
+        ResponseFormat::Text => return Ok(None),
+        ResponseFormat::JsonObject => Grammar::any_object(),
+        ResponseFormat::JsonSchema { name, schema } => {
+            Grammar::from_schema(schema).map_err(|e| ApiError {
+                code: Some("unsupported_schema".into()),
+                ..ApiError::invalid_param(
+                    "response_format",
+                    format!("response_format.json_schema `{name}`: {e}"),
+                )
+            })?
+        }
+    };
+    Ok(Some(std::sync::Arc::new(grammar)))
 }
