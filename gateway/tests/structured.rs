@@ -1,6 +1,7 @@
 //! `response_format`, `logit_bias` and the penalties on the local engine, through HTTP: a
 //! reply held to a JSON Schema (whole and streamed alike), JSON mode, what cannot be held to
-//! refused with where in the schema, and the sampling fields honoured rather than dropped.
+//! refused with where in the schema, the sampling fields honoured rather than dropped, and
+//! the official `openai` client's `parse` helper (`scripts/conformance/openai_structured.py`).
 
 mod common;
 
@@ -179,4 +180,12 @@ fn logit_bias_and_penalties_are_honoured_locally() {
     let tools = json!([{"type": "function", "function": {"name": "get_weather",
         "parameters": {"type": "object", "properties": {}}}}]);
     assert_eq!(reply(json!({"tools": tools, "tool_choice": "none"})), plain);
+}
+
+#[test]
+fn the_openai_clients_parse_helper_gets_its_pydantic_model() {
+    let model = common::fixture("tiny-llama3");
+    let server = start(&["--model", model.to_str().unwrap()]);
+    let stdout = common::run_conformance("openai_structured.py", &[&server.base]);
+    assert!(stdout.contains("openai structured output: ok"), "{stdout}");
 }
