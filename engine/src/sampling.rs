@@ -234,7 +234,9 @@ impl Sampler {
         if let Some(c) = &mut self.constraint {
             c.advance(id);
         }
-        *self.generated.entry(id).or_default() += 1;
+        if self.params.frequency_penalty != 0.0 || self.params.presence_penalty != 0.0 {
+            *self.generated.entry(id).or_default() += 1;
+        }
         self.scratch = work;
         id
     }

@@ -2,6 +2,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use safegate_api::ResponseFormat;
 use safegate_engine::{
     ChatMessage, Engine, EngineOptions, GenerateRequest, GenerationEvent, SamplingParams,
 };
@@ -112,17 +113,22 @@ pub fn run(cli: &Cli, args: &GenerateArgs) -> Result<()> {
 /// `--json-object` or `--json-schema FILE` as a grammar (errors name the file and the
 /// place in the schema).
 fn output_format(args: &GenerateArgs) -> Result<Option<std::sync::Arc<Grammar>>> {
-    let grammar = match (&args.json_schema, args.json_object) {
+    let format = match (&args.json_schema, args.json_object) {
         (Some(path), _) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
-            let schema: serde_json::Value = serde_json::from_str(&text)
+            let schema = serde_json::from_str(&text)
                 .with_context(|| format!("{}: not JSON", path.display()))?;
-            Grammar::from_schema(&schema)
-                .with_context(|| format!("{}: schema not usable", path.display()))?
+            ResponseFormat::JsonSchema {
+                name: path.display().to_string(),
+                schema,
+            }
         }
-        (None, true) => Grammar::any_object(),
-        (None, false) => return Ok(None),
+        (None, true) => ResponseFormat::JsonObject,
+        (None, false) => ResponseFormat::Text,
     };
-    Ok(Some(std::sync::Arc::new(grammar)))
+    crate::messages::grammar_for(&format).with_context(|| match &args.json_schema {
+        Some(path) => format!("{}: schema not usable", path.display()),
+        None => "--json-object".to_string(),
+    })
 }

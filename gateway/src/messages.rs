@@ -1,5 +1,7 @@
 //! Reading an OpenAI-style messages file, with errors that name the file, line and field
-//! (the parsing itself is `safegate_api::parse_messages`, shared with the HTTP API).
+//! (the parsing itself is `safegate_api::parse_messages`, shared with the HTTP API), and a
+//! `response_format` as the grammar the local engine holds a reply to (the CLI's and the
+//! server's).
 
 use std::path::Path;
 
@@ -44,6 +46,23 @@ pub fn read_messages(path: &Path) -> Result<Vec<ChatMessage>> {
         )
     })?;
     parse_messages(&text, &path.display().to_string())
+}
+
+/// The grammar a local reply is held to (None: free text).
+pub fn grammar_for(
+    format: &safegate_api::ResponseFormat,
+) -> std::result::Result<
+    Option<std::sync::Arc<safegate_structured::Grammar>>,
+    safegate_structured::SchemaError,
+> {
+    use safegate_api::ResponseFormat;
+    use safegate_structured::Grammar;
+    let grammar = match format {
+        ResponseFormat::Text => return Ok(None),
+        ResponseFormat::JsonObject => Grammar::any_object(),
+        ResponseFormat::JsonSchema { schema, .. } => Grammar::from_schema(schema)?,
+    };
+    Ok(Some(std::sync::Arc::new(grammar)))
 }
 
 #[cfg(test)]

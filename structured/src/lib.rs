@@ -28,14 +28,6 @@ impl Vocabulary {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.tokens.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tokens.is_empty()
-    }
-
     pub fn bytes(&self, id: u32) -> &[u8] {
         self.tokens.get(id as usize).map_or(&[], |b| b)
     }
@@ -74,17 +66,6 @@ impl Constraint {
     /// Sets every token that may not come next to minus infinity. Returns how many may.
     pub fn mask(&self, logits: &mut [f32]) -> usize {
         let mut allowed = 0;
-        if self.cursor.is_done() {
-            // Only the end is left.
-            for (id, v) in logits.iter_mut().enumerate() {
-                if self.eos.contains(&(id as u32)) {
-                    allowed += 1;
-                } else {
-                    *v = f32::NEG_INFINITY;
-                }
-            }
-            return allowed;
-        }
         for (id, v) in logits.iter_mut().enumerate() {
             if self.allows(id as u32) {
                 allowed += 1;

@@ -357,20 +357,17 @@ async fn complete_whole(
 fn local_format(
     format: &safegate_api::ResponseFormat,
 ) -> Result<Option<std::sync::Arc<safegate_structured::Grammar>>, ApiError> {
-    use safegate_api::ResponseFormat;
-    use safegate_structured::Grammar;
-    let grammar = match format {
-        ResponseFormat::Text => return Ok(None),
-        ResponseFormat::JsonObject => Grammar::any_object(),
-        ResponseFormat::JsonSchema { name, schema } => {
-            Grammar::from_schema(schema).map_err(|e| ApiError {
-                code: Some("unsupported_schema".into()),
-                ..ApiError::invalid_param(
-                    "response_format",
-                    format!("response_format.json_schema `{name}`: {e}"),
-                )
-            })?
+    crate::messages::grammar_for(format).map_err(|e| {
+        let name = match format {
+            safegate_api::ResponseFormat::JsonSchema { name, .. } => name.as_str(),
+            _ => "",
+        };
+        ApiError {
+            code: Some("unsupported_schema".into()),
+            ..ApiError::invalid_param(
+                "response_format",
+                format!("response_format.json_schema `{name}`: {e}"),
+            )
         }
-    };
-    Ok(Some(std::sync::Arc::new(grammar)))
+    })
 }
