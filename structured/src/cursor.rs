@@ -101,6 +101,18 @@ enum Frame {
         viable: u64,
         matched: u16,
     },
+    /// A `Switch` node's head being written: the candidates are its cases i for each bit i.
+    Head {
+        node: NodeId,
+        viable: u64,
+        matched: u16,
+    },
+    /// Case `case` of a `Switch` node: its body has been written, its tail is being.
+    Tail {
+        node: NodeId,
+        case: u16,
+        matched: u16,
+    },
 }
 
 /// A position in output held to a grammar.
@@ -256,6 +268,16 @@ impl Cursor {
                     }
                 }
                 Frame::Key { viable, matched } => return self.key_byte(g, viable, matched, b),
+                Frame::Head {
+                    node,
+                    viable,
+                    matched,
+                } => return self.head_byte(g, node, viable, matched, b),
+                Frame::Tail {
+                    node,
+                    case,
+                    matched,
+                } => return self.tail_byte(g, node, case, matched, b),
                 Frame::Str { key, escape, utf8 } => {
                     let (escape, utf8) = match (escape, utf8) {
                         (0, 0) => match b {
@@ -414,6 +436,67 @@ impl Cursor {
         }
     }
 
+    fn head_byte(&mut self, g: &Grammar, node: NodeId, viable: u64, matched: u16, b: u8) -> bool {
+        let Node::Switch(cases) = &g.nodes[node as usize] else {
+            return false;
+        };
+        let m = matched as usize;
+        let mut still = 0u64;
+        let mut done = None;
+        for (i, case) in cases.iter().enumerate() {
+            if viable & (1 << i) != 0 && case.head.get(m) == Some(&b) {
+                still |= 1 << i;
+                if case.head.len() == m + 1 {
+                    done = Some(i);
+                }
+            }
+        }
+        match done {
+            // No head is a prefix of another: a whole head is the only candidate left.
+            Some(i) if cases[i].tail.is_empty() => {
+                self.set_top(Frame::Value(cases[i].body));
+                true
+            }
+            Some(i) => {
+                self.set_top(Frame::Tail {
+                    node,
+                    case: i as u16,
+                    matched: 0,
+                });
+                self.push(Frame::Value(cases[i].body))
+            }
+            None if still != 0 => {
+                self.set_top(Frame::Head {
+                    node,
+                    viable: still,
+                    matched: matched + 1,
+                });
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn tail_byte(&mut self, g: &Grammar, node: NodeId, case: u16, matched: u16, b: u8) -> bool {
+        let Node::Switch(cases) = &g.nodes[node as usize] else {
+            return false;
+        };
+        let tail = &cases[case as usize].tail;
+        if tail.get(matched as usize) != Some(&b) {
+            return false;
+        }
+        if matched as usize + 1 == tail.len() {
+            self.pop();
+        } else {
+            self.set_top(Frame::Tail {
+                node,
+                case,
+                matched: matched + 1,
+            });
+        }
+        true
+    }
+
     fn start_value(&mut self, g: &Grammar, node: NodeId, b: u8) -> bool {
         if !g.first[node as usize].contains(b) {
             return false;
@@ -468,6 +551,14 @@ impl Cursor {
                 self.set_top(Frame::Lit {
                     node,
                     viable,
+                    matched: 0,
+                });
+                self.feed(g, b)
+            }
+            Node::Switch(cases) => {
+                self.set_top(Frame::Head {
+                    node,
+                    viable: (0..cases.len()).fold(0u64, |m, i| m | (1 << i)),
                     matched: 0,
                 });
                 self.feed(g, b)

@@ -24,6 +24,13 @@ pub(crate) struct Prop {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Case {
+    pub head: Vec<u8>,
+    pub body: NodeId,
+    pub tail: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Node {
     /// With `props`, only those keys, in that order (optional ones may be left out); without,
     /// any keys, each value a `extra` (None: no keys at all, `{}`).
@@ -44,6 +51,9 @@ pub(crate) enum Node {
     Literals(Vec<Vec<u8>>),
     /// One of these nodes; no two can start with the same byte.
     Union(Vec<NodeId>),
+    /// One of these cases: its fixed head (which says which case it is: no head is a prefix
+    /// of another), a value of its body, its fixed tail.
+    Switch(Vec<Case>),
     /// Being compiled (a `$ref` cycle points here until it is filled in).
     Pending,
 }
@@ -147,6 +157,46 @@ impl Grammar {
                 "a `$ref` that resolves only to itself allows no value",
             ));
         }
+        Ok(c.finish(root))
+    }
+
+    /// One of several values, each written as a fixed head, a value of its own schema, and
+    /// a fixed tail: a function call held to the function's parameters (`{"name": "f",
+    /// "arguments": ` + arguments + `}`). The head written says which schema follows, so no
+    /// head may be a prefix of another. An error names the case (its index) and the place
+    /// in that case's schema, whose `$ref`s point into itself.
+    pub fn tagged(cases: &[(&[u8], &Value, &[u8])]) -> Result<Grammar, (usize, SchemaError)> {
+        if cases.is_empty() || cases.len() > MAX_CHOICES {
+            let message = format!("from 1 to {MAX_CHOICES} cases");
+            return Err((0, err("#", message)));
+        }
+        let mut c = Compiler::new(&Value::Null);
+        let mut compiled = Vec::new();
+        for (i, (head, schema, tail)) in cases.iter().enumerate() {
+            if head.is_empty() {
+                return Err((i, err("#", "a case's head must not be empty")));
+            }
+            if let Some(j) = cases[..i]
+                .iter()
+                .position(|(other, _, _)| other.starts_with(head) || head.starts_with(other))
+            {
+                return Err((i, err("#", format!("its head and case {j}'s begin alike"))));
+            }
+            // Each case's `$ref`s resolve in its own schema.
+            c.root_schema = schema;
+            c.refs.clear();
+            let body = c.compile(schema, "#").map_err(|e| (i, e))?;
+            compiled.push(Case {
+                head: head.to_vec(),
+                body,
+                tail: tail.to_vec(),
+            });
+        }
+        if c.nodes.iter().any(|n| matches!(n, Node::Pending)) {
+            let message = "a `$ref` that resolves only to itself allows no value";
+            return Err((0, err("#", message)));
+        }
+        let root = c.push(Node::Switch(compiled));
         Ok(c.finish(root))
     }
 }
@@ -569,6 +619,11 @@ fn first_bytes(
         Node::Union(ids) if depth < 64 => {
             for &i in ids {
                 set.union(&first_bytes(nodes, i, memo, depth + 1));
+            }
+        }
+        Node::Switch(cases) => {
+            for case in cases {
+                set.insert(case.head[0]);
             }
         }
         Node::Union(_) | Node::Pending => {}

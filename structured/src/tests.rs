@@ -436,3 +436,128 @@ fn a_constraint_masks_tokens_and_allows_the_end_only_when_done() {
     assert_eq!(logits[7], 1.0);
     assert!(logits[..7].iter().all(|v| *v == f32::NEG_INFINITY));
 }
+
+fn call_cases() -> (Vec<(Vec<u8>, Value)>, Grammar) {
+    let tools = vec![
+        (
+            "get_weather",
+            json!({"type": "object", "properties": {"city": {"type": "string"},
+                "unit": {"enum": ["c", "f"]}}, "required": ["city"]}),
+        ),
+        (
+            "get_time",
+            json!({"$defs": {"zone": {"type": "string"}}, "type": "object",
+                "properties": {"zone": {"$ref": "#/$defs/zone"}}, "required": ["zone"]}),
+        ),
+        (
+            "get",
+            json!({"type": "object", "properties": {}, "additionalProperties": false}),
+        ),
+    ];
+    let cases: Vec<(Vec<u8>, Value)> = tools
+        .into_iter()
+        .map(|(name, s)| {
+            let head = format!("<tool_call>\n{{\"name\": \"{name}\", \"arguments\": ");
+            (head.into_bytes(), s)
+        })
+        .collect();
+    let refs: Vec<(&[u8], &Value, &[u8])> = cases
+        .iter()
+        .map(|(h, s)| (h.as_slice(), s, b"}\n</tool_call>".as_slice()))
+        .collect();
+    let g = Grammar::tagged(&refs).expect("cases compile");
+    (cases, g)
+}
+
+#[test]
+fn tagged_cases_hold_each_body_to_its_own_schema() {
+    let (_, g) = call_cases();
+    let call = |name: &str, args: &str| {
+        format!("<tool_call>\n{{\"name\": \"{name}\", \"arguments\": {args}}}\n</tool_call>")
+    };
+    assert!(whole(
+        &g,
+        &call("get_weather", r#"{"city": "Paris", "unit": "c"}"#)
+    ));
+    assert!(whole(&g, &call("get_time", r#"{"zone":"UTC"}"#)));
+    assert!(whole(&g, &call("get", "{}")));
+    // Leading whitespace, as before any value; none inside the fixed head and tail.
+    assert!(whole(&g, &format!("\n{}", call("get", "{}"))));
+    assert!(!whole(
+        &g,
+        &call("get", "{}").replace("\"name\": ", "\"name\":")
+    ));
+    // Another case's arguments, a missing required one, a name no case has.
+    assert!(!prefix(&g, &call("get_weather", r#"{"zone":"UTC"}"#)));
+    assert!(!prefix(&g, &call("get_time", "{}")));
+    assert!(!prefix(&g, &call("get_date", "{}")));
+    // The tail must be written whole before output may end.
+    let cut = call("get", "{}");
+    assert!(prefix(&g, &cut[..cut.len() - 3]) && !whole(&g, &cut[..cut.len() - 3]));
+    assert!(!prefix(&g, &format!("{cut} ")));
+}
+
+#[test]
+fn tagged_cases_refuse_heads_that_begin_alike_and_name_the_case() {
+    let s = json!({"type": "object"});
+    let e = Grammar::tagged(&[(b"ab", &s, b""), (b"a", &s, b"")]).unwrap_err();
+    assert_eq!(e.0, 1);
+    assert!(e.1.message.contains("case 0"), "{}", e.1);
+    assert!(Grammar::tagged(&[(b"", &s, b"")]).is_err());
+    assert!(Grammar::tagged(&[]).is_err());
+    let bad = json!({"type": "string", "pattern": "x"});
+    let e = Grammar::tagged(&[(b"a", &s, b""), (b"b", &bad, b"")]).unwrap_err();
+    assert_eq!(e.0, 1);
+    assert!(e.1.message.contains("pattern"), "{}", e.1);
+}
+
+/// Random walks through a set of function calls end in a call whose name is one of the
+/// cases and whose arguments conform to that case's schema.
+#[test]
+fn random_walks_through_tagged_cases_end_in_conforming_calls() {
+    let (cases, g) = call_cases();
+    let favoured = b"\"}],:0123456789{[cf";
+    let mut rng = Rng(7);
+    let mut finished = 0;
+    for _ in 0..300 {
+        let mut c = Cursor::new(&g);
+        let mut out = Vec::new();
+        for _ in 0..4000 {
+            if c.can_end(&g) {
+                break;
+            }
+            let allowed: Vec<u8> = (0..=255u8).filter(|&b| c.accepts(&g, &[b])).collect();
+            assert!(!allowed.is_empty());
+            let pool: Vec<u8> = allowed
+                .iter()
+                .copied()
+                .filter(|b| favoured.contains(b))
+                .collect();
+            let pick = if !pool.is_empty() && rng.below(4) != 0 {
+                pool[rng.below(pool.len())]
+            } else {
+                allowed[rng.below(allowed.len())]
+            };
+            assert!(c.feed(&g, pick));
+            out.push(pick);
+        }
+        if !c.can_end(&g) {
+            continue;
+        }
+        finished += 1;
+        let text = String::from_utf8(out).unwrap();
+        let inner = text
+            .trim_start()
+            .strip_prefix("<tool_call>\n")
+            .and_then(|t| t.strip_suffix("\n</tool_call>"))
+            .unwrap_or_else(|| panic!("{text}"));
+        let v: Value = serde_json::from_str(inner).unwrap_or_else(|e| panic!("{e}: {inner}"));
+        let name = v["name"].as_str().unwrap();
+        let (_, s) = cases
+            .iter()
+            .find(|(h, _)| String::from_utf8_lossy(h).contains(&format!("\"{name}\"")))
+            .unwrap();
+        assert!(conforms(&v["arguments"], s, s), "{v}");
+    }
+    assert!(finished > 200, "only {finished} walks ended");
+}
