@@ -266,9 +266,10 @@ pub struct ChatParams {
     pub stream: bool,
     /// `stream_options.include_usage`: a last chunk carries the usage.
     pub include_usage: bool,
-    /// Whether the request offers tools the model may call (`tools` non-empty and
-    /// `tool_choice` not `"none"`).
-    pub tools: bool,
+    /// The functions the request offers (`tools`), and whether and which the model must
+    /// call (`tool_choice`; `auto` when tools are offered and it is unset).
+    pub tools: Vec<ToolSpec>,
+    pub tool_choice: ToolChoice,
     /// OpenAI's penalties (-2..=2) and `logit_bias` (token id, -100..=100): honoured by the
     /// local engine, relayed to an upstream.
     pub frequency_penalty: f64,
@@ -280,6 +281,126 @@ pub struct ChatParams {
     /// `parallel_tool_calls`, `response_format`, `user`, `metadata`, `frequency_penalty`,
     /// `presence_penalty`, `logit_bias`), checked for their shape.
     pub relayed: serde_json::Map<String, Value>,
+}
+
+/// One function a request offers the model (`tools[i].function`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: Option<String>,
+    /// A JSON Schema of the arguments (an object with no properties when unset).
+    pub parameters: Value,
+}
+
+/// `tool_choice`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ToolChoice {
+    /// No call: the model answers in text.
+    #[default]
+    None,
+    /// The model decides.
+    Auto,
+    /// The model calls one or more of the tools.
+    Required,
+    /// The model calls this function.
+    Function(String),
+}
+
+impl ChatParams {
+    /// Whether the model may call a tool.
+    pub fn offers_tools(&self) -> bool {
+        !self.tools.is_empty() && self.tool_choice != ToolChoice::None
+    }
+}
+
+/// The most tools a request may offer (OpenAI's limit).
+pub const MAX_TOOLS: usize = 128;
+
+/// `tools` and `tool_choice` (their shapes are checked with the relayed fields).
+fn tools_param(
+    relayed: &serde_json::Map<String, Value>,
+) -> Result<(Vec<ToolSpec>, ToolChoice), RequestError> {
+    let list = relayed.get("tools").and_then(Value::as_array);
+    if list.is_some_and(|l| l.len() > MAX_TOOLS) {
+        return Err(RequestError::param(
+            "tools",
+            format!("at most {MAX_TOOLS} tools"),
+        ));
+    }
+    let mut tools: Vec<ToolSpec> = Vec::new();
+    for (i, t) in list.into_iter().flatten().enumerate() {
+        let f = &t["function"];
+        let name = f["name"].as_str().unwrap_or_default().to_string();
+        if name.is_empty() {
+            return Err(RequestError::param(
+                "tools",
+                format!("tools[{i}].function.name must not be empty"),
+            ));
+        }
+        if tools.iter().any(|t| t.name == name) {
+            return Err(RequestError::param(
+                "tools",
+                format!("tools[{i}]: the function `{name}` is offered twice"),
+            ));
+        }
+        let description = match f.get("description") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(d)) => Some(d.clone()),
+            Some(_) => {
+                return Err(RequestError::param(
+                    "tools",
+                    format!("tools[{i}].function.description must be a string"),
+                ))
+            }
+        };
+        let parameters = match f.get("parameters") {
+            None | Some(Value::Null) => serde_json::json!({"type": "object", "properties": {}}),
+            Some(p @ Value::Object(_)) => p.clone(),
+            Some(_) => {
+                return Err(RequestError::param(
+                    "tools",
+                    format!("tools[{i}].function.parameters must be a JSON Schema object"),
+                ))
+            }
+        };
+        tools.push(ToolSpec {
+            name,
+            description,
+            parameters,
+        });
+    }
+    let choice = match relayed.get("tool_choice") {
+        None => ToolChoice::Auto,
+        Some(c) => match c.as_str() {
+            Some("none") => ToolChoice::None,
+            Some("auto") => ToolChoice::Auto,
+            Some("required") => ToolChoice::Required,
+            _ => ToolChoice::Function(
+                c.pointer("/function/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+            ),
+        },
+    };
+    if tools.is_empty() {
+        return match choice {
+            ToolChoice::Required | ToolChoice::Function(_) => Err(RequestError::param(
+                "tool_choice",
+                "`tool_choice` asks for a call, but `tools` offers none",
+            )),
+            _ => Ok((tools, ToolChoice::None)),
+        };
+    }
+    if let ToolChoice::Function(name) = &choice {
+        if !tools.iter().any(|t| &t.name == name) {
+            return Err(RequestError::param(
+                "tool_choice",
+                format!("`tool_choice` names `{name}`, which is not among `tools`"),
+            ));
+        }
+    }
+    Ok((tools, choice))
 }
 
 /// `response_format`: free text, any JSON object, or JSON that follows a schema.
@@ -565,11 +686,7 @@ pub fn parse_chat(v: &Value, limits: &ChatLimits) -> Result<ChatParams, RequestE
         Some(_) => return Err(RequestError::param("model", "`model` must be a string")),
     };
     let relayed = relayed_fields(v)?;
-    let tools = relayed
-        .get("tools")
-        .and_then(Value::as_array)
-        .is_some_and(|t| !t.is_empty())
-        && relayed.get("tool_choice").and_then(Value::as_str) != Some("none");
+    let (tools, tool_choice) = tools_param(&relayed)?;
     Ok(ChatParams {
         frequency_penalty: penalty(v, "frequency_penalty")?,
         presence_penalty: penalty(v, "presence_penalty")?,
@@ -580,6 +697,7 @@ pub fn parse_chat(v: &Value, limits: &ChatLimits) -> Result<ChatParams, RequestE
         stream,
         include_usage,
         tools,
+        tool_choice,
         relayed,
         max_tokens: max_tokens as usize,
         temperature: num("temperature")?.unwrap_or(0.0),
@@ -708,6 +826,49 @@ mod tests {
         .unwrap();
         assert_eq!(m[1].content, "ab");
         assert_eq!(m[0].role, "system");
+    }
+
+    #[test]
+    fn tools_and_tool_choice() {
+        let body = |extra: Value| {
+            let mut v = json!({"messages": [{"role": "user", "content": "hi"}],
+                "tools": [{"type": "function", "function": {"name": "get_weather",
+                    "description": "Weather now", "parameters": {"type": "object",
+                    "properties": {"city": {"type": "string"}}}}},
+                    {"type": "function", "function": {"name": "now"}}]});
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            parse_chat(&v, &LIMITS)
+        };
+        let p = body(json!({})).unwrap();
+        assert_eq!(p.tool_choice, ToolChoice::Auto);
+        assert!(p.offers_tools());
+        assert_eq!(p.tools[0].description.as_deref(), Some("Weather now"));
+        assert_eq!(p.tools[1].parameters["type"], "object");
+        let p = body(json!({"tool_choice": "none"})).unwrap();
+        assert!(!p.offers_tools());
+        let p = body(json!({"tool_choice": {"type": "function", "function": {"name": "now"}}}));
+        assert_eq!(p.unwrap().tool_choice, ToolChoice::Function("now".into()));
+        let e = body(json!({"tool_choice": {"type": "function", "function": {"name": "x"}}}));
+        assert_eq!(e.unwrap_err().param.as_deref(), Some("tool_choice"));
+        let e = body(
+            json!({"tools": [{"type": "function", "function": {"name": "a"}},
+            {"type": "function", "function": {"name": "a"}}]}),
+        );
+        assert!(e.unwrap_err().message.contains("twice"));
+        let e = body(
+            json!({"tools": [{"type": "function", "function": {"name": "a",
+            "parameters": "x"}}]}),
+        );
+        assert!(e
+            .unwrap_err()
+            .message
+            .contains("tools[0].function.parameters"));
+        let e = body(json!({"tools": [], "tool_choice": "required"}));
+        assert_eq!(e.unwrap_err().param.as_deref(), Some("tool_choice"));
+        let p = body(json!({"tools": [], "tool_choice": "auto"})).unwrap();
+        assert!(!p.offers_tools());
     }
 
     #[test]

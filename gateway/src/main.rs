@@ -13,6 +13,7 @@ mod cmd_models;
 mod cmd_policy;
 mod cmd_scan;
 mod config;
+mod local_tools;
 mod messages;
 mod output;
 mod server;

@@ -251,12 +251,6 @@ fn tools_the_policy_does_not_allow_are_refused_or_flagged() {
 fn what_cannot_be_honoured_is_refused_not_dropped() {
     let model = common::fixture("tiny-llama3");
     let server = start(&["--model", model.to_str().unwrap()]);
-    let mut body = ask("Weather in Paris?", false);
-    body.as_object_mut().unwrap().remove("model");
-    let (status, v) = post(&server.base, "/v1/chat/completions", &body.to_string());
-    assert_eq!(status, 400, "{v}");
-    assert_eq!(v["error"]["code"], "tools_unsupported");
-    assert_eq!(v["error"]["param"], "tools");
     for (field, value) in [
         ("logprobs", json!(true)),
         ("functions", json!([])),

@@ -6,11 +6,15 @@ use safegate_engine::{
 };
 use serde_json::{json, Value};
 
+use std::collections::VecDeque;
 use std::sync::Arc;
+
+use safegate_sse::ToolCallDelta;
 
 use super::metrics::UpstreamMetrics;
 use super::upstream::{Relay, Target, UpstreamEvent};
 use super::ApiError;
+use crate::local_tools::CallReader;
 
 /// A validated chat request.
 pub(super) struct ChatRequest {
@@ -41,6 +45,15 @@ pub(super) trait Backend: Send + Sync {
 pub(super) struct Local {
     pub engine: Engine,
     pub prompt_ids: Vec<u32>,
+    /// With tools offered: the functions the reply may call, and whether it must (then
+    /// the request's grammar holds it to a call).
+    pub calls: Option<LocalCalls>,
+}
+
+#[derive(Clone)]
+pub(super) struct LocalCalls {
+    pub names: Vec<String>,
+    pub forced: bool,
 }
 
 impl Backend for Local {
@@ -54,14 +67,22 @@ impl Backend for Local {
 
     fn start(&self, req: &ChatRequest) -> Result<Source, ApiError> {
         super::trace::generation_started(None);
-        Ok(Source::Local(self.engine.generate(GenerateRequest {
+        let stream = self.engine.generate(GenerateRequest {
             prompt_ids: self.prompt_ids.clone(),
             max_tokens: req.max_tokens,
             sampling: req.sampling.clone(),
             stop: req.stop.clone(),
             ignore_eos: false,
             format: req.format.clone(),
-        })?))
+        })?;
+        Ok(Source::Local(LocalReply {
+            stream,
+            calls: self
+                .calls
+                .clone()
+                .map(|c| CallReader::new(c.names, c.forced)),
+            pending: VecDeque::new(),
+        }))
     }
 }
 
@@ -111,9 +132,70 @@ impl Backend for Upstream {
     }
 }
 
+/// A local reply: the engine's tokens, read for calls when tools are offered.
+pub(super) struct LocalReply {
+    stream: TokenStream,
+    calls: Option<CallReader>,
+    /// Events decided at the end (calls, then the end itself).
+    pending: VecDeque<Event>,
+}
+
+impl LocalReply {
+    async fn next(&mut self) -> Event {
+        if let Some(event) = self.pending.pop_front() {
+            return event;
+        }
+        loop {
+            match self.stream.next().await {
+                Some(GenerationEvent::Token { text, .. }) => match &mut self.calls {
+                    None => return Event::Text(text),
+                    Some(reader) => {
+                        let passed = reader.push(&text);
+                        if !passed.is_empty() {
+                            return Event::Text(passed);
+                        }
+                    }
+                },
+                Some(GenerationEvent::Done(mut c)) => {
+                    let Some(mut reader) = self.calls.take() else {
+                        return Event::Done(c);
+                    };
+                    // What the reader held comes out with the end: as text (the
+                    // completion's tail) or as calls.
+                    let mut text = reader.push(&c.tail_text);
+                    let read = reader.finish();
+                    text.push_str(&read.text);
+                    c.tail_text = text;
+                    for (index, call) in read.calls.into_iter().enumerate() {
+                        self.pending.push_back(Event::ToolCall(ToolCallDelta {
+                            index,
+                            id: Some(call_id()),
+                            name: Some(call.name),
+                            arguments: Some(call.arguments),
+                        }));
+                    }
+                    self.pending.push_back(Event::Done(c));
+                    return self.pending.pop_front().expect("the end was queued");
+                }
+                Some(GenerationEvent::Error(e)) => return Event::Failed(e.into()),
+                None => {
+                    return Event::Failed(ApiError::internal("generation stopped unexpectedly"))
+                }
+            }
+        }
+    }
+}
+
+/// A call id as OpenAI writes them (`call_` and 24 letters and digits): unique across the
+/// turns of a conversation, which clients match tool results by.
+fn call_id() -> String {
+    use rand::distr::{Alphanumeric, SampleString};
+    format!("call_{}", Alphanumeric.sample_string(&mut rand::rng(), 24))
+}
+
 /// A reply being generated, locally or upstream, as one kind of event stream.
 pub(super) enum Source {
-    Local(TokenStream),
+    Local(LocalReply),
     Upstream(tokio::sync::mpsc::Receiver<UpstreamEvent>),
 }
 
@@ -127,12 +209,7 @@ pub(super) enum Event {
 impl Source {
     pub async fn next(&mut self) -> Event {
         match self {
-            Source::Local(stream) => match stream.next().await {
-                Some(GenerationEvent::Token { text, .. }) => Event::Text(text),
-                Some(GenerationEvent::Done(c)) => Event::Done(c),
-                Some(GenerationEvent::Error(e)) => Event::Failed(e.into()),
-                None => Event::Failed(ApiError::internal("generation stopped unexpectedly")),
-            },
+            Source::Local(reply) => reply.next().await,
             Source::Upstream(rx) => match rx.recv().await {
                 Some(UpstreamEvent::Delta(text)) => Event::Text(text),
                 Some(UpstreamEvent::ToolCall(call)) => Event::ToolCall(call),

@@ -18,7 +18,15 @@ use super::reply::{
 };
 use super::respond::{self, filter_results, record_decision, Body, Reply};
 use super::{trace, ApiError, AppState};
+use crate::local_tools;
 use crate::tools::ToolCalls;
+use safegate_api::ToolChoice;
+
+/// What the local model would read: its turns, and the calls it may make.
+struct LocalPrompt {
+    messages: Vec<ChatMessage>,
+    calls: Option<backend::LocalCalls>,
+}
 
 /// A model's tool calls over `limits.max_tool_call_bytes`.
 pub(super) fn tool_calls_too_long(why: String) -> ApiError {
@@ -56,7 +64,7 @@ pub async fn completions(state: web::Data<AppState>, req: HttpRequest, body: Bod
 fn choose_backend(
     state: &AppState,
     requested: Option<&str>,
-    messages: &[ChatMessage],
+    local: LocalPrompt,
 ) -> Result<Box<dyn Backend>, ApiError> {
     let upstream = |name: &str| state.upstreams.iter().find(|t| t.name() == name);
     if let Some(target) = requested.and_then(upstream) {
@@ -98,11 +106,12 @@ fn choose_backend(
     }
     match &state.engine {
         Some(engine) => {
-            let prompt_ids = engine.tokenizer().encode_chat(messages, true)?;
+            let prompt_ids = engine.tokenizer().encode_chat(&local.messages, true)?;
             check_prompt_length(state, prompt_ids.len())?;
             Ok(Box::new(backend::Local {
                 engine: engine.clone(),
                 prompt_ids,
+                calls: local.calls,
             }))
         }
         None if !state.upstreams.is_empty() => Err(ApiError {
@@ -148,9 +157,25 @@ async fn prepare(
     sampling
         .validate()
         .map_err(|e| ApiError::invalid(e.to_string()))?;
+    // The local model reads the offered tools, earlier calls and their results in the
+    // form it is asked to call in; the checks read the turns as sent.
+    let local = LocalPrompt {
+        messages: local_tools::prompt_messages(
+            &params.messages,
+            &params.tools,
+            &params.tool_choice,
+        ),
+        calls: params.offers_tools().then(|| backend::LocalCalls {
+            names: params.tools.iter().map(|t| t.name.clone()).collect(),
+            forced: matches!(
+                params.tool_choice,
+                ToolChoice::Required | ToolChoice::Function(_)
+            ),
+        }),
+    };
     let req = ChatRequest {
         upstream_messages: params.messages.iter().map(|m| m.to_json()).collect(),
-        messages: crate::messages::to_chat_messages(params.messages),
+        messages: crate::messages::to_chat_messages(params.messages.clone()),
         relayed: params.relayed,
         max_tokens: params.max_tokens,
         sampling,
@@ -158,25 +183,24 @@ async fn prepare(
         format: None,
     };
     let mut req = req;
-    let backend = choose_backend(state, params.model.as_deref(), &req.messages)?;
+    let backend = choose_backend(state, params.model.as_deref(), local)?;
     if backend.kind() == "local" {
-        // An upstream gets `response_format` as sent; the local engine holds its reply to
-        // the grammar token by token.
-        req.format = local_format(&params.response_format)?;
-    }
-    if params.tools && backend.kind() == "local" {
-        // The local engine's chat templates here take no tools, and nothing would parse
-        // the model's calls: refused, rather than the tools dropped without a word.
-        return Err(ApiError {
-            code: Some("tools_unsupported".into()),
-            ..ApiError::invalid_param(
-                "tools",
-                format!(
-                    "model `{}` runs locally and does not take tools; use an upstream model ([[models]]) for function calling",
-                    backend.model_name()
-                ),
-            )
-        });
+        // An upstream gets `response_format` and `tool_choice` as sent; the local engine
+        // holds its reply to the grammar token by token: a call the request demands, else
+        // the format asked for.
+        req.format = match local_tools::call_grammar(&params.tools, &params.tool_choice) {
+            Ok(Some(grammar)) => Some(std::sync::Arc::new(grammar)),
+            Ok(None) => local_format(&params.response_format)?,
+            Err((tool, e)) => {
+                return Err(ApiError {
+                    code: Some("unsupported_schema".into()),
+                    ..ApiError::invalid_param(
+                        "tools",
+                        format!("the parameters of function `{tool}`: {e}"),
+                    )
+                })
+            }
+        };
     }
     let model = backend.model_name();
     trace::name(format!("chat {model}"));
