@@ -158,6 +158,8 @@ enum Reading {
 #[derive(Debug)]
 pub struct CallReader {
     names: Vec<String>,
+    /// `parallel_tool_calls`: false keeps the first call only.
+    parallel: bool,
     reading: Reading,
     held: String,
 }
@@ -172,9 +174,11 @@ pub struct ReadReply {
 
 impl CallReader {
     /// `forced`: the reply is a call (held to the call grammar), so nothing is passed on.
-    pub fn new(names: Vec<String>, forced: bool) -> Self {
+    /// `parallel`: whether a reply may make more than one call (else the first is kept).
+    pub fn new(names: Vec<String>, forced: bool, parallel: bool) -> Self {
         Self {
             names,
+            parallel,
             reading: if forced {
                 Reading::Calls
             } else {
@@ -210,7 +214,10 @@ impl CallReader {
     pub fn finish(self) -> ReadReply {
         let held = self.held;
         if self.reading == Reading::Calls {
-            if let Some((calls, rest)) = parse_calls(&held, &self.names) {
+            if let Some((mut calls, rest)) = parse_calls(&held, &self.names) {
+                if !self.parallel {
+                    calls.truncate(1);
+                }
                 return ReadReply { text: rest, calls };
             }
         }
@@ -287,7 +294,7 @@ mod tests {
     }
 
     fn read(chunks: &[&str], forced: bool) -> (String, ReadReply) {
-        let mut r = CallReader::new(vec!["get_weather".into(), "now".into()], forced);
+        let mut r = CallReader::new(vec!["get_weather".into(), "now".into()], forced, true);
         let passed: String = chunks.iter().map(|c| r.push(c)).collect();
         (passed, r.finish())
     }
@@ -394,6 +401,11 @@ mod tests {
         assert_eq!(r.calls[0].name, "now");
         let (_, r) = read(&["<tool_call>{\"name\":\"now\"}</tool_call>\n<tool_call>{\"name\":\"now\",\"arguments\":\"{}\"}"], false);
         assert_eq!(r.calls.len(), 2);
+        let mut one = CallReader::new(vec!["now".into()], false, false);
+        one.push(
+            "<tool_call>{\"name\":\"now\"}</tool_call><tool_call>{\"name\":\"now\"}</tool_call>",
+        );
+        assert_eq!(one.finish().calls.len(), 1);
         let (_, r) = read(&["<tool_call>{\"name\":\"now\"}</tool_call> Done."], false);
         assert_eq!((r.calls.len(), r.text.as_str()), (1, "Done."));
     }

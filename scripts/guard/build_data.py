@@ -283,6 +283,11 @@ def main():
         unsafe = code != "safe"
         add(text, "prompt", int(unsafe), [code] if unsafe else [], "dev-statements", split="dev")
     # The prompts of the issue that reported the false refusals, and the README's examples.
+    # Held-out agent probe (never trained on): scored with the probe split.
+    for line in hand_written("agent_probe.txt"):
+        code, text = line.split("\t", 1)
+        unsafe = code != "safe"
+        add(text, "prompt", int(unsafe), [code] if unsafe else [], "agent-probe", split="probe")
     for line in hand_written("probe.txt"):
         code, text = line.split("\t", 1)
         unsafe = code != "safe"
@@ -443,6 +448,13 @@ def main():
     for line in hand_written("conversational_harmful.txt"):
         code, text = line.split("\t", 1)
         add(text, "prompt", 1, [code], "conversational-harmful")
+    # Actions asked of an assistant with tools (send, text, email, schedule, book, post),
+    # safe ones carrying names, emails and phone numbers, and the same actions put to harm
+    # (fourteenth session): the prompt head blocked everyday messaging requests.
+    for line in hand_written("agent_tasks.txt"):
+        code, text = line.split("\t", 1)
+        unsafe = code != "safe"
+        add(text, "prompt", int(unsafe), [code] if unsafe else [], "agent-tasks")
     # The harmful registry sources are mostly orders that open the same few ways ("Develop a
     # plan to", "Write a tutorial on how to", "Write a script that"); the same openings with
     # everyday tasks, so that the task, not the opening, decides.

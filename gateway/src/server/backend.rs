@@ -54,6 +54,8 @@ pub(super) struct Local {
 pub(super) struct LocalCalls {
     pub names: Vec<String>,
     pub forced: bool,
+    /// `parallel_tool_calls` (true unless the request says false).
+    pub parallel: bool,
 }
 
 impl Backend for Local {
@@ -80,7 +82,7 @@ impl Backend for Local {
             calls: self
                 .calls
                 .clone()
-                .map(|c| CallReader::new(c.names, c.forced)),
+                .map(|c| CallReader::new(c.names, c.forced, c.parallel)),
             pending: VecDeque::new(),
         }))
     }

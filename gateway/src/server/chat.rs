@@ -21,6 +21,7 @@ use super::{trace, ApiError, AppState};
 use crate::local_tools;
 use crate::tools::ToolCalls;
 use safegate_api::ToolChoice;
+use serde_json::Value;
 
 /// What the local model would read: its turns, and the calls it may make.
 struct LocalPrompt {
@@ -171,6 +172,7 @@ async fn prepare(
                 params.tool_choice,
                 ToolChoice::Required | ToolChoice::Function(_)
             ),
+            parallel: params.relayed.get("parallel_tool_calls") != Some(&Value::Bool(false)),
         }),
     };
     let req = ChatRequest {
