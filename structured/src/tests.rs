@@ -346,6 +346,37 @@ fn conforms(v: &Value, s: &Value, root: &Value) -> bool {
     })
 }
 
+/// One walk of the cursor by random allowed bytes (those in `favoured` three times in four,
+/// so that walks end): the output, once it may end (None if it ran 4000 bytes without).
+fn random_walk(g: &Grammar, rng: &mut Rng, favoured: &[u8]) -> Option<Vec<u8>> {
+    let mut c = Cursor::new(g);
+    let mut out = Vec::new();
+    for _ in 0..4000 {
+        if c.can_end(g) {
+            return Some(out);
+        }
+        let allowed: Vec<u8> = (0..=255u8).filter(|&b| c.accepts(g, &[b])).collect();
+        assert!(
+            !allowed.is_empty(),
+            "stuck after {:?}",
+            String::from_utf8_lossy(&out)
+        );
+        let pool: Vec<u8> = allowed
+            .iter()
+            .copied()
+            .filter(|b| favoured.contains(b))
+            .collect();
+        let pick = if !pool.is_empty() && rng.below(4) != 0 {
+            pool[rng.below(pool.len())]
+        } else {
+            allowed[rng.below(allowed.len())]
+        };
+        assert!(c.feed(g, pick));
+        out.push(pick);
+    }
+    c.can_end(g).then_some(out)
+}
+
 /// Walks the cursor by random allowed bytes (structure favoured so that walks end) and
 /// checks that every finished walk is JSON that conforms to the schema.
 #[test]
@@ -368,32 +399,7 @@ fn random_walks_through_a_schema_end_in_conforming_json() {
     let mut rng = Rng(42);
     let mut finished = 0;
     for _ in 0..400 {
-        let mut c = Cursor::new(&g);
-        let mut out = Vec::new();
-        for _ in 0..4000 {
-            if c.can_end(&g) {
-                break;
-            }
-            let allowed: Vec<u8> = (0..=255u8).filter(|&b| c.accepts(&g, &[b])).collect();
-            assert!(
-                !allowed.is_empty(),
-                "stuck after {:?}",
-                String::from_utf8_lossy(&out)
-            );
-            let pool: Vec<u8> = allowed
-                .iter()
-                .copied()
-                .filter(|b| favoured.contains(b))
-                .collect();
-            let pick = if !pool.is_empty() && rng.below(4) != 0 {
-                pool[rng.below(pool.len())]
-            } else {
-                allowed[rng.below(allowed.len())]
-            };
-            assert!(c.feed(&g, pick));
-            out.push(pick);
-        }
-        if c.can_end(&g) {
+        if let Some(out) = random_walk(&g, &mut rng, favoured) {
             finished += 1;
             let v: Value = serde_json::from_slice(&out)
                 .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)));
@@ -520,30 +526,9 @@ fn random_walks_through_tagged_cases_end_in_conforming_calls() {
     let mut rng = Rng(7);
     let mut finished = 0;
     for _ in 0..300 {
-        let mut c = Cursor::new(&g);
-        let mut out = Vec::new();
-        for _ in 0..4000 {
-            if c.can_end(&g) {
-                break;
-            }
-            let allowed: Vec<u8> = (0..=255u8).filter(|&b| c.accepts(&g, &[b])).collect();
-            assert!(!allowed.is_empty());
-            let pool: Vec<u8> = allowed
-                .iter()
-                .copied()
-                .filter(|b| favoured.contains(b))
-                .collect();
-            let pick = if !pool.is_empty() && rng.below(4) != 0 {
-                pool[rng.below(pool.len())]
-            } else {
-                allowed[rng.below(allowed.len())]
-            };
-            assert!(c.feed(&g, pick));
-            out.push(pick);
-        }
-        if !c.can_end(&g) {
+        let Some(out) = random_walk(&g, &mut rng, favoured) else {
             continue;
-        }
+        };
         finished += 1;
         let text = String::from_utf8(out).unwrap();
         let inner = text
