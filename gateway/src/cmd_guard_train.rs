@@ -110,7 +110,10 @@ fn row_key(row: &Row) -> [u8; 32] {
     } else {
         &row.kind
     };
-    Sha256::digest(format!("{kind}\u{0}{}", row.text).as_bytes()).into()
+    // Keyed by the text as the classifier reads it (whitespace folded, as at serving time):
+    // features cached before the fold stay valid for every text it leaves alone.
+    let text = safegate_guard::normalize::fold_whitespace(&row.text);
+    Sha256::digest(format!("{kind}\u{0}{text}").as_bytes()).into()
 }
 
 /// How features are read off the encoder: the window, the pooling and the wrapper's ids.
@@ -130,7 +133,8 @@ fn extract_missing(
     let mut missing: Vec<(usize, Vec<u32>)> = Vec::new();
     for (i, r) in rows.iter().enumerate() {
         if !cache.map.contains_key(&row_key(r)) {
-            let mut ids = encoder.tokenizer().encode_plain(&r.text)?;
+            let text = safegate_guard::normalize::fold_whitespace(&r.text);
+            let mut ids = encoder.tokenizer().encode_plain(&text)?;
             if ids.is_empty() {
                 ids = encoder.tokenizer().encode_plain(" ")?;
             }

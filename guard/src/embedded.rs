@@ -432,7 +432,8 @@ impl EmbeddedGuard {
 
     /// Token windows of a text, as the classifier reads it.
     pub fn windows_of(&self, text: &str) -> Result<Vec<Vec<u32>>, GuardError> {
-        let mut ids = self.tokenizer.encode_plain(text)?;
+        let text = crate::normalize::fold_whitespace(text);
+        let mut ids = self.tokenizer.encode_plain(&text)?;
         if ids.is_empty() {
             // An empty text still gets a verdict: the encoder reads one space.
             ids = self.tokenizer.encode_plain(" ")?;
