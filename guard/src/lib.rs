@@ -85,6 +85,12 @@ pub trait SafetyClassifier: Send + Sync {
     fn batch_stats(&self) -> Option<safegate_engine::ScoreStats> {
         None
     }
+    /// Whether [`Self::prompt_attack_scores`] can give scores (known without running
+    /// anything, so that a guard without such a classifier costs the stage nothing, not
+    /// even a trip to a blocking thread that a tight time budget could count as a failure).
+    fn detects_prompt_attacks(&self) -> bool {
+        false
+    }
     /// P(prompt attack: a jailbreak or an injected instruction) of each text, for a
     /// backend that has a prompt-attack classifier (the embedded guard with an attack
     /// head); `None` otherwise.
@@ -145,6 +151,9 @@ impl SafetyClassifier for EmbeddedGuard {
     }
     fn batch_stats(&self) -> Option<safegate_engine::ScoreStats> {
         Some(EmbeddedGuard::batch_stats(self))
+    }
+    fn detects_prompt_attacks(&self) -> bool {
+        self.head().attack.is_some()
     }
     fn prompt_attack_scores(
         &self,

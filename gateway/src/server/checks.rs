@@ -250,14 +250,15 @@ pub(super) async fn prompt_attack(
             })
             .await?
         }
-        (None, Some(guard)) => {
+        (None, Some(guard)) if guard.detects_prompt_attacks() => {
             let texts: Vec<String> = texts.into_iter().map(|(_, t)| t).collect();
             on_guard(budget, move |until| {
                 guard.prompt_attack_scores(&texts, until)
             })
             .await?
         }
-        (None, None) => return Ok(None),
+        // No prompt-attack classifier: nothing to run.
+        (None, _) => return Ok(None),
     };
     observe_stage(state, "prompt_attack", t0);
     match result {
