@@ -65,7 +65,7 @@ pub async fn completions(state: web::Data<AppState>, req: HttpRequest, body: Bod
 fn choose_backend(
     state: &AppState,
     requested: Option<&str>,
-    local: LocalPrompt,
+    local: impl FnOnce() -> LocalPrompt,
 ) -> Result<Box<dyn Backend>, ApiError> {
     let upstream = |name: &str| state.upstreams.iter().find(|t| t.name() == name);
     if let Some(target) = requested.and_then(upstream) {
@@ -107,6 +107,7 @@ fn choose_backend(
     }
     match &state.engine {
         Some(engine) => {
+            let local = local();
             let prompt_ids = engine.tokenizer().encode_chat(&local.messages, true)?;
             check_prompt_length(state, prompt_ids.len())?;
             Ok(Box::new(backend::Local {
@@ -158,23 +159,8 @@ async fn prepare(
     sampling
         .validate()
         .map_err(|e| ApiError::invalid(e.to_string()))?;
-    // The local model reads the offered tools, earlier calls and their results in the
-    // form it is asked to call in; the checks read the turns as sent.
-    let local = LocalPrompt {
-        messages: local_tools::prompt_messages(
-            &params.messages,
-            &params.tools,
-            &params.tool_choice,
-        ),
-        calls: params.offers_tools().then(|| backend::LocalCalls {
-            names: params.tools.iter().map(|t| t.name.clone()).collect(),
-            forced: matches!(
-                params.tool_choice,
-                ToolChoice::Required | ToolChoice::Function(_)
-            ),
-            parallel: params.relayed.get("parallel_tool_calls") != Some(&Value::Bool(false)),
-        }),
-    };
+    let offers_tools = params.offers_tools();
+    let parallel_calls = params.relayed.get("parallel_tool_calls") != Some(&Value::Bool(false));
     let req = ChatRequest {
         upstream_messages: params.messages.iter().map(|m| m.to_json()).collect(),
         messages: crate::messages::to_chat_messages(params.messages.clone()),
@@ -185,6 +171,23 @@ async fn prepare(
         format: None,
     };
     let mut req = req;
+    // The local model reads the offered tools, earlier calls and their results in the
+    // form it is asked to call in; the checks read the turns as sent.
+    let local = || LocalPrompt {
+        messages: local_tools::prompt_messages(
+            &params.messages,
+            &params.tools,
+            &params.tool_choice,
+        ),
+        calls: offers_tools.then(|| backend::LocalCalls {
+            names: params.tools.iter().map(|t| t.name.clone()).collect(),
+            forced: matches!(
+                params.tool_choice,
+                ToolChoice::Required | ToolChoice::Function(_)
+            ),
+            parallel: parallel_calls,
+        }),
+    };
     let backend = choose_backend(state, params.model.as_deref(), local)?;
     if backend.kind() == "local" {
         // An upstream gets `response_format` and `tool_choice` as sent; the local engine
@@ -194,13 +197,10 @@ async fn prepare(
             Ok(Some(grammar)) => Some(std::sync::Arc::new(grammar)),
             Ok(None) => local_format(&params.response_format)?,
             Err((tool, e)) => {
-                return Err(ApiError {
-                    code: Some("unsupported_schema".into()),
-                    ..ApiError::invalid_param(
-                        "tools",
-                        format!("the parameters of function `{tool}`: {e}"),
-                    )
-                })
+                return Err(unsupported_schema(
+                    "tools",
+                    format!("the parameters of function `{tool}`: {e}"),
+                ))
             }
         };
     }
@@ -388,12 +388,18 @@ fn local_format(
             safegate_api::ResponseFormat::JsonSchema { name, .. } => name.as_str(),
             _ => "",
         };
-        ApiError {
-            code: Some("unsupported_schema".into()),
-            ..ApiError::invalid_param(
-                "response_format",
-                format!("response_format.json_schema `{name}`: {e}"),
-            )
-        }
+        unsupported_schema(
+            "response_format",
+            format!("response_format.json_schema `{name}`: {e}"),
+        )
     })
+}
+
+/// A schema the local engine cannot hold a reply to (`response_format`, or a function's
+/// parameters in `tools`).
+fn unsupported_schema(param: &str, message: String) -> ApiError {
+    ApiError {
+        code: Some("unsupported_schema".into()),
+        ..ApiError::invalid_param(param, message)
+    }
 }
