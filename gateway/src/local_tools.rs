@@ -160,6 +160,8 @@ pub struct CallReader {
     names: Vec<String>,
     /// `parallel_tool_calls`: false keeps the first call only.
     parallel: bool,
+    /// The reply is held to the call grammar: whatever it holds is (part of) a call.
+    forced: bool,
     reading: Reading,
     held: String,
 }
@@ -179,6 +181,7 @@ impl CallReader {
         Self {
             names,
             parallel,
+            forced,
             reading: if forced {
                 Reading::Calls
             } else {
@@ -220,6 +223,15 @@ impl CallReader {
                 }
                 return ReadReply { text: rest, calls };
             }
+            if self.forced {
+                // Cut short (max_tokens): what OpenAI returns then, the call with the
+                // arguments written so far (finish_reason "length" says they are partial),
+                // or nothing while even the name is unfinished; never the call markup.
+                return ReadReply {
+                    text: String::new(),
+                    calls: cut_call(&held, &self.names).into_iter().collect(),
+                };
+            }
         }
         ReadReply {
             text: held,
@@ -248,6 +260,38 @@ fn parse_calls(text: &str, names: &[String]) -> Option<(Vec<FoundCall>, String)>
         rest = next.trim_start();
     }
     Some((calls, rest.trim_end().to_string()))
+}
+
+/// A demanded call the reply stopped inside: the grammar wrote `<tool_call>`, the name and
+/// `"arguments": ` in that order, so the name is read once it is whole, and the arguments
+/// are what follows (a JSON prefix; the whole value when only the closing tail was cut).
+fn cut_call(text: &str, names: &[String]) -> Option<FoundCall> {
+    let body = text.trim_start().strip_prefix(CALL_OPEN)?.trim_start();
+    let after_key = body
+        .strip_prefix('{')?
+        .trim_start()
+        .strip_prefix("\"name\"")?;
+    let after_colon = after_key.trim_start().strip_prefix(':')?.trim_start();
+    let mut values = serde_json::Deserializer::from_str(after_colon).into_iter::<String>();
+    let name = values.next()?.ok()?;
+    if !names.contains(&name) {
+        return None;
+    }
+    let rest = after_colon[values.byte_offset()..].trim_start();
+    let arguments = rest
+        .strip_prefix(',')
+        .map(str::trim_start)
+        .and_then(|r| r.strip_prefix("\"arguments\""))
+        .map(str::trim_start)
+        .and_then(|r| r.strip_prefix(':'))
+        .map(str::trim_start)
+        .unwrap_or("");
+    let mut whole = serde_json::Deserializer::from_str(arguments).into_iter::<Value>();
+    let arguments = match whole.next() {
+        Some(Ok(_)) => arguments[..whole.byte_offset()].to_string(),
+        _ => arguments.to_string(),
+    };
+    Some(FoundCall { name, arguments })
 }
 
 fn call_from(v: &Value, names: &[String]) -> Option<FoundCall> {
@@ -424,10 +468,35 @@ mod tests {
             assert!(r.calls.is_empty(), "{reply}");
             assert_eq!(r.text, reply);
         }
-        // A demanded call cut short by max_tokens is released as the text it is.
-        let (passed, r) = read(&["<tool_call>\n{\"name\": \"now\", \"argu"], true);
-        assert_eq!(passed, "");
-        assert!(r.calls.is_empty());
-        assert!(r.text.starts_with("<tool_call>"));
+    }
+
+    #[test]
+    fn a_demanded_call_cut_short_is_the_call_so_far_never_markup() {
+        let cut = |reply: &str| {
+            let (passed, r) = read(&[reply], true);
+            assert_eq!((passed.as_str(), r.text.as_str()), ("", ""), "{reply}");
+            r.calls
+                .into_iter()
+                .map(|c| (c.name, c.arguments))
+                .collect::<Vec<_>>()
+        };
+        let call = |name: &str, args: &str| vec![(name.to_string(), args.to_string())];
+        assert_eq!(cut("<tool_call>"), []);
+        assert_eq!(cut("<tool_call>\n{\"name\": \"get_wea"), []);
+        assert_eq!(
+            cut("<tool_call>\n{\"name\": \"now\", \"argu"),
+            call("now", "")
+        );
+        assert_eq!(
+            cut("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Os"),
+            call("get_weather", "{\"city\": \"Os")
+        );
+        // Only the closing tail was cut: the arguments are whole.
+        assert_eq!(
+            cut("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool"),
+            call("get_weather", "{\"city\": \"Oslo\"}")
+        );
+        // A name nobody offered is no call, even cut.
+        assert_eq!(cut("<tool_call>\n{\"name\": \"rm\", \"arguments\": {"), []);
     }
 }

@@ -132,6 +132,34 @@ fn a_demanded_call_follows_the_parameters_whole_and_streamed() {
             calls[0]["function"]["arguments"]
         );
     }
+
+    // Cut short by max_tokens: finish_reason "length" and the call as far as it got (the
+    // named function once its name is whole, the arguments so far), as OpenAI answers;
+    // never the prompt's call markup as text.
+    for max_tokens in [2, 9, 14, 20] {
+        let body = ask(
+            json!({"tool_choice": {"type": "function", "function": {"name": "get_time"}},
+                              "max_tokens": max_tokens, "seed": 3}),
+        );
+        let (status, v) = post(&server.base, "/v1/chat/completions", &body.to_string());
+        assert_eq!(status, 200, "{v}");
+        let c = &v["choices"][0];
+        assert_eq!(c["finish_reason"], "length", "{v}");
+        assert!(!v.to_string().contains("tool_call>"), "{v}");
+        for call in c["message"]["tool_calls"].as_array().into_iter().flatten() {
+            assert_eq!(call["function"]["name"], "get_time", "{v}");
+            let args = call["function"]["arguments"].as_str().unwrap();
+            assert!(args.is_empty() || args.starts_with('{'), "{v}");
+        }
+        let mut body = body.clone();
+        body["stream"] = json!(true);
+        let (content, scalls, finish) = streamed(&server.base, &body);
+        assert_eq!((content.as_str(), finish.as_str()), ("", "length"));
+        assert_eq!(
+            scalls.len(),
+            c["message"]["tool_calls"].as_array().map_or(0, Vec::len)
+        );
+    }
 }
 
 #[test]

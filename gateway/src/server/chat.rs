@@ -14,7 +14,8 @@ use super::audit::{conversation_sha256, AuditRecord, StageRecord};
 use super::backend::{self, Backend, ChatRequest, Event};
 use super::checks::{self, StreamShield};
 use super::reply::{
-    finish_reason_name, observe_generation, record_output, response_id, unix_now, Prepared,
+    finish_reason_name, finish_reason_with_calls, observe_generation, record_output, response_id,
+    unix_now, Prepared,
 };
 use super::respond::{self, filter_results, record_decision, Body, Reply};
 use super::{trace, ApiError, AppState};
@@ -344,7 +345,11 @@ async fn complete_whole(
             } else {
                 // Cleared with the rest of the reply: the calls go out whole.
                 let content = (!content.is_empty()).then_some(content);
-                (content, Some(tools.to_json(false)), "tool_calls")
+                (
+                    content,
+                    Some(tools.to_json(false)),
+                    finish_reason_with_calls(completion.finish_reason),
+                )
             }
         }
     };

@@ -94,6 +94,15 @@ pub(super) fn finish_reason_name(r: safegate_engine::FinishReason) -> &'static s
     }
 }
 
+/// The finish reason of a reply that made calls: "tool_calls", unless it was cut short,
+/// when its arguments may be unfinished and "length" says so (as OpenAI answers).
+pub(super) fn finish_reason_with_calls(r: safegate_engine::FinishReason) -> &'static str {
+    match r {
+        safegate_engine::FinishReason::Stop => "tool_calls",
+        safegate_engine::FinishReason::Length => "length",
+    }
+}
+
 pub(super) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -296,7 +296,7 @@ async fn run(
                 if !sse.send(&sse.chunk(calls, None, None)).await {
                     return;
                 }
-                "tool_calls"
+                reply::finish_reason_with_calls(c.finish_reason)
             };
             let last = sse.chunk(
                 Delta::default(),
