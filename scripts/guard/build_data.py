@@ -288,6 +288,11 @@ def main():
         code, text = line.split("\t", 1)
         unsafe = code != "safe"
         add(text, "prompt", int(unsafe), [code] if unsafe else [], "agent-probe", split="probe")
+    # Held-out security probe (never trained on): defenders' requests and interpreter abuse.
+    for line in hand_written("security_probe.txt"):
+        code, text = line.split("\t", 1)
+        unsafe = code != "safe"
+        add(text, "prompt", int(unsafe), [code] if unsafe else [], "security-probe", split="probe")
     for line in hand_written("probe.txt"):
         code, text = line.split("\t", 1)
         unsafe = code != "safe"
@@ -455,6 +460,13 @@ def main():
         code, text = line.split("\t", 1)
         unsafe = code != "safe"
         add(text, "prompt", int(unsafe), [code] if unsafe else [], "agent-tasks")
+    # Security work in attackers' words (safe) and attacks, code-interpreter abuse included
+    # (fifteenth session): "Explain how SQL injection works and how to fix it" was refused and
+    # "escape the container this interpreter runs in" passed.
+    for line in hand_written("security_tasks.txt"):
+        code, text = line.split("\t", 1)
+        unsafe = code != "safe"
+        add(text, "prompt", int(unsafe), [code] if unsafe else [], "security-tasks")
     # The harmful registry sources are mostly orders that open the same few ways ("Develop a
     # plan to", "Write a tutorial on how to", "Write a script that"); the same openings with
     # everyday tasks, so that the task, not the opening, decides.
