@@ -83,6 +83,24 @@ fn chat_shield_errors_and_metrics() {
         .into_json()
         .unwrap();
     assert_eq!(models["data"][0]["id"], "tiny-llama3");
+    // One model by id (the openai client's `models.retrieve`); an unknown one is a 404.
+    let one: Value = ureq::get(&format!("{}/v1/models/tiny-llama3", s.base))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(one, models["data"][0]);
+    match ureq::get(&format!("{}/v1/models/gpt-4o", s.base)).call() {
+        Err(ureq::Error::Status(404, r)) => {
+            let e: Value = r.into_json().unwrap();
+            assert_eq!(e["error"]["code"], "model_not_found", "{e}");
+            assert!(e["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("tiny-llama3"));
+        }
+        other => panic!("{other:?}"),
+    }
     let ready: Value = ureq::get(&format!("{}/readyz", s.base))
         .call()
         .unwrap()

@@ -3,7 +3,8 @@
     .cache/venv/bin/python scripts/conformance/openai_client.py http://127.0.0.1:8080
 
 Chat completion (whole and streamed) parses into the client's types; a blocked prompt raises the
-client's BadRequestError with code content_filter; models list. Exit code 0 on success.
+client's BadRequestError with code content_filter; models list and retrieve (an unknown id:
+NotFoundError). Exit code 0 on success.
 """
 
 import sys
@@ -16,6 +17,12 @@ client = openai.OpenAI(base_url=base, api_key="unused")
 
 models = client.models.list()
 assert models.data and models.data[0].id, models
+assert client.models.retrieve(models.data[0].id).id == models.data[0].id
+try:
+    client.models.retrieve("no-such-model")
+    raise AssertionError("an unknown model was found")
+except openai.NotFoundError as e:
+    assert e.body["code"] == "model_not_found", e.body
 
 r = client.chat.completions.create(model=models.data[0].id, messages=[{"role": "user", "content": "Hello"}], max_tokens=5)
 assert r.choices[0].message.role == "assistant"

@@ -106,6 +106,11 @@ fn routes(cfg: &mut web::ServiceConfig, with_ops: bool) {
     cfg.service(endpoint("/healthz", Method::GET, web::get().to(health)))
         .service(endpoint("/v1/models", Method::GET, web::get().to(models)))
         .service(endpoint(
+            "/v1/models/{id:.+}",
+            Method::GET,
+            web::get().to(model),
+        ))
+        .service(endpoint(
             "/v1/shield/scan",
             Method::POST,
             web::post().to(scan::shield_scan),
@@ -201,24 +206,57 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }))
 }
 
-async fn models(state: web::Data<AppState>, req: actix_web::HttpRequest) -> HttpResponse {
-    let admitted = match state.keys.authenticate(&req, "models", &mut None) {
-        Ok(caller) => match &caller.key {
-            Some((id, limits)) => state.limiter.admit(id, limits).await,
-            None => Ok(()),
-        },
-        Err(e) => Err(e),
-    };
-    if let Err(e) = admitted {
-        return e.into_response();
-    }
-    let data: Vec<serde_json::Value> = state
+/// Every model this server answers for, as OpenAI lists them.
+fn served_models(state: &AppState) -> Vec<serde_json::Value> {
+    state
         .engine
         .iter()
         .map(|e| json!({"id": e.info().name, "object": "model", "created": 0, "owned_by": "safegate"}))
         .chain(state.upstreams.iter().map(|m| {
             json!({"id": m.name(), "object": "model", "created": 0, "owned_by": "upstream"})
         }))
-        .collect();
-    HttpResponse::Ok().json(json!({"object": "list", "data": data}))
+        .collect()
+}
+
+/// The caller's key and request rate, as for any other endpoint.
+async fn admit_listing(state: &AppState, req: &actix_web::HttpRequest) -> Result<(), ApiError> {
+    let caller = state.keys.authenticate(req, "models", &mut None)?;
+    match &caller.key {
+        Some((id, limits)) => state.limiter.admit(id, limits).await,
+        None => Ok(()),
+    }
+}
+
+async fn models(state: web::Data<AppState>, req: actix_web::HttpRequest) -> HttpResponse {
+    if let Err(e) = admit_listing(&state, &req).await {
+        return e.into_response();
+    }
+    HttpResponse::Ok().json(json!({"object": "list", "data": served_models(&state)}))
+}
+
+/// `GET /v1/models/{id}` (the `openai` client's `models.retrieve`): the model, or 404
+/// `model_not_found` naming those served.
+async fn model(
+    state: web::Data<AppState>,
+    req: actix_web::HttpRequest,
+    id: web::Path<String>,
+) -> HttpResponse {
+    if let Err(e) = admit_listing(&state, &req).await {
+        return e.into_response();
+    }
+    let all = served_models(&state);
+    match all.iter().find(|m| m["id"] == id.as_str()) {
+        Some(m) => HttpResponse::Ok().json(m),
+        None => {
+            let names: Vec<&str> = all.iter().filter_map(|m| m["id"].as_str()).collect();
+            ApiError {
+                code: Some("model_not_found".into()),
+                ..ApiError::not_found(format!(
+                    "model `{id}` does not exist here (available: {})",
+                    names.join(", ")
+                ))
+            }
+            .into_response()
+        }
+    }
 }
