@@ -82,11 +82,11 @@ if [ ! -f ".cache/smollm2/$SMOL_GGUF" ]; then
 fi
 echo "smollm2 gguf: $(pwd)/.cache/smollm2/$SMOL_GGUF"
 
-# The official OpenAI Python client, for the conformance test (a project-local venv).
-# And kubernetes-validate, for the deploy/ manifest test.
-if [ ! -x .cache/venv/bin/python ] || ! .cache/venv/bin/python -c 'import openai' 2>/dev/null \
+# The official OpenAI Python client and LangChain's OpenAI chat model, for the conformance
+# tests (a project-local venv). And kubernetes-validate, for the deploy/ manifest test.
+if [ ! -x .cache/venv/bin/python ] || ! .cache/venv/bin/python -c 'import openai, langchain_openai' 2>/dev/null \
    || [ ! -x .cache/venv/bin/kubernetes-validate ]; then
   [ -x .cache/venv/bin/python ] || "$PY" -m venv .cache/venv
-  .cache/venv/bin/pip install -q openai==3.57.0 kubernetes-validate==1.37.0 >&2
+  .cache/venv/bin/pip install -q openai==3.57.0 langchain-openai==1.7.4 kubernetes-validate==1.37.0 >&2
 fi
 echo "openai client: $(pwd)/.cache/venv/bin/python"

@@ -245,6 +245,10 @@ fn the_official_openai_client_parses_our_responses() {
     ]);
     let stdout = run_conformance("openai_client.py", &[&open.base, &strict.base]);
     assert!(stdout.contains("conformance: ok"));
+    // An application on LangChain: invoke, stream with usage, a forced tool, structured
+    // output by its three methods, async batches, a blocked prompt.
+    let stdout = run_conformance("langchain_client.py", &[&open.base, &strict.base]);
+    assert!(stdout.contains("langchain: ok"), "{stdout}");
 }
 
 fn policy_version(base: &str) -> u64 {
