@@ -177,7 +177,10 @@ def main():
                 lines = [l[2:] if l.startswith("  ") else l for l in value.split("\n")]
                 add(fill("\n".join(lines)), 1, "pyrit-templates", split="external")
     # Indirect injections: an instruction hidden in a document or a tool's output.
-    docs = [r["text"] for r in base if r["kind"] == "prompt" and r["label"] == 0 and 60 < len(r["text"]) < 600]
+    # Documents from the training sources only: dev and probe rows are never trained on,
+    # not even as the carrier of an injection.
+    docs = [r["text"] for r in base if r["kind"] == "prompt" and r["label"] == 0 and 60 < len(r["text"]) < 600
+            and r["split"] in ("train", "val", "test")]
     rng.shuffle(docs)
     for i, doc in enumerate(docs[:700]):
         goal = rng.choice(GOALS)

@@ -293,6 +293,11 @@ def main():
         code, text = line.split("\t", 1)
         unsafe = code != "safe"
         add(text, "prompt", int(unsafe), [code] if unsafe else [], "security-probe", split="probe")
+    # Held-out statements probe (never trained on): content as a moderation API meets it.
+    for line in hand_written("statements_probe.txt"):
+        code, text = line.split("\t", 1)
+        unsafe = code != "safe"
+        add(text, "prompt", int(unsafe), [code] if unsafe else [], "statements-probe", split="probe")
     for line in hand_written("probe.txt"):
         code, text = line.split("\t", 1)
         unsafe = code != "safe"
