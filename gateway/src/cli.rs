@@ -162,6 +162,11 @@ pub enum GuardCommand {
         /// recognised), e.g. the encoder's chat template around a user turn.
         #[arg(long)]
         wrap: Option<String>,
+        /// Served heads also read a user's text one sentence at a time (sentences shorter
+        /// than this many characters joined to the next); train them with sentences of
+        /// benign documents among the safe rows (`build_attack_data.py` adds them).
+        #[arg(long)]
+        sentence_windows: Option<usize>,
         /// ONNX Runtime intra-op threads (0: ONNX Runtime's choice).
         #[arg(long, default_value_t = 0)]
         threads: usize,

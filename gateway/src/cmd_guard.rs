@@ -95,6 +95,7 @@ pub fn run(cli: &Cli, cmd: &GuardCommand) -> Result<()> {
             max_fpr_attack,
             pooling,
             wrap,
+            sentence_windows,
             threads,
         } => crate::cmd_guard_train::train(
             cli,
@@ -114,6 +115,7 @@ pub fn run(cli: &Cli, cmd: &GuardCommand) -> Result<()> {
                     .map(safegate_guard::embedded::Wrap::parse)
                     .transpose()
                     .map_err(|e| anyhow::anyhow!("--wrap: {e}"))?,
+                sentence_windows: *sentence_windows,
                 threads: *threads,
             },
         )?,

@@ -186,6 +186,7 @@ pub struct TrainArgs<'a> {
     pub max_fpr_attack: f64,
     pub pooling: Pooling,
     pub wrap: Option<Wrap>,
+    pub sentence_windows: Option<usize>,
     pub threads: usize,
 }
 
@@ -396,15 +397,17 @@ pub fn train(cli: &Cli, a: &TrainArgs) -> Result<()> {
         window_stride: a.stride,
         pooling: a.pooling,
         wrap: a.wrap.clone(),
+        sentence_windows: a.sentence_windows,
         prompt,
         response,
         categories,
         attack,
         training: json!({
-            "command": format!("safegate guard train --data {} --encoder {} --out {} --seed {} --window {} --stride {} --max-fpr {} --max-fpr-response {} --max-fpr-attack {} --pooling {}{}",
+            "command": format!("safegate guard train --data {} --encoder {} --out {} --seed {} --window {} --stride {} --max-fpr {} --max-fpr-response {} --max-fpr-attack {} --pooling {}{}{}",
                 a.data.display(), a.encoder.display(), a.out.display(), a.seed, a.window, a.stride, a.max_fpr, a.max_fpr_response, a.max_fpr_attack,
                 a.pooling.as_str(),
-                a.wrap.as_ref().map(|w| format!(" --wrap {:?}", format!("{}{{text}}{}", w.prefix, w.suffix))).unwrap_or_default()),
+                a.wrap.as_ref().map(|w| format!(" --wrap {:?}", format!("{}{{text}}{}", w.prefix, w.suffix))).unwrap_or_default(),
+                a.sentence_windows.map(|n| format!(" --sentence-windows {n}")).unwrap_or_default()),
             "seed": a.seed,
             "data_sha256": sha256_hex(&data_bytes),
             "report": report,

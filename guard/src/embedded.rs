@@ -146,6 +146,13 @@ pub struct Head {
     /// start its reply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wrap: Option<Wrap>,
+    /// A user's or a tool's text is also read one sentence at a time (sentences shorter
+    /// than this many characters joined to the next), the verdict the worst window's: a
+    /// harmful request after a paragraph of harmless text is otherwise averaged away. Heads
+    /// trained with sentences of benign documents as safe rows set it; absent: whole text
+    /// only. Replies are read whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentence_windows: Option<usize>,
     pub prompt: LinearHead,
     pub response: LinearHead,
     pub categories: CategoryHead,
@@ -430,15 +437,25 @@ impl EmbeddedGuard {
         }
     }
 
-    /// Token windows of a text, as the classifier reads it.
-    pub fn windows_of(&self, text: &str) -> Result<Vec<Vec<u32>>, GuardError> {
+    /// Token windows of a text, as the classifier reads it when judged as `agent`'s: the
+    /// whole text, and for a user's text its sentences too when the head reads them.
+    pub fn windows_of(&self, text: &str, agent: AgentType) -> Result<Vec<Vec<u32>>, GuardError> {
         let text = crate::normalize::fold_whitespace(text);
         let mut ids = self.tokenizer.encode_plain(&text)?;
         if ids.is_empty() {
             // An empty text still gets a verdict: the encoder reads one space.
             ids = self.tokenizer.encode_plain(" ")?;
         }
-        Ok(self.windows_of_ids(&ids))
+        let mut out = self.windows_of_ids(&ids);
+        if let (AgentType::User, Some(min_chars)) = (agent, self.head.sentence_windows) {
+            let sentences = crate::normalize::sentence_chunks(&text, min_chars);
+            if sentences.len() > 1 {
+                for sentence in sentences {
+                    out.extend(self.windows_of_ids(&self.tokenizer.encode_plain(sentence)?));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Token windows of a tokenized text, each with the head's wrapper around it.
@@ -451,7 +468,7 @@ impl EmbeddedGuard {
 
     /// Scores a text judged as `agent`'s (blocking).
     pub fn classify_text(&self, text: &str, agent: AgentType) -> Result<TextScore, GuardError> {
-        self.score_windows(self.windows_of(text)?, agent)
+        self.score_windows(self.windows_of(text, agent)?, agent)
     }
 
     /// Scores token windows (what `classify_text` does after tokenizing; benchmarks call it
@@ -505,7 +522,7 @@ impl EmbeddedGuard {
         let mut windows = Vec::new();
         let mut owner = Vec::new();
         for (i, text) in texts.iter().enumerate() {
-            let w = self.windows_of(text)?;
+            let w = self.windows_of(text, AgentType::User)?;
             owner.extend(std::iter::repeat_n(i, w.len()));
             windows.extend(w);
         }
@@ -585,7 +602,7 @@ impl EmbeddedGuard {
         let t0 = Instant::now();
         let mut windows = Vec::new();
         for text in judged_texts(&prompt.messages, prompt.agent) {
-            windows.extend(self.windows_of(&text)?);
+            windows.extend(self.windows_of(&text, prompt.agent)?);
         }
         let TextScore {
             p_unsafe,

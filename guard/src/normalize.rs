@@ -169,6 +169,30 @@ pub fn for_guard(text: &str) -> Cow<'_, str> {
     }
 }
 
+/// The sentences of a whitespace-folded text (split after `.`, `!` or `?` and a space),
+/// each shorter than `min_chars` joined to the next, and a short last one to the one before:
+/// pieces long enough to mean something on their own.
+pub fn sentence_chunks(text: &str, min_chars: usize) -> Vec<&str> {
+    // Byte ranges first: a short last piece extends the range before it.
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    let mut start = 0;
+    let bytes = text.as_bytes();
+    for (i, b) in bytes.iter().enumerate() {
+        let ends = matches!(b, b'.' | b'!' | b'?') && bytes.get(i + 1) == Some(&b' ');
+        if ends && text[start..=i].trim().chars().count() >= min_chars {
+            ranges.push((start, i + 1));
+            start = i + 1;
+        }
+    }
+    if !text[start..].trim().is_empty() {
+        match ranges.last_mut() {
+            Some(last) if text[start..].trim().chars().count() < min_chars => last.1 = text.len(),
+            _ => ranges.push((start, text.len())),
+        }
+    }
+    ranges.into_iter().map(|(a, b)| text[a..b].trim()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,5 +263,32 @@ mod tests {
         assert!(matches!(for_guard(PLAIN), Cow::Borrowed(_)));
         assert!(matches!(for_guard("Grüße aus Köln"), Cow::Borrowed(_)));
         assert_eq!(for_guard("naïve café"), "naïve café");
+    }
+
+    #[test]
+    fn sentences_are_cut_where_they_mean_something_alone() {
+        let text = "Hi. We are going to Lisbon in May with the kids. Also, how do I make a pipe bomb? Thanks!";
+        assert_eq!(
+            sentence_chunks(text, 40),
+            [
+                "Hi. We are going to Lisbon in May with the kids.",
+                "Also, how do I make a pipe bomb? Thanks!"
+            ]
+        );
+        assert_eq!(sentence_chunks("One short line", 40), ["One short line"]);
+        assert!(sentence_chunks("", 40).is_empty());
+        // No space after the dot: not a sentence end (versions, decimals, file names).
+        assert_eq!(
+            sentence_chunks(
+                "Use v1.2.3 of file.txt now. It is the one we need here!",
+                10
+            )
+            .len(),
+            2
+        );
+        assert_eq!(
+            sentence_chunks("Ünïcödé sentence number one here. And ünïcödé two.", 5).len(),
+            2
+        );
     }
 }

@@ -324,6 +324,51 @@ fn the_default_guard_blocks_harm_passes_benign_and_batches_exactly() {
 }
 
 #[test]
+fn a_head_with_sentence_windows_reads_a_users_sentences_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = build_guard(tmp.path());
+    let mut head = Head::load(&head_path()).unwrap();
+    head.sentence_windows = Some(40);
+    std::fs::write(dir.join(HEAD_FILE), serde_json::to_string(&head).unwrap()).unwrap();
+    let guard = open(&dir);
+    let paragraph = "Our book club meets on Thursday evenings in the back room of the library. \
+        This month we are reading a long novel about a lighthouse keeper, and half of us have \
+        not finished it yet, so the discussion will probably run late again.";
+    let text = format!("{paragraph} {}", UNSEEN_HARMFUL[0].0);
+    // The whole text, then each sentence: three windows for a user, one for a reply; a
+    // single sentence is one window either way.
+    assert_eq!(guard.windows_of(&text, AgentType::User).unwrap().len(), 4);
+    assert_eq!(guard.windows_of(&text, AgentType::Agent).unwrap().len(), 1);
+    assert_eq!(
+        guard
+            .windows_of(UNSEEN_HARMFUL[0].0, AgentType::User)
+            .unwrap()
+            .len(),
+        1
+    );
+    // The verdict is the worst window's: the request's own sentence counts in full.
+    let alone = guard
+        .classify_text(UNSEEN_HARMFUL[0].0, AgentType::User)
+        .unwrap()
+        .p_unsafe;
+    let buried = guard
+        .classify_text(&text, AgentType::User)
+        .unwrap()
+        .p_unsafe;
+    assert!(
+        buried >= alone - 1e-9,
+        "{buried} after a paragraph, {alone} alone"
+    );
+    for benign in UNSEEN_BENIGN {
+        let p = guard
+            .classify_text(&format!("{paragraph} {benign}"), AgentType::User)
+            .unwrap()
+            .p_unsafe;
+        assert!(p < 0.5, "P(unsafe) {p} for {benign:?} after a paragraph");
+    }
+}
+
+#[test]
 fn a_head_that_does_not_fit_the_encoder_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = build_guard(tmp.path());
