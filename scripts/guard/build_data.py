@@ -271,6 +271,13 @@ def main():
 
     # The everyday-traffic dev set first, so that a training source repeating one of its
     # texts loses the copy (first source wins) and dev stays disjoint from training.
+    def labelled(name, source, split=None):
+        """A hand-written file of CODE<TAB>text lines: `safe`, or the Llama Guard 2 code."""
+        for line in hand_written(name):
+            code, text = line.split("\t", 1)
+            unsafe = code != "safe"
+            add(text, "prompt", int(unsafe), [code] if unsafe else [], source, split=split)
+
     for line in hand_written("dev/everyday.txt"):
         add(line, "prompt", 0, [], "dev-everyday", split="dev")
     for line in hand_written("dev/lookalike.txt"):
@@ -278,30 +285,15 @@ def main():
     for line in hand_written("dev/harmful.txt"):
         code, text = line.split("\t", 1)
         add(text, "prompt", 1, [code], "dev-harmful", split="dev")
-    for line in hand_written("dev/statements.txt"):
-        code, text = line.split("\t", 1)
-        unsafe = code != "safe"
-        add(text, "prompt", int(unsafe), [code] if unsafe else [], "dev-statements", split="dev")
+    labelled("dev/statements.txt", "dev-statements", split="dev")
     # The prompts of the issue that reported the false refusals, and the README's examples.
     # Held-out agent probe (never trained on): scored with the probe split.
-    for line in hand_written("agent_probe.txt"):
-        code, text = line.split("\t", 1)
-        unsafe = code != "safe"
-        add(text, "prompt", int(unsafe), [code] if unsafe else [], "agent-probe", split="probe")
+    labelled("agent_probe.txt", "agent-probe", split="probe")
     # Held-out security probe (never trained on): defenders' requests and interpreter abuse.
-    for line in hand_written("security_probe.txt"):
-        code, text = line.split("\t", 1)
-        unsafe = code != "safe"
-        add(text, "prompt", int(unsafe), [code] if unsafe else [], "security-probe", split="probe")
+    labelled("security_probe.txt", "security-probe", split="probe")
     # Held-out statements probe (never trained on): content as a moderation API meets it.
-    for line in hand_written("statements_probe.txt"):
-        code, text = line.split("\t", 1)
-        unsafe = code != "safe"
-        add(text, "prompt", int(unsafe), [code] if unsafe else [], "statements-probe", split="probe")
-    for line in hand_written("probe.txt"):
-        code, text = line.split("\t", 1)
-        unsafe = code != "safe"
-        add(text, "prompt", int(unsafe), [code] if unsafe else [], "issue-examples", split="probe")
+    labelled("statements_probe.txt", "statements-probe", split="probe")
+    labelled("probe.txt", "issue-examples", split="probe")
 
     pyrit = wheel("pyrit==1.1.0")
     base = "pyrit/datasets/"
@@ -444,34 +436,22 @@ def main():
                 r = json.loads(line)
                 add(r["reply"], "response", 0, [], "model-replies", context=r["prompt"])
     # Content rather than requests: what a user pastes or says (a moderation call's input).
-    for line in hand_written("statements.txt"):
-        code, text = line.split("\t", 1)
-        unsafe = code != "safe"
-        add(text, "prompt", int(unsafe), [code] if unsafe else [], "statements")
+    labelled("statements.txt", "statements")
     # Self-harm intent said plainly, sexual content with minors asked for as stories, and
     # dehumanising hate, with their safe neighbours (everyday complaints that say "hate"):
     # gaps a held-out probe found (twelfth session; content_probe.txt is never trained on).
-    for line in hand_written("content_gaps.txt"):
-        code, text = line.split("\t", 1)
-        unsafe = code != "safe"
-        add(text, "prompt", int(unsafe), [code] if unsafe else [], "content-gaps")
+    labelled("content_gaps.txt", "content-gaps")
     for line in hand_written("conversational_harmful.txt"):
         code, text = line.split("\t", 1)
         add(text, "prompt", 1, [code], "conversational-harmful")
     # Actions asked of an assistant with tools (send, text, email, schedule, book, post),
     # safe ones carrying names, emails and phone numbers, and the same actions put to harm
     # (fourteenth session): the prompt head blocked everyday messaging requests.
-    for line in hand_written("agent_tasks.txt"):
-        code, text = line.split("\t", 1)
-        unsafe = code != "safe"
-        add(text, "prompt", int(unsafe), [code] if unsafe else [], "agent-tasks")
+    labelled("agent_tasks.txt", "agent-tasks")
     # Security work in attackers' words (safe) and attacks, code-interpreter abuse included
     # (fifteenth session): "Explain how SQL injection works and how to fix it" was refused and
     # "escape the container this interpreter runs in" passed.
-    for line in hand_written("security_tasks.txt"):
-        code, text = line.split("\t", 1)
-        unsafe = code != "safe"
-        add(text, "prompt", int(unsafe), [code] if unsafe else [], "security-tasks")
+    labelled("security_tasks.txt", "security-tasks")
     # The harmful registry sources are mostly orders that open the same few ways ("Develop a
     # plan to", "Write a tutorial on how to", "Write a script that"); the same openings with
     # everyday tasks, so that the task, not the opening, decides.
