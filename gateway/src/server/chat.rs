@@ -84,26 +84,15 @@ fn choose_backend(
             metrics: state.metrics.upstream.clone(),
         }));
     }
-    let available = || {
-        state
-            .engine
-            .iter()
-            .map(|e| e.info().name.clone())
-            .chain(state.upstreams.iter().map(|t| t.name().to_string()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     // A model this server does not serve is an error, not the local model in disguise
     // (omitting `model` picks the local one).
     if let (Some(name), Some(engine)) = (requested, &state.engine) {
         if name != engine.info().name {
-            return Err(ApiError {
-                code: Some("model_not_found".into()),
-                ..ApiError::not_found(format!(
-                    "model `{name}` does not exist here (available: {}; omit `model` for the default)",
-                    available()
-                ))
-            });
+            return Err(super::model_not_found(
+                state,
+                name,
+                "; omit `model` for the default",
+            ));
         }
     }
     match &state.engine {
@@ -117,14 +106,9 @@ fn choose_backend(
                 calls: local.calls,
             }))
         }
-        None if !state.upstreams.is_empty() => Err(ApiError {
-            code: Some("model_not_found".into()),
-            ..ApiError::not_found(format!(
-                "model `{}` does not exist here (available: {})",
-                requested.unwrap_or(""),
-                available()
-            ))
-        }),
+        None if !state.upstreams.is_empty() => {
+            Err(super::model_not_found(state, requested.unwrap_or(""), ""))
+        }
         None => Err(ApiError::unavailable(
             "no chat model is loaded (start with --model DIR)",
         )),
@@ -162,7 +146,7 @@ async fn prepare(
         .map_err(|e| ApiError::invalid(e.to_string()))?;
     let offers_tools = params.offers_tools();
     let parallel_calls = params.relayed.get("parallel_tool_calls") != Some(&Value::Bool(false));
-    let req = ChatRequest {
+    let mut req = ChatRequest {
         upstream_messages: params.messages.iter().map(|m| m.to_json()).collect(),
         messages: crate::messages::to_chat_messages(params.messages.clone()),
         relayed: params.relayed,
@@ -171,7 +155,6 @@ async fn prepare(
         stop: params.stop,
         format: None,
     };
-    let mut req = req;
     // The local model reads the offered tools, earlier calls and their results in the
     // form it is asked to call in; the checks read the turns as sent.
     let local = || LocalPrompt {

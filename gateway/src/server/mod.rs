@@ -244,19 +244,27 @@ async fn model(
     if let Err(e) = admit_listing(&state, &req).await {
         return e.into_response();
     }
-    let all = served_models(&state);
-    match all.iter().find(|m| m["id"] == id.as_str()) {
+    match served_models(&state)
+        .into_iter()
+        .find(|m| m["id"] == id.as_str())
+    {
         Some(m) => HttpResponse::Ok().json(m),
-        None => {
-            let names: Vec<&str> = all.iter().filter_map(|m| m["id"].as_str()).collect();
-            ApiError {
-                code: Some("model_not_found".into()),
-                ..ApiError::not_found(format!(
-                    "model `{id}` does not exist here (available: {})",
-                    names.join(", ")
-                ))
-            }
-            .into_response()
-        }
+        None => model_not_found(&state, &id, "").into_response(),
+    }
+}
+
+/// 404 `model_not_found` for a model this server does not serve, naming those it does
+/// (`hint` follows the list).
+pub(super) fn model_not_found(state: &AppState, name: &str, hint: &str) -> ApiError {
+    let served: Vec<String> = served_models(state)
+        .iter()
+        .filter_map(|m| m["id"].as_str().map(str::to_string))
+        .collect();
+    ApiError {
+        code: Some("model_not_found".into()),
+        ..ApiError::not_found(format!(
+            "model `{name}` does not exist here (available: {}{hint})",
+            served.join(", ")
+        ))
     }
 }
