@@ -163,8 +163,9 @@ pub enum GuardCommand {
         #[arg(long)]
         wrap: Option<String>,
         /// Served heads also read a user's text one sentence at a time (sentences shorter
-        /// than this many characters joined to the next); train them with sentences of
-        /// benign documents among the safe rows (`build_attack_data.py` adds them).
+        /// than this many characters joined to the next), with a sentence head trained on
+        /// the prompt rows and the data's `sentence` rows (sentences of benign documents,
+        /// `build_attack_data.py` adds them).
         #[arg(long)]
         sentence_windows: Option<usize>,
         /// ONNX Runtime intra-op threads (0: ONNX Runtime's choice).

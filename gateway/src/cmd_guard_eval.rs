@@ -54,9 +54,13 @@ pub fn read_rows(path: &Path) -> Result<Vec<Row>> {
         let row: Row = serde_json::from_str(&line).map_err(|e| {
             anyhow::anyhow!("{}:{}: column {}: {e}", path.display(), i + 1, e.column())
         })?;
-        if !matches!(row.kind.as_str(), "prompt" | "response" | "attack") || row.label > 1 {
+        if !matches!(
+            row.kind.as_str(),
+            "prompt" | "response" | "attack" | "sentence"
+        ) || row.label > 1
+        {
             bail!(
-                "{}:{}: field `kind` must be prompt, response or attack and `label` 0 or 1",
+                "{}:{}: field `kind` must be prompt, response, attack or sentence and `label` 0 or 1",
                 path.display(),
                 i + 1
             );
@@ -115,9 +119,11 @@ const HAND_WRITTEN: &[&str] = &[
 pub fn eval(cli: &Cli, a: &EvalArgs) -> Result<()> {
     let rows = read_rows(a.data)?;
     let guard = open_for_measuring(cli, a.guard, a.threads)?;
+    // Sentence rows teach the sentence head; served, a sentence is read inside a longer
+    // text (scripts/guard/buried_eval.py measures that), so they are not scored here.
     let chosen: Vec<&Row> = rows
         .iter()
-        .filter(|r| a.splits.contains(&r.split))
+        .filter(|r| a.splits.contains(&r.split) && r.kind != "sentence")
         .collect();
     if chosen.is_empty() {
         bail!("{}: no rows in splits {:?}", a.data.display(), a.splits);

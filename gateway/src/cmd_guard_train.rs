@@ -230,12 +230,12 @@ pub fn train(cli: &Cli, a: &TrainArgs) -> Result<()> {
         s.dedup();
         s
     };
-    // Features, labels and source numbers of one split and kind.
-    let select = |split: &str, kind: &str| -> (Vec<&[f32]>, Vec<bool>, Vec<usize>) {
+    // Features, labels and source numbers of one split and the kinds of rows a head reads.
+    let select = |split: &str, kinds: &[&str]| -> (Vec<&[f32]>, Vec<bool>, Vec<usize>) {
         let mut out = (Vec::new(), Vec::new(), Vec::new());
         for (r, f) in by_id
             .iter()
-            .filter(|(r, _)| r.split == split && r.kind == kind)
+            .filter(|(r, _)| r.split == split && kinds.contains(&r.kind.as_str()))
         {
             out.0.push(f.as_slice());
             out.1.push(r.label == 1);
@@ -248,14 +248,24 @@ pub fn train(cli: &Cli, a: &TrainArgs) -> Result<()> {
     let mut report = serde_json::Map::new();
     let mut heads = Vec::new();
     let has_attack = rows.iter().any(|r| r.kind == "attack");
-    let kinds: &[&str] = if has_attack {
-        &["prompt", "response", "attack"]
-    } else {
-        &["prompt", "response"]
-    };
-    for &kind in kinds {
-        let (train_x, train_y, _) = select("train", kind);
-        let (val_x, val_y, val_sources) = select("val", kind);
+    // The sentence head, when sentences are read and there are sentence rows: the prompt
+    // rows and the sentences of benign documents.
+    let has_sentence = a.sentence_windows.is_some() && rows.iter().any(|r| r.kind == "sentence");
+    let mut kinds = vec!["prompt", "response"];
+    if has_attack {
+        kinds.push("attack");
+    }
+    if has_sentence {
+        kinds.push("sentence");
+    }
+    for kind in &kinds {
+        let kind: &str = kind;
+        let read: &[&str] = match kind {
+            "sentence" => &["prompt", "sentence"],
+            _ => std::slice::from_ref(&kind),
+        };
+        let (train_x, train_y, _) = select("train", read);
+        let (val_x, val_y, val_sources) = select("val", read);
         if train_x.is_empty() || val_x.is_empty() {
             bail!(
                 "{}: no {kind} rows in the train or val split",
@@ -282,7 +292,7 @@ pub fn train(cli: &Cli, a: &TrainArgs) -> Result<()> {
         let head = linear_head(standardizer, fitted, 0.5);
         let scores: Vec<f64> = val_x.iter().map(|x| head.p_unsafe(x)).collect();
         let cap = match kind {
-            "prompt" => a.max_fpr,
+            "prompt" | "sentence" => a.max_fpr,
             "attack" => a.max_fpr_attack,
             _ => a.max_fpr_response,
         };
@@ -386,6 +396,7 @@ pub fn train(cli: &Cli, a: &TrainArgs) -> Result<()> {
         json!({"l2": cat_l2, "val_top1_accuracy": accuracy, "train_rows": cat_x.len()}),
     );
 
+    let sentence = if has_sentence { heads.pop() } else { None };
     let attack = if has_attack { heads.pop() } else { None };
     let response = heads.pop().expect("two heads");
     let prompt = heads.pop().expect("two heads");
@@ -402,6 +413,7 @@ pub fn train(cli: &Cli, a: &TrainArgs) -> Result<()> {
         response,
         categories,
         attack,
+        sentence,
         training: json!({
             "command": format!("safegate guard train --data {} --encoder {} --out {} --seed {} --window {} --stride {} --max-fpr {} --max-fpr-response {} --max-fpr-attack {} --pooling {}{}{}",
                 a.data.display(), a.encoder.display(), a.out.display(), a.seed, a.window, a.stride, a.max_fpr, a.max_fpr_response, a.max_fpr_attack,

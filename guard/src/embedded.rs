@@ -146,11 +146,10 @@ pub struct Head {
     /// start its reply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wrap: Option<Wrap>,
-    /// A user's or a tool's text is also read one sentence at a time (sentences shorter
-    /// than this many characters joined to the next), the verdict the worst window's: a
-    /// harmful request after a paragraph of harmless text is otherwise averaged away. Heads
-    /// trained with sentences of benign documents as safe rows set it; absent: whole text
-    /// only. Replies are read whole.
+    /// A user's text is also read one sentence at a time (sentences shorter than this many
+    /// characters joined to the next), the verdict the worst window's: a harmful request
+    /// after a paragraph of harmless text is otherwise averaged away. Absent: whole texts
+    /// only. Tool results and replies are read whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sentence_windows: Option<usize>,
     pub prompt: LinearHead,
@@ -160,6 +159,11 @@ pub struct Head {
     /// tool gave; absent from heads trained before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attack: Option<LinearHead>,
+    /// P(unsafe) of one sentence of a longer user text (`sentence_windows`): trained on the
+    /// prompt rows and on sentences cut out of benign documents, which the prompt head has
+    /// never seen alone and reads like requests. Absent: sentences are read by the prompt head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentence: Option<LinearHead>,
     /// How the head was made (command, seed, data), for the record.
     #[serde(default)]
     pub training: serde_json::Value,
@@ -437,22 +441,33 @@ impl EmbeddedGuard {
         }
     }
 
-    /// Token windows of a text, as the classifier reads it when judged as `agent`'s: the
-    /// whole text, and for a user's text its sentences too when the head reads them.
-    pub fn windows_of(&self, text: &str, agent: AgentType) -> Result<Vec<Vec<u32>>, GuardError> {
+    /// Token windows of a text, as the classifier reads it whole.
+    pub fn windows_of(&self, text: &str, _agent: AgentType) -> Result<Vec<Vec<u32>>, GuardError> {
         let text = crate::normalize::fold_whitespace(text);
         let mut ids = self.tokenizer.encode_plain(&text)?;
         if ids.is_empty() {
             // An empty text still gets a verdict: the encoder reads one space.
             ids = self.tokenizer.encode_plain(" ")?;
         }
-        let mut out = self.windows_of_ids(&ids);
-        if let (AgentType::User, Some(min_chars)) = (agent, self.head.sentence_windows) {
-            let sentences = crate::normalize::sentence_chunks(&text, min_chars);
-            if sentences.len() > 1 {
-                for sentence in sentences {
-                    out.extend(self.windows_of_ids(&self.tokenizer.encode_plain(sentence)?));
-                }
+        Ok(self.windows_of_ids(&ids))
+    }
+
+    /// Token windows of a user's text read one sentence at a time, when the head reads
+    /// sentences and the text has more than one; none otherwise (replies, tool results).
+    pub fn sentence_windows_of(
+        &self,
+        text: &str,
+        agent: AgentType,
+    ) -> Result<Vec<Vec<u32>>, GuardError> {
+        let (AgentType::User, Some(min_chars)) = (agent, self.head.sentence_windows) else {
+            return Ok(Vec::new());
+        };
+        let text = crate::normalize::fold_whitespace(text);
+        let sentences = crate::normalize::sentence_chunks(&text, min_chars);
+        let mut out = Vec::new();
+        if sentences.len() > 1 {
+            for sentence in sentences {
+                out.extend(self.windows_of_ids(&self.tokenizer.encode_plain(sentence)?));
             }
         }
         Ok(out)
@@ -468,7 +483,12 @@ impl EmbeddedGuard {
 
     /// Scores a text judged as `agent`'s (blocking).
     pub fn classify_text(&self, text: &str, agent: AgentType) -> Result<TextScore, GuardError> {
-        self.score_windows(self.windows_of(text, agent)?, agent)
+        self.score_windows_until(
+            self.windows_of(text, agent)?,
+            self.sentence_windows_of(text, agent)?,
+            agent,
+            &crate::Until::default(),
+        )
     }
 
     /// Scores token windows (what `classify_text` does after tokenizing; benchmarks call it
@@ -478,25 +498,35 @@ impl EmbeddedGuard {
         windows: Vec<Vec<u32>>,
         agent: AgentType,
     ) -> Result<TextScore, GuardError> {
-        self.score_windows_until(windows, agent, &crate::Until::default())
+        self.score_windows_until(windows, Vec::new(), agent, &crate::Until::default())
     }
 
+    /// The worst of `windows` (whole texts, read by the prompt or the response head) and
+    /// `sentences` (sentences of a user's text, read by the sentence head), encoded together.
     fn score_windows_until(
         &self,
-        windows: Vec<Vec<u32>>,
+        mut windows: Vec<Vec<u32>>,
+        sentences: Vec<Vec<u32>>,
         agent: AgentType,
         until: &crate::Until,
     ) -> Result<TextScore, GuardError> {
+        let whole = windows.len();
+        windows.extend(sentences);
         let tokens = windows.iter().map(Vec::len).sum();
         let features = self.features_until(windows.clone(), until)?;
-        self.remember(&windows, &features);
+        self.remember(&windows[..whole], &features[..whole]);
         let head = match agent {
             AgentType::User => &self.head.prompt,
             AgentType::Agent => &self.head.response,
         };
+        let sentence_head = self.head.sentence.as_ref().unwrap_or(head);
         let (p, worst) = features
             .iter()
-            .map(|f| (head.p_unsafe(f), f))
+            .enumerate()
+            .map(|(i, f)| {
+                let reader = if i < whole { head } else { sentence_head };
+                (reader.p_unsafe(f), f)
+            })
             .fold(None::<(f64, &Vec<f32>)>, |best, c| match best {
                 Some(b) if b.0 >= c.0 => Some(b),
                 _ => Some(c),
@@ -604,11 +634,19 @@ impl EmbeddedGuard {
         for text in judged_texts(&prompt.messages, prompt.agent) {
             windows.extend(self.windows_of(&text, prompt.agent)?);
         }
+        // Sentences of what users wrote (not of tool results: a document's sentence out of
+        // context says little, and an injected instruction is the attack head's business).
+        let mut sentences = Vec::new();
+        if prompt.agent == AgentType::User {
+            for m in prompt.messages.iter().filter(|m| m.role == "user") {
+                sentences.extend(self.sentence_windows_of(&m.content, prompt.agent)?);
+            }
+        }
         let TextScore {
             p_unsafe,
             given_unsafe: given,
             tokens,
-        } = self.score_windows_until(windows, prompt.agent, until)?;
+        } = self.score_windows_until(windows, sentences, prompt.agent, until)?;
         // Report under the prompt's category list: the taxonomy's codes it lists (the head
         // knows the Llama Guard 2 codes; custom categories get no score from it).
         let listed: Vec<(String, f64)> = prompt

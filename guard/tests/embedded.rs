@@ -329,23 +329,32 @@ fn a_head_with_sentence_windows_reads_a_users_sentences_too() {
     let dir = build_guard(tmp.path());
     let mut head = Head::load(&head_path()).unwrap();
     head.sentence_windows = Some(40);
+    // First without a sentence head: the prompt head reads the sentences too.
+    let sentence_head = head.sentence.take();
     std::fs::write(dir.join(HEAD_FILE), serde_json::to_string(&head).unwrap()).unwrap();
     let guard = open(&dir);
     let paragraph = "Our book club meets on Thursday evenings in the back room of the library. \
         This month we are reading a long novel about a lighthouse keeper, and half of us have \
         not finished it yet, so the discussion will probably run late again.";
     let text = format!("{paragraph} {}", UNSEEN_HARMFUL[0].0);
-    // The whole text, then each sentence: three windows for a user, one for a reply; a
-    // single sentence is one window either way.
-    assert_eq!(guard.windows_of(&text, AgentType::User).unwrap().len(), 4);
-    assert_eq!(guard.windows_of(&text, AgentType::Agent).unwrap().len(), 1);
+    // The whole text is one window; a user's three sentences three more; a reply's none,
+    // nor a single sentence's.
+    assert_eq!(guard.windows_of(&text, AgentType::User).unwrap().len(), 1);
     assert_eq!(
         guard
-            .windows_of(UNSEEN_HARMFUL[0].0, AgentType::User)
+            .sentence_windows_of(&text, AgentType::User)
             .unwrap()
             .len(),
-        1
+        3
     );
+    assert!(guard
+        .sentence_windows_of(&text, AgentType::Agent)
+        .unwrap()
+        .is_empty());
+    assert!(guard
+        .sentence_windows_of(UNSEEN_HARMFUL[0].0, AgentType::User)
+        .unwrap()
+        .is_empty());
     // The verdict is the worst window's: the request's own sentence counts in full.
     let alone = guard
         .classify_text(UNSEEN_HARMFUL[0].0, AgentType::User)
@@ -366,6 +375,38 @@ fn a_head_with_sentence_windows_reads_a_users_sentences_too() {
             .p_unsafe;
         assert!(p < 0.5, "P(unsafe) {p} for {benign:?} after a paragraph");
     }
+    drop(guard);
+
+    // A sentence head reads the sentences, and only those of what a user wrote: one that
+    // calls everything unsafe flags the user's paragraph and nothing else.
+    let mut everything_unsafe = sentence_head.unwrap_or_else(|| head.prompt.clone());
+    everything_unsafe.weights.iter_mut().for_each(|w| *w = 0.0);
+    everything_unsafe.bias = 20.0;
+    head.sentence = Some(everything_unsafe);
+    std::fs::write(dir.join(HEAD_FILE), serde_json::to_string(&head).unwrap()).unwrap();
+    let guard = open(&dir);
+    let benign_paragraph = format!("{paragraph} {}", UNSEEN_BENIGN[0]);
+    let p = |agent, messages: &[(&str, &str)]| classify(&guard, agent, messages).0;
+    assert!(p(AgentType::User, &[("user", benign_paragraph.as_str())]) > 0.99);
+    assert!(p(AgentType::User, &[("user", UNSEEN_BENIGN[0])]) < 0.5);
+    assert!(
+        p(
+            AgentType::User,
+            &[
+                ("user", UNSEEN_BENIGN[0]),
+                ("tool", benign_paragraph.as_str())
+            ]
+        ) < 0.5
+    );
+    assert!(
+        p(
+            AgentType::Agent,
+            &[
+                ("user", UNSEEN_BENIGN[0]),
+                ("assistant", benign_paragraph.as_str())
+            ]
+        ) < 0.5
+    );
 }
 
 #[test]

@@ -293,6 +293,8 @@ def main():
     labelled("security_probe.txt", "security-probe", split="probe")
     # Held-out statements probe (never trained on): content as a moderation API meets it.
     labelled("statements_probe.txt", "statements-probe", split="probe")
+    # Held-out long everyday requests (never trained on): a situation, then the ask.
+    labelled("long_everyday_probe.txt", "long-probe", split="probe")
     labelled("probe.txt", "issue-examples", split="probe")
 
     pyrit = wheel("pyrit==1.1.0")
@@ -452,6 +454,9 @@ def main():
     # (fifteenth session): "Explain how SQL injection works and how to fix it" was refused and
     # "escape the container this interpreter runs in" passed.
     labelled("security_tasks.txt", "security-tasks")
+    # A few sentences of the writer's situation, then the ask (sixteenth session): long
+    # benign texts were formal documents only, and a personal story read as harm.
+    labelled("long_requests.txt", "long-requests")
     # The harmful registry sources are mostly orders that open the same few ways ("Develop a
     # plan to", "Write a tutorial on how to", "Write a script that"); the same openings with
     # everyday tasks, so that the task, not the opening, decides.

@@ -7,7 +7,11 @@ heads with `sentence_windows`):
 
     python3 scripts/guard/buried_eval.py [BASE_URL]
 
-Sets: 150 long benign test/dev prompts never trained on; 60 dev harmful and 60 dev everyday
+"whole" is the server's verdict (a head with a sentence head reads the sentences of a
+user's text too); "with chunks" adds each sentence sent as a request of its own.
+
+Sets: 150 long benign test/dev prompts never trained on; 40 long everyday requests written
+for it (scripts/guard/long_everyday_probe.txt); 60 dev harmful and 60 dev everyday
 requests each put first, last or in the middle of a benign test-split document (seeded);
 scripts/guard/buried_probe.txt. Needs .cache/guard-data/data.jsonl (build_data.py).
 Standard library only.
@@ -59,14 +63,18 @@ for src,lst in (('dev-harmful',bh),('dev-everyday',bb)):
     for q in reqs[:60]:
         w=rng.choice(docs).split(); at=rng.choice([0,len(w),rng.randrange(len(w)+1)])
         lst.append(" ".join(w[:at]+[q]+w[at:]))
-probe=[l.split('\t',1) for l in [l for l in open(ROOT/'scripts/guard/buried_probe.txt').read().splitlines() if l.strip() and not l.startswith('#')]]
+def lines(name): return [l for l in open(ROOT/'scripts/guard'/name).read().splitlines() if l.strip() and not l.startswith('#')]
+probe=[l.split('\t',1) for l in lines('buried_probe.txt')]
+everyday=[l.split('\t',1)[1] for l in lines('long_everyday_probe.txt')]
 with ThreadPoolExecutor(2) as ex:
     ra=list(ex.map(both,a)); rbh=list(ex.map(both,bh)); rbb=list(ex.map(both,bb)); rp=list(ex.map(lambda x: both(x[1]),probe))
+    re_=list(ex.map(both,everyday))
 def rate(res,i): return sum(x[i]>0.5 for x in res)
 print(f"long benign (n={len(ra)}): flagged whole {rate(ra,0)}, with chunks {rate(ra,1)}")
 print(f"buried dev harmful (n={len(rbh)}): caught whole {rate(rbh,0)}, with chunks {rate(rbh,1)}")
 print(f"buried dev everyday (n={len(rbb)}): flagged whole {rate(rbb,0)}, with chunks {rate(rbb,1)}")
 ph=[x for x,(c,_) in zip(rp,probe) if c!='safe']; ps=[x for x,(c,_) in zip(rp,probe) if c=='safe']
 print(f"buried probe harmful (n={len(ph)}): caught whole {rate(ph,0)}, with chunks {rate(ph,1)}; safe (n={len(ps)}) flagged whole {rate(ps,0)}, with chunks {rate(ps,1)}")
-for t,(w,c) in list(zip(a,ra)):
-    if c>0.5 and w<=0.5: print(f"  FP {c:.2f} {t[:110]!r}")
+print(f"long everyday probe (n={len(re_)}): flagged whole {rate(re_,0)}, with chunks {rate(re_,1)}")
+for t,(w,c) in list(zip(a,ra))+list(zip(everyday,re_)):
+    if w>0.5: print(f"  flagged {w:.2f} {t[:110]!r}")
