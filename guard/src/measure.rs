@@ -84,7 +84,14 @@ pub fn average_precision(scores: &[f64], labels: &[bool]) -> f64 {
 }
 
 /// The threshold with the best F1 among those whose false positive rate is at most
-/// `max_fpr` (on the rows given: the validation split, never the test split).
+/// `max_fpr` (on the rows given: the validation split, never the test split), taken as the
+/// middle (the median) of the thresholds whose F1 is within [`F1_TIE`] of the best.
+///
+/// F1 is flat near its peak, so its single best point jumps with a few validation rows:
+/// adding 163 rows to 17,000 moved the prompt head's from 0.785 to 0.842, across a band
+/// (0.725 to 0.866) where validation F1 varies by less than half a point and the held-out
+/// rates by several. The middle of the band moves little with the rows and leans neither
+/// to catching nor to letting through.
 ///
 /// The false positive rate is the mean of each benign source's own rate (`groups[i]` names
 /// row i's source): pooled over all benign rows, a large source of easy negatives would
@@ -94,15 +101,22 @@ pub fn choose_threshold(scores: &[f64], labels: &[bool], groups: &[usize], max_f
     let mut candidates: Vec<f64> = scores.to_vec();
     candidates.sort_by(f64::total_cmp);
     candidates.dedup();
-    let mut best = (f64::NEG_INFINITY, 0.5);
-    for &t in &candidates {
-        let m = metrics(scores, labels, t);
-        if macro_fpr(scores, labels, groups, t) <= max_fpr && m.f1 > best.0 {
-            best = (m.f1, t);
-        }
-    }
-    best.1
+    let allowed: Vec<(f64, f64)> = candidates
+        .iter()
+        .filter(|&&t| macro_fpr(scores, labels, groups, t) <= max_fpr)
+        .map(|&t| (metrics(scores, labels, t).f1, t))
+        .collect();
+    let best = allowed.iter().map(|a| a.0).fold(f64::NEG_INFINITY, f64::max);
+    let band: Vec<f64> = allowed
+        .iter()
+        .filter(|(f1, _)| *f1 >= best - F1_TIE)
+        .map(|a| a.1)
+        .collect();
+    band.get(band.len() / 2).copied().unwrap_or(0.5)
 }
+
+/// F1 differences on validation smaller than this are ties (see [`choose_threshold`]).
+pub const F1_TIE: f64 = 0.005;
 
 /// Benign groups smaller than this are counted together as one group: a rate over three
 /// rows says little.
@@ -173,5 +187,33 @@ mod tests {
         // Sources under ten rows count as one group: ten benign rows, one flagged.
         let small = [0, 3, 0, 4, 5, 6, 7, 8, 9, 10, 11, 12];
         assert!((macro_fpr(&scores[..12], &labels[..12], &small, 0.5) - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_middle_of_the_thresholds_validation_cannot_tell_apart_is_chosen() {
+        // 100 unsafe rows at 0.6..0.99 and 900 benign ones at 0.0..0.89: the F1 peak is one
+        // point of a band of near-equal thresholds; the band's median is chosen.
+        let mut scores: Vec<f64> = (0..100).map(|i| 0.6 + 0.39 * i as f64 / 99.0).collect();
+        let mut labels = vec![true; 100];
+        scores.extend((0..900).map(|i| 0.89 * i as f64 / 899.0));
+        labels.extend(vec![false; 900]);
+        let groups = vec![0; 1000];
+        let chosen = choose_threshold(&scores, &labels, &groups, 1.0);
+        let f1 = |t: f64| metrics(&scores, &labels, t).f1;
+        let mut candidates = scores.clone();
+        candidates.sort_by(f64::total_cmp);
+        let peak = candidates
+            .iter()
+            .map(|&t| f1(t))
+            .fold(f64::NEG_INFINITY, f64::max);
+        let band: Vec<f64> = candidates
+            .into_iter()
+            .filter(|&t| f1(t) >= peak - F1_TIE)
+            .collect();
+        assert!(band.len() > 2, "a band, not a point");
+        assert!(f1(chosen) < peak, "not the peak itself");
+        let below = band.iter().filter(|&&t| t < chosen).count();
+        let above = band.iter().filter(|&&t| t > chosen).count();
+        assert!(below.abs_diff(above) <= 1, "{below} below, {above} above");
     }
 }
