@@ -106,7 +106,10 @@ pub fn choose_threshold(scores: &[f64], labels: &[bool], groups: &[usize], max_f
         .filter(|&&t| macro_fpr(scores, labels, groups, t) <= max_fpr)
         .map(|&t| (metrics(scores, labels, t).f1, t))
         .collect();
-    let best = allowed.iter().map(|a| a.0).fold(f64::NEG_INFINITY, f64::max);
+    let best = allowed
+        .iter()
+        .map(|a| a.0)
+        .fold(f64::NEG_INFINITY, f64::max);
     let band: Vec<f64> = allowed
         .iter()
         .filter(|(f1, _)| *f1 >= best - F1_TIE)
