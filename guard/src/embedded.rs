@@ -442,7 +442,7 @@ impl EmbeddedGuard {
     }
 
     /// Token windows of a text, as the classifier reads it whole.
-    pub fn windows_of(&self, text: &str, _agent: AgentType) -> Result<Vec<Vec<u32>>, GuardError> {
+    pub fn windows_of(&self, text: &str) -> Result<Vec<Vec<u32>>, GuardError> {
         let text = crate::normalize::fold_whitespace(text);
         let mut ids = self.tokenizer.encode_plain(&text)?;
         if ids.is_empty() {
@@ -484,7 +484,7 @@ impl EmbeddedGuard {
     /// Scores a text judged as `agent`'s (blocking).
     pub fn classify_text(&self, text: &str, agent: AgentType) -> Result<TextScore, GuardError> {
         self.score_windows_until(
-            self.windows_of(text, agent)?,
+            self.windows_of(text)?,
             self.sentence_windows_of(text, agent)?,
             agent,
             &crate::Until::default(),
@@ -552,7 +552,7 @@ impl EmbeddedGuard {
         let mut windows = Vec::new();
         let mut owner = Vec::new();
         for (i, text) in texts.iter().enumerate() {
-            let w = self.windows_of(text, AgentType::User)?;
+            let w = self.windows_of(text)?;
             owner.extend(std::iter::repeat_n(i, w.len()));
             windows.extend(w);
         }
@@ -632,15 +632,14 @@ impl EmbeddedGuard {
         let t0 = Instant::now();
         let mut windows = Vec::new();
         for text in judged_texts(&prompt.messages, prompt.agent) {
-            windows.extend(self.windows_of(&text, prompt.agent)?);
+            windows.extend(self.windows_of(&text)?);
         }
         // Sentences of what users wrote (not of tool results: a document's sentence out of
-        // context says little, and an injected instruction is the attack head's business).
+        // context says little, and an injected instruction is the attack head's business);
+        // none for a reply.
         let mut sentences = Vec::new();
-        if prompt.agent == AgentType::User {
-            for m in prompt.messages.iter().filter(|m| m.role == "user") {
-                sentences.extend(self.sentence_windows_of(&m.content, prompt.agent)?);
-            }
+        for m in prompt.messages.iter().filter(|m| m.role == "user") {
+            sentences.extend(self.sentence_windows_of(&m.content, prompt.agent)?);
         }
         let TextScore {
             p_unsafe,

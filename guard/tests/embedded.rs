@@ -339,7 +339,7 @@ fn a_head_with_sentence_windows_reads_a_users_sentences_too() {
     let text = format!("{paragraph} {}", UNSEEN_HARMFUL[0].0);
     // The whole text is one window; a user's three sentences three more; a reply's none,
     // nor a single sentence's.
-    assert_eq!(guard.windows_of(&text, AgentType::User).unwrap().len(), 1);
+    assert_eq!(guard.windows_of(&text).unwrap().len(), 1);
     assert_eq!(
         guard
             .sentence_windows_of(&text, AgentType::User)

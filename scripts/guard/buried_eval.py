@@ -18,7 +18,6 @@ Standard library only.
 """
 import json
 import random
-import re
 import sys
 import time
 import urllib.request
@@ -27,15 +26,9 @@ ROOT=Path(__file__).resolve().parents[2]
 from concurrent.futures import ThreadPoolExecutor
 base_url=sys.argv[1] if len(sys.argv)>1 else 'http://127.0.0.1:8080'
 rows=[json.loads(l) for l in open(ROOT/'.cache/guard-data/data.jsonl')]
-def chunks(t,min_chars=40):
-    s=re.split(r"(?<=[.!?])\s+"," ".join(t.split())); out=[];cur=""
-    for x in s:
-        cur=(cur+" "+x).strip()
-        if len(cur)>=min_chars: out.append(cur);cur=""
-    if cur:
-        if out: out[-1]+=" "+cur
-        else: out.append(cur)
-    return out
+# The split the served guard uses (one copy, shared with the data builder).
+sys.path.insert(0,str(ROOT/'scripts/guard'))
+from build_attack_data import sentence_chunks as chunks  # noqa: E402
 def score(t):
     for attempt in range(20):
         r=urllib.request.Request(base_url+'/v1/guard/classify',json.dumps({'messages':[{'role':'user','content':t}],'agent_type':'user'}).encode(),{'content-type':'application/json'})
