@@ -420,6 +420,23 @@ fn a_slow_guard_fails_closed_or_open_as_the_policy_says() {
             );
         }
         assert!(t0.elapsed() < Duration::from_secs(5));
+        // A request the model's 512-token context cannot hold is the client's error, found
+        // before the guard runs: 400 either way, and the guard's error count stays at 1.
+        let (code, v) = post(
+            &s.base,
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": "hello"}], "max_tokens": 600})
+                .to_string(),
+        );
+        assert_eq!(
+            (
+                code,
+                v["error"]["code"].as_str(),
+                v["error"]["param"].as_str()
+            ),
+            (400, Some("context_length_exceeded"), Some("messages")),
+            "{on_error}: {v}"
+        );
         let metrics = metrics(&s.base);
         let line =
             format!(r#"safegate_check_errors_total{{check="guard",outcome="{on_error}"}} 1"#);
@@ -1566,8 +1583,14 @@ fn one_callers_long_text_is_refused_before_the_guard_sees_it() {
     );
     assert_eq!(v["error"]["param"], "input");
     let messages = json!([{"role": "user", "content": long}]);
+    // (`max_tokens` 8: the prompt fits the fixture's 512-token context, so the guard's cap
+    // is what refuses it.)
     for path in ["/v1/chat/completions", "/v1/guard/classify"] {
-        let (code, v) = post(&s.base, path, &json!({"messages": messages}).to_string());
+        let (code, v) = post(
+            &s.base,
+            path,
+            &json!({"messages": messages, "max_tokens": 8}).to_string(),
+        );
         assert_eq!(
             (code, v["error"]["code"].as_str()),
             (400, Some("guard_input_too_large")),

@@ -66,6 +66,7 @@ pub async fn completions(state: web::Data<AppState>, req: HttpRequest, body: Bod
 fn choose_backend(
     state: &AppState,
     requested: Option<&str>,
+    max_tokens: usize,
     local: impl FnOnce() -> LocalPrompt,
 ) -> Result<Box<dyn Backend>, ApiError> {
     let upstream = |name: &str| state.upstreams.iter().find(|t| t.name() == name);
@@ -100,6 +101,21 @@ fn choose_backend(
             let local = local();
             let prompt_ids = engine.tokenizer().encode_chat(&local.messages, true)?;
             check_prompt_length(state, prompt_ids.len())?;
+            // A request the model cannot hold is refused here, as the engine would refuse
+            // it, before the checks spend seconds on it (and a slow guard's timeout turns
+            // the client's error into the server's).
+            let context = engine.info().config.context_length;
+            if prompt_ids.len() + max_tokens > context {
+                let overflow = safegate_engine::EngineError::ContextOverflow {
+                    prompt_tokens: prompt_ids.len(),
+                    max_tokens,
+                    context,
+                };
+                return Err(ApiError {
+                    param: Some("messages".into()),
+                    ..overflow.into()
+                });
+            }
             Ok(Box::new(backend::Local {
                 engine: engine.clone(),
                 prompt_ids,
@@ -172,7 +188,7 @@ async fn prepare(
             parallel: parallel_calls,
         }),
     };
-    let backend = choose_backend(state, params.model.as_deref(), local)?;
+    let backend = choose_backend(state, params.model.as_deref(), req.max_tokens, local)?;
     if backend.kind() == "local" {
         // An upstream gets `response_format` and `tool_choice` as sent; the local engine
         // holds its reply to the grammar token by token: a call the request demands, else
