@@ -370,6 +370,20 @@ impl Engine {
         self.shared.scoring.stats()
     }
 
+    /// Whether a prompt of `prompt_tokens` and up to `max_tokens` new ones fit the model's
+    /// context (`ContextOverflow` if not): callers can refuse a request before queuing it.
+    pub fn check_fits(&self, prompt_tokens: usize, max_tokens: usize) -> Result<()> {
+        let context = self.info.config.context_length;
+        if prompt_tokens + max_tokens > context {
+            return Err(EngineError::ContextOverflow {
+                prompt_tokens,
+                max_tokens,
+                context,
+            });
+        }
+        Ok(())
+    }
+
     fn check_request(&self, req: &GenerateRequest) -> Result<()> {
         req.sampling.validate()?;
         if req.prompt_ids.is_empty() {
@@ -380,14 +394,7 @@ impl Engine {
                 "max_tokens must be at least 1".into(),
             ));
         }
-        let context = self.info.config.context_length;
-        if req.prompt_ids.len() + req.max_tokens > context {
-            return Err(EngineError::ContextOverflow {
-                prompt_tokens: req.prompt_ids.len(),
-                max_tokens: req.max_tokens,
-                context,
-            });
-        }
+        self.check_fits(req.prompt_ids.len(), req.max_tokens)?;
         let vocab = self.info.config.vocab_size as u32;
         if let Some(bad) = req.prompt_ids.iter().find(|&&id| id >= vocab) {
             return Err(EngineError::InvalidRequest(format!(

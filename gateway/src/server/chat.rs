@@ -104,18 +104,12 @@ fn choose_backend(
             // A request the model cannot hold is refused here, as the engine would refuse
             // it, before the checks spend seconds on it (and a slow guard's timeout turns
             // the client's error into the server's).
-            let context = engine.info().config.context_length;
-            if prompt_ids.len() + max_tokens > context {
-                let overflow = safegate_engine::EngineError::ContextOverflow {
-                    prompt_tokens: prompt_ids.len(),
-                    max_tokens,
-                    context,
-                };
-                return Err(ApiError {
+            engine
+                .check_fits(prompt_ids.len(), max_tokens)
+                .map_err(|overflow| ApiError {
                     param: Some("messages".into()),
                     ..overflow.into()
-                });
-            }
+                })?;
             Ok(Box::new(backend::Local {
                 engine: engine.clone(),
                 prompt_ids,
