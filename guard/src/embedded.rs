@@ -119,6 +119,16 @@ impl Wrap {
     }
 }
 
+/// A text as the heads read it: a user's (or a tool's, judged on the user's side) ended as a
+/// sentence when it stops on a word, so that a missing full stop does not move the verdict
+/// (`normalize::ended_as_sentence`); a reply as written.
+fn as_judged(text: &str, agent: AgentType) -> std::borrow::Cow<'_, str> {
+    match agent {
+        AgentType::User => crate::normalize::ended_as_sentence(text),
+        AgentType::Agent => std::borrow::Cow::Borrowed(text),
+    }
+}
+
 /// Puts `ids` between the wrapper's sides.
 pub fn wrapped(ids: &[u32], sides: &(Vec<u32>, Vec<u32>)) -> Vec<u32> {
     let mut out = Vec::with_capacity(sides.0.len() + ids.len() + sides.1.len());
@@ -483,9 +493,10 @@ impl EmbeddedGuard {
 
     /// Scores a text judged as `agent`'s (blocking).
     pub fn classify_text(&self, text: &str, agent: AgentType) -> Result<TextScore, GuardError> {
+        let text = as_judged(text, agent);
         self.score_windows_until(
-            self.windows_of(text)?,
-            self.sentence_windows_of(text, agent)?,
+            self.windows_of(&text)?,
+            self.sentence_windows_of(&text, agent)?,
             agent,
             &crate::Until::default(),
         )
@@ -552,7 +563,7 @@ impl EmbeddedGuard {
         let mut windows = Vec::new();
         let mut owner = Vec::new();
         for (i, text) in texts.iter().enumerate() {
-            let w = self.windows_of(text)?;
+            let w = self.windows_of(&as_judged(text, AgentType::User))?;
             owner.extend(std::iter::repeat_n(i, w.len()));
             windows.extend(w);
         }
@@ -632,14 +643,16 @@ impl EmbeddedGuard {
         let t0 = Instant::now();
         let mut windows = Vec::new();
         for text in judged_texts(&prompt.messages, prompt.agent) {
-            windows.extend(self.windows_of(&text)?);
+            windows.extend(self.windows_of(&as_judged(&text, prompt.agent))?);
         }
         // Sentences of what users wrote (not of tool results: a document's sentence out of
         // context says little, and an injected instruction is the attack head's business);
         // none for a reply.
         let mut sentences = Vec::new();
         for m in prompt.messages.iter().filter(|m| m.role == "user") {
-            sentences.extend(self.sentence_windows_of(&m.content, prompt.agent)?);
+            sentences.extend(
+                self.sentence_windows_of(&as_judged(&m.content, prompt.agent), prompt.agent)?,
+            );
         }
         let TextScore {
             p_unsafe,

@@ -16,6 +16,43 @@ use std::borrow::Cow;
 
 use unicode_normalization::UnicodeNormalization;
 
+/// Words that open a question: a user's text starting with one and ending in no punctuation
+/// is read as a question (`?`), any other unpunctuated text as a statement (`.`).
+const QUESTION_OPENERS: &[&str] = &[
+    "how", "what", "whats", "what's", "why", "where", "when", "who", "whom", "whose", "which",
+    "can", "could", "is", "are", "am", "do", "does", "did", "should", "would", "will", "may",
+    "might", "shall", "was", "were", "has", "have", "had", "isn't", "aren't", "don't", "doesn't",
+];
+
+/// A user's text ending the way a sentence does: one that stops on a letter or digit gets a
+/// `?` (when it opens like a question) or a `.`. The embedded guard's head learned from
+/// harmful sources that mostly omit the final full stop and everyday rows that mostly have
+/// it, so an unpunctuated everyday request ("Give me a recipe for banana bread") read as
+/// harmful far more often than the same request with its full stop; the verdict must not
+/// hang on a full stop (docs/guard.md, "Judged with or without a full stop").
+pub fn ended_as_sentence(text: &str) -> Cow<'_, str> {
+    let trimmed = text.trim_end();
+    if !trimmed
+        .chars()
+        .next_back()
+        .is_some_and(char::is_alphanumeric)
+    {
+        return Cow::Borrowed(text);
+    }
+    let first = trimmed
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_lowercase()
+        .replace('\u{2019}', "'");
+    let mark = if QUESTION_OPENERS.contains(&first.as_str()) {
+        '?'
+    } else {
+        '.'
+    };
+    Cow::Owned(format!("{trimmed}{mark}"))
+}
+
 /// Characters that render as nothing (or only steer rendering).
 fn invisible(c: char) -> bool {
     matches!(c,
@@ -196,6 +233,34 @@ pub fn sentence_chunks(text: &str, min_chars: usize) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unpunctuated_texts_end_as_sentences() {
+        assert_eq!(
+            ended_as_sentence("Give me a recipe for banana bread"),
+            "Give me a recipe for banana bread."
+        );
+        assert_eq!(
+            ended_as_sentence("how do I bake bread  "),
+            "how do I bake bread?"
+        );
+        assert_eq!(
+            ended_as_sentence("What\u{2019}s 2 plus 2"),
+            "What\u{2019}s 2 plus 2?"
+        );
+        // Already ended (or ending in a symbol, code, a quote): unchanged.
+        for same in [
+            "Hello!",
+            "Is it safe?",
+            "Done.",
+            "x = f(1)",
+            "say \"hi\"",
+            "",
+            "```",
+        ] {
+            assert_eq!(ended_as_sentence(same), same);
+        }
+    }
 
     const PLAIN: &str = "How do I make methamphetamine at home?";
 
